@@ -1,0 +1,9 @@
+/** src/build: pack a folder, unpack an upload safely, bundle an entry, read forge.json. */
+export { ALWAYS_IGNORED, IGNORE_FILE, packDir, packFiles } from "./pack.ts";
+export type { PackFile, PackOptions } from "./pack.ts";
+export { safeUnpack } from "./unpack.ts";
+export type { UnpackLimits, UnpackResult } from "./unpack.ts";
+export { ENTRY_CANDIDATES, bundleEntry, findEntry } from "./bundle.ts";
+export type { BundleOptions, BundleResult } from "./bundle.ts";
+export { FUNCTION_DEFAULTS, PATCHABLE_FIELDS, parseConfigInput, resolveConfig } from "./function-config.ts";
+export type { FunctionConfig, FunctionConfigInput, FunctionRuntime } from "./function-config.ts";

@@ -1,0 +1,168 @@
+/** A typed client for forge's control API, used by the CLI (and by tests and bench). */
+import { ErrorCode, ForgeError, type ErrorCode as Code } from "../errors.ts";
+
+export interface FunctionSummary {
+  name: string;
+  version: number | null;
+  url: string;
+  config: Record<string, unknown> & { concurrency: number; minWarm: number; maxInstances: number; memoryMb: number; timeoutMs: number };
+  updatedAt: number;
+}
+
+export interface InstanceView {
+  id: string;
+  state: string;
+  inFlight: number;
+  origin: string;
+  ageMs: number;
+  idleMs: number;
+  served: number;
+  memoryMb: number;
+}
+
+export interface FunctionInfo extends FunctionSummary {
+  createdAt: number;
+  pool: null | {
+    version: number;
+    inFlight: number;
+    queued: number;
+    desired: number;
+    instances: InstanceView[];
+    starts: { warm: number; cell: number; cold: number };
+  };
+}
+
+export interface VersionView {
+  version: number;
+  active: boolean;
+  digest: string;
+  image: string | null;
+  createdAt: number;
+}
+
+export interface DeployEvent {
+  type: "progress" | "result" | "error";
+  step?: number;
+  of?: number;
+  phase?: string;
+  message?: string;
+  result?: { name: string; version: number; url: string; image: string | null; digest: string };
+  status?: number;
+  error?: { code: Code; message: string; hint?: string };
+}
+
+export class ForgeClient {
+  constructor(
+    readonly baseUrl: string,
+    private readonly apiKey: string | undefined,
+  ) {}
+
+  /** Raw request to the control API; errors become ForgeErrors with the server's hint. */
+  async request(method: string, path: string, init: { body?: string | Uint8Array; headers?: Record<string, string>; json?: unknown } = {}): Promise<Response> {
+    const headers: Record<string, string> = { ...(init.headers ?? {}) };
+    if (this.apiKey) headers.authorization = `Bearer ${this.apiKey}`;
+    let body = init.body;
+    if (init.json !== undefined) {
+      headers["content-type"] = "application/json";
+      body = JSON.stringify(init.json);
+    }
+    let res: Response;
+    try {
+      res = await fetch(new URL(path, this.baseUrl), { method, headers, ...(body !== undefined ? { body } : {}) });
+    } catch (cause) {
+      throw new ForgeError(ErrorCode.DriverUnavailable, 503, `cannot reach forge at ${this.baseUrl}`, {
+        hint: "start it with `forge up` (or `npm start`), or point FORGE_URL at a running forge",
+        cause,
+      });
+    }
+    if (res.status >= 400) throw await errorOf(res);
+    return res;
+  }
+
+  async json<T>(method: string, path: string, json?: unknown): Promise<T> {
+    const res = await this.request(method, path, json === undefined ? {} : { json });
+    return (await res.json()) as T;
+  }
+
+  list(): Promise<{ functions: FunctionSummary[] }> {
+    return this.json("GET", "/v1/functions");
+  }
+  info(name: string): Promise<FunctionInfo> {
+    return this.json("GET", `/v1/functions/${encodeURIComponent(name)}`);
+  }
+  delete(name: string): Promise<{ name: string; deleted: boolean }> {
+    return this.json("DELETE", `/v1/functions/${encodeURIComponent(name)}`);
+  }
+  versions(name: string): Promise<{ versions: VersionView[] }> {
+    return this.json("GET", `/v1/functions/${encodeURIComponent(name)}/versions`);
+  }
+  rollback(name: string, version?: number): Promise<{ name: string; version: number }> {
+    return this.json("POST", `/v1/functions/${encodeURIComponent(name)}/rollback`, version === undefined ? {} : { version });
+  }
+  patch(name: string, patch: Record<string, unknown>): Promise<{ name: string; version: number; config: Record<string, unknown> }> {
+    return this.json("PATCH", `/v1/functions/${encodeURIComponent(name)}`, patch);
+  }
+
+  /** Deploys an archive, calling `onEvent` for each progress line; resolves with the result. */
+  async deploy(name: string, archive: Uint8Array, overrides: Record<string, unknown>, onEvent: (e: DeployEvent) => void = () => {}): Promise<NonNullable<DeployEvent["result"]>> {
+    const res = await this.request("POST", `/v1/functions/${encodeURIComponent(name)}/deploy`, {
+      body: archive,
+      headers: {
+        "content-type": "application/gzip",
+        accept: "application/x-ndjson",
+        "x-forge-config": Buffer.from(JSON.stringify(overrides)).toString("base64"),
+      },
+    });
+    let result: DeployEvent["result"];
+    for await (const line of lines(res)) {
+      const event = JSON.parse(line) as DeployEvent;
+      onEvent(event);
+      if (event.type === "result") result = event.result;
+      if (event.type === "error" && event.error) {
+        throw new ForgeError(event.error.code, event.status ?? 400, event.error.message, event.error.hint ? { hint: event.error.hint } : {});
+      }
+    }
+    if (!result) throw new ForgeError(ErrorCode.Internal, 502, "the deploy ended without a result", { hint: "see forge's log" });
+    return result;
+  }
+
+  /** Invokes a function through the control API. */
+  invoke(name: string, body: string | undefined, options: { async?: boolean; contentType?: string } = {}): Promise<Response> {
+    const q = options.async ? "?async=1" : "";
+    return this.request("POST", `/v1/functions/${encodeURIComponent(name)}/invoke${q}`, {
+      ...(body !== undefined ? { body } : {}),
+      headers: { "content-type": options.contentType ?? "application/json" },
+    });
+  }
+}
+
+// --- internal ---
+
+async function errorOf(res: Response): Promise<ForgeError> {
+  const text = await res.text();
+  try {
+    const parsed = JSON.parse(text) as { error?: { code?: Code; message?: string; hint?: string } };
+    if (parsed.error?.message) {
+      return new ForgeError(parsed.error.code ?? ErrorCode.Internal, res.status, parsed.error.message, parsed.error.hint ? { hint: parsed.error.hint } : {});
+    }
+  } catch {
+    // not JSON: fall through
+  }
+  return new ForgeError(ErrorCode.Internal, res.status, `forge answered ${res.status}: ${text.slice(0, 200)}`);
+}
+
+async function* lines(res: Response): AsyncGenerator<string> {
+  if (!res.body) return;
+  const dec = new TextDecoder();
+  let buf = "";
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+    buf += dec.decode(chunk, { stream: true });
+    let nl: number;
+    while ((nl = buf.indexOf("\n")) >= 0) {
+      const line = buf.slice(0, nl).trim();
+      buf = buf.slice(nl + 1);
+      if (line) yield line;
+    }
+  }
+  if (buf.trim()) yield buf.trim();
+}

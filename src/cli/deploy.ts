@@ -1,0 +1,96 @@
+import { defineCommand } from "citty";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { basename, join, resolve } from "node:path";
+import { bundleEntry, findEntry, packDir, packFiles, parseConfigInput, type FunctionConfigInput } from "../build/index.ts";
+import { assertName, ErrorCode, ForgeError } from "../errors.ts";
+import { client, intArg, jsonArg, many, output, ui } from "./_shared.ts";
+
+export default defineCommand({
+  meta: { name: "deploy", description: "pack, build and start a function folder" },
+  args: {
+    dir: { type: "positional", required: false, description: "function folder (default .)" },
+    name: { type: "string", description: "function name (default forge.json name, else the folder name)" },
+    env: { type: "string", description: "K=V environment variable (repeatable)" },
+    "min-warm": { type: "string", description: "instances kept warm" },
+    "max-instances": { type: "string", description: "most instances at once" },
+    concurrency: { type: "string", description: "requests one instance serves at once" },
+    memory: { type: "string", description: "memory limit per instance, MiB" },
+    timeout: { type: "string", description: "request timeout, ms" },
+    db: { type: "string", description: "bind a provisioned database as DATABASE_URL (repeatable)" },
+    ...jsonArg,
+  },
+  async run({ args }) {
+    const dir = resolve(String(args.dir ?? "."));
+    const file = Bun.file(join(dir, "forge.json"));
+    let fromFile: FunctionConfigInput = {};
+    if (await file.exists()) {
+      let raw: unknown;
+      try {
+        raw = JSON.parse(await file.text());
+      } catch (err) {
+        throw new ForgeError(ErrorCode.InvalidConfig, 400, `${join(dir, "forge.json")} is not valid JSON: ${(err as Error).message}`, {
+          hint: "fix the syntax of forge.json (a JSON object, no comments or trailing commas)",
+        });
+      }
+      fromFile = parseConfigInput(raw, "forge.json");
+    }
+    const name = assertName(String(args.name ?? fromFile.name ?? basename(dir).toLowerCase()));
+
+    const flags: Record<string, unknown> = {};
+    const env: Record<string, string> = {};
+    for (const kv of many(args.env)) {
+      const eq = kv.indexOf("=");
+      if (eq <= 0) throw new ForgeError(ErrorCode.BadRequest, 400, `--env ${kv} is not K=V`, { hint: "e.g. --env GREETING=Hello" });
+      env[kv.slice(0, eq)] = kv.slice(eq + 1);
+    }
+    if (Object.keys(env).length) flags.env = { ...(fromFile.env ?? {}), ...env };
+    const ints: [string, string][] = [["min-warm", "minWarm"], ["max-instances", "maxInstances"], ["concurrency", "concurrency"], ["memory", "memoryMb"], ["timeout", "timeoutMs"]];
+    for (const [flag, field] of ints) {
+      const v = intArg(args[flag], flag);
+      if (v !== undefined) flags[field] = v;
+    }
+    const dbs = many(args.db);
+    if (dbs.length) flags.databases = dbs;
+    parseConfigInput(flags, "deploy flags"); // fail early, before packing
+
+    const say = (line: string): void => {
+      if (!args.json) ui.log(line);
+    };
+    say(`[1/3] Packaging ${name} from ${dir} ...`);
+    let archive: Uint8Array;
+    if ((fromFile.runtime ?? "bun") === "bun") {
+      // Bundle here, where the function's node_modules are, as wrangler does; the server gets one file.
+      const tmp = await mkdtemp(join(tmpdir(), "forge-deploy-"));
+      try {
+        const entry = findEntry(dir, fromFile.entry);
+        const out = join(tmp, "index.js");
+        await bundleEntry(dir, entry, out, { trusted: true });
+        const config = { ...fromFile, entry: "index.js" };
+        archive = await packFiles([
+          { path: "index.js", data: new Uint8Array(await Bun.file(out).arrayBuffer()) },
+          { path: "forge.json", data: JSON.stringify(config, null, 2) },
+        ]);
+      } finally {
+        await rm(tmp, { recursive: true, force: true });
+      }
+    } else {
+      archive = await packDir(dir);
+    }
+
+    let lastStep = 1;
+    const result = await client().deploy(name, archive, flags, (e) => {
+      if (e.type !== "progress" || e.step === undefined) return;
+      if (e.step !== lastStep && e.step > 1) {
+        lastStep = e.step;
+        say(`[${e.step}/${e.of ?? 3}] ${e.phase === "building" ? "Building" : "Starting"} ... ${e.message ?? ""}`.trimEnd());
+      } else if (e.step === 2 && e.message && !args.json) {
+        ui.log(`      ${e.message}`);
+      }
+    });
+    output(Boolean(args.json), result, () => {
+      ui.success(`Deployed ${result.name} version ${result.version}`);
+      ui.log(`Your function is live at: ${result.url}`);
+    });
+  },
+});

@@ -1,0 +1,23 @@
+import { defineCommand } from "citty";
+import { ago, client, jsonArg, output, table, ui } from "./_shared.ts";
+
+export default defineCommand({
+  meta: { name: "info", description: "a function's version, config, instances and stats" },
+  args: { name: { type: "positional", required: true, description: "function name" }, ...jsonArg },
+  async run({ args }) {
+    const f = await client().info(String(args.name));
+    output(Boolean(args.json), f, () => {
+      const c = f.config;
+      ui.log(`${f.name}  v${f.version}  ${f.url}`);
+      ui.log(`config: concurrency ${c.concurrency}, minWarm ${c.minWarm}, maxInstances ${c.maxInstances}, memory ${c.memoryMb} MiB, timeout ${c.timeoutMs} ms`);
+      const p = f.pool;
+      if (!p) return;
+      ui.log(`pool: ${p.instances.length} instances, ${p.inFlight} in flight, ${p.queued} queued; starts: ${p.starts.warm} warm, ${p.starts.cell} cell, ${p.starts.cold} cold`);
+      if (p.instances.length) {
+        const rows = [["INSTANCE", "STATE", "IN-FLIGHT", "SERVED", "ORIGIN", "AGE", "IDLE"]];
+        for (const i of p.instances) rows.push([i.id, i.state, String(i.inFlight), String(i.served), i.origin, ago(i.ageMs), ago(i.idleMs)]);
+        ui.log(table(rows));
+      }
+    });
+  },
+});

@@ -1,0 +1,34 @@
+#!/usr/bin/env bun
+/** The `forge` CLI: one command a file; `run(argv)` returns the exit code so tests can call it. */
+import { defineCommand, runCommand, runMain, type CommandDef } from "citty";
+import { printError } from "./_shared.ts";
+
+export const forge = defineCommand({
+  meta: { name: "forge", version: "0.1.0", description: "a self-hosted serverless runtime with warm stem cells" },
+  subCommands: {
+    up: () => import("./up.ts").then((m) => m.default as CommandDef),
+    deploy: () => import("./deploy.ts").then((m) => m.default as CommandDef),
+    invoke: () => import("./invoke.ts").then((m) => m.default as CommandDef),
+    list: () => import("./list.ts").then((m) => m.default as CommandDef),
+    info: () => import("./info.ts").then((m) => m.default as CommandDef),
+    delete: () => import("./delete.ts").then((m) => m.default as CommandDef),
+    versions: () => import("./versions.ts").then((m) => m.default as CommandDef),
+    rollback: () => import("./rollback.ts").then((m) => m.default as CommandDef),
+  },
+});
+
+export async function run(argv: string[]): Promise<number> {
+  if (argv.length === 0 || argv.includes("--help") || argv.includes("-h") || (argv.length === 1 && argv[0] === "--version")) {
+    await runMain(forge, { rawArgs: argv });
+    return 0;
+  }
+  try {
+    await runCommand(forge, { rawArgs: argv });
+    return 0;
+  } catch (err) {
+    printError(err, argv.includes("--json"));
+    return 1;
+  }
+}
+
+if (import.meta.main) process.exit(await run(process.argv.slice(2)));

@@ -1,0 +1,208 @@
+/**
+ * Every setting of forge, read from the environment once and validated. This is the only
+ * module that reads process.env; everything else receives a Config.
+ */
+import { resolve } from "node:path";
+import { ErrorCode, ForgeError } from "./errors.ts";
+
+export type DriverChoice = "auto" | "docker" | "process";
+export type LogFormat = "pretty" | "json";
+export type ProvisionBackend = "docker" | "shared";
+
+export interface Config {
+  /** FORGE_PORT: port of the HTTP server, 0 picks a free one. Default 8080. */
+  port: number;
+  /** FORGE_HOST: interface to listen on. Default 127.0.0.1. */
+  host: string;
+  /** FORGE_DOMAIN: functions answer at <name>.<domain>. Default localhost. */
+  domain: string;
+  /** FORGE_DATA_DIR: everything forge writes lives below it. Default ./.forge */
+  dataDir: string;
+  /** FORGE_DB: the metadata database; a sqlite file path. Default <dataDir>/forge.db */
+  db: string;
+  /** FORGE_REDIS_URL: Redis for queues and job records; unset means in-process. */
+  redisUrl: string | undefined;
+  /** FORGE_DRIVER: auto picks docker when its socket answers, else process. */
+  driver: DriverChoice;
+  /** FORGE_API_KEY: control-plane key; unset means generated once and kept in the data dir. */
+  apiKey: string | undefined;
+  /** FORGE_STEM_CELLS: generic warm instances kept per runtime. Default 2. */
+  stemCells: number;
+  /** FORGE_MEMORY_BUDGET_MB: cap on the sum of instance memory. Default 4096. */
+  memoryBudgetMb: number;
+  /** FORGE_KEEP_ALIVE: idle time before an instance is stopped. Default 10m. */
+  keepAliveMs: number;
+  /** FORGE_QUEUE_TIMEOUT: how long a request may wait for a free slot. Default 30s. */
+  queueTimeoutMs: number;
+  /** FORGE_MAX_QUEUE: requests waiting per function before 429. Default 1000. */
+  maxQueue: number;
+  /** DOCKER_HOST: the Docker engine; unset means /var/run/docker.sock. */
+  dockerHost: string | undefined;
+  /** FORGE_RUNTIME_IMAGE: image of the bun runtime. Default forge/runtime-bun:<bun version>. */
+  runtimeImage: string;
+  /** FORGE_POSTGRES_IMAGE: image of provisioned databases. Default forge/postgres:15. */
+  postgresImage: string;
+  /** FORGE_PROVISION_BACKEND: docker (a container per database) or shared. Default docker. */
+  provisionBackend: ProvisionBackend;
+  /** FORGE_PG_ADMIN_URL: admin URL of the server the shared backend creates databases on. */
+  pgAdminUrl: string | undefined;
+  /** FORGE_JOB_TTL: how long failed and deleted provisioning jobs are kept. Default 24h. */
+  jobTtlMs: number;
+  /** FORGE_ASYNC_ATTEMPTS: attempts in all for an async invocation. Default 3. */
+  asyncAttempts: number;
+  /** FORGE_LOG_FORMAT: pretty or json. Default pretty. */
+  logFormat: LogFormat;
+  /** FORGE_MAX_ARCHIVE_MB: unpacked size limit of a deploy. Default 50. */
+  maxArchiveBytes: number;
+  /** FORGE_MAX_ARCHIVE_FILES: file-count limit of a deploy. Default 10000. */
+  maxArchiveFiles: number;
+  /** FORGE_MAX_BODY_MB: request body limit of invoke and the data plane. Default 6. */
+  maxBodyBytes: number;
+  /** FORGE_LOG_RETENTION_MB: function log bytes kept per function. Default 10. */
+  logRetentionBytes: number;
+}
+
+export interface ClientConfig {
+  /** FORGE_URL: where the CLI finds forge. Default http://127.0.0.1:8080 */
+  url: string;
+  /** FORGE_API_KEY, else the key saved in FORGE_DATA_DIR. */
+  apiKey: string | undefined;
+  /** FORGE_DATA_DIR, to find a locally generated key. */
+  dataDir: string;
+}
+
+type Env = Record<string, string | undefined>;
+
+export function loadConfig(env: Env = process.env, overrides: Partial<Config> = {}): Config {
+  const r = new Reader(env);
+  const dataDir = resolve(r.str("FORGE_DATA_DIR", "./.forge"));
+  const config: Config = {
+    port: r.int("FORGE_PORT", 8080, 0, 65535),
+    host: r.str("FORGE_HOST", "127.0.0.1"),
+    domain: r.match("FORGE_DOMAIN", "localhost", /^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$/, "a DNS domain such as localhost or fn.example.com"),
+    dataDir,
+    db: r.str("FORGE_DB", resolve(dataDir, "forge.db")),
+    redisUrl: r.optUrl("FORGE_REDIS_URL", ["redis:", "rediss:"]),
+    driver: r.oneOf("FORGE_DRIVER", "auto", ["auto", "docker", "process"] as const),
+    apiKey: r.opt("FORGE_API_KEY"),
+    stemCells: r.int("FORGE_STEM_CELLS", 2, 0, 64),
+    memoryBudgetMb: r.int("FORGE_MEMORY_BUDGET_MB", 4096, 64, 1 << 24),
+    keepAliveMs: r.duration("FORGE_KEEP_ALIVE", 10 * 60_000),
+    queueTimeoutMs: r.duration("FORGE_QUEUE_TIMEOUT", 30_000),
+    maxQueue: r.int("FORGE_MAX_QUEUE", 1000, 0, 1_000_000),
+    dockerHost: r.opt("DOCKER_HOST"),
+    runtimeImage: r.str("FORGE_RUNTIME_IMAGE", `forge/runtime-bun:${Bun.version}`),
+    postgresImage: r.str("FORGE_POSTGRES_IMAGE", "forge/postgres:15"),
+    provisionBackend: r.oneOf("FORGE_PROVISION_BACKEND", "docker", ["docker", "shared"] as const),
+    pgAdminUrl: r.optUrl("FORGE_PG_ADMIN_URL", ["postgres:", "postgresql:"]),
+    jobTtlMs: r.duration("FORGE_JOB_TTL", 24 * 3600_000),
+    asyncAttempts: r.int("FORGE_ASYNC_ATTEMPTS", 3, 1, 100),
+    logFormat: r.oneOf("FORGE_LOG_FORMAT", "pretty", ["pretty", "json"] as const),
+    maxArchiveBytes: r.int("FORGE_MAX_ARCHIVE_MB", 50, 1, 10_000) * 1024 * 1024,
+    maxArchiveFiles: r.int("FORGE_MAX_ARCHIVE_FILES", 10_000, 1, 1_000_000),
+    maxBodyBytes: r.int("FORGE_MAX_BODY_MB", 6, 1, 1024) * 1024 * 1024,
+    logRetentionBytes: r.int("FORGE_LOG_RETENTION_MB", 10, 1, 10_000) * 1024 * 1024,
+  };
+  r.throwIfInvalid();
+  return { ...config, ...overrides };
+}
+
+export function loadClientConfig(env: Env = process.env): ClientConfig {
+  const r = new Reader(env);
+  const config: ClientConfig = {
+    url: r.optUrl("FORGE_URL", ["http:", "https:"]) ?? "http://127.0.0.1:8080",
+    apiKey: r.opt("FORGE_API_KEY"),
+    dataDir: resolve(r.str("FORGE_DATA_DIR", "./.forge")),
+  };
+  r.throwIfInvalid();
+  return config;
+}
+
+/** Is this process running under CI (tests must fail, not skip, when a service is missing)? */
+export function isCI(env: Env = process.env): boolean {
+  return env.CI === "true" || env.CI === "1";
+}
+
+/** Parses "250ms", "10s", "5m", "1h", "1d" or a bare number of milliseconds. */
+export function parseDuration(text: string): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?$/.exec(text.trim());
+  if (!m) return undefined;
+  const n = Number(m[1]);
+  const unit = m[2] ?? "ms";
+  const factor = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[unit] ?? 1;
+  return Math.round(n * factor);
+}
+
+// --- internal ---
+
+class Reader {
+  private readonly problems: string[] = [];
+  constructor(private readonly env: Env) {}
+
+  opt(name: string): string | undefined {
+    const v = this.env[name];
+    return v === undefined || v === "" ? undefined : v;
+  }
+  str(name: string, def: string): string {
+    return this.opt(name) ?? def;
+  }
+  int(name: string, def: number, min: number, max: number): number {
+    const v = this.opt(name);
+    if (v === undefined) return def;
+    const n = Number(v);
+    if (!/^\d+$/.test(v.trim()) || !Number.isSafeInteger(n) || n < min || n > max) {
+      this.problems.push(`${name}=${JSON.stringify(v)}: expected a whole number from ${min} to ${max}`);
+      return def;
+    }
+    return n;
+  }
+  duration(name: string, def: number): number {
+    const v = this.opt(name);
+    if (v === undefined) return def;
+    const ms = parseDuration(v);
+    if (ms === undefined) {
+      this.problems.push(`${name}=${JSON.stringify(v)}: expected a duration such as 500ms, 30s, 10m or 1h`);
+      return def;
+    }
+    return ms;
+  }
+  oneOf<T extends string>(name: string, def: T, allowed: readonly T[]): T {
+    const v = this.opt(name);
+    if (v === undefined) return def;
+    if (!(allowed as readonly string[]).includes(v)) {
+      this.problems.push(`${name}=${JSON.stringify(v)}: expected one of ${allowed.join(", ")}`);
+      return def;
+    }
+    return v as T;
+  }
+  match(name: string, def: string, re: RegExp, what: string): string {
+    const v = this.opt(name);
+    if (v === undefined) return def;
+    if (!re.test(v)) {
+      this.problems.push(`${name}=${JSON.stringify(v)}: expected ${what}`);
+      return def;
+    }
+    return v;
+  }
+  optUrl(name: string, protocols: string[]): string | undefined {
+    const v = this.opt(name);
+    if (v === undefined) return undefined;
+    let ok = false;
+    try {
+      ok = protocols.includes(new URL(v).protocol);
+    } catch {
+      ok = false;
+    }
+    if (!ok) {
+      this.problems.push(`${name}: expected a URL starting with ${protocols.map((p) => `${p}//`).join(" or ")}`);
+      return undefined;
+    }
+    return v;
+  }
+  throwIfInvalid(): void {
+    if (this.problems.length === 0) return;
+    throw new ForgeError(ErrorCode.InvalidConfig, 400, `invalid settings:\n  ${this.problems.join("\n  ")}`, {
+      hint: "fix or unset these environment variables (see Settings in README.md)",
+    });
+  }
+}

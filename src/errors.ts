@@ -1,0 +1,88 @@
+/**
+ * ForgeError is the one error type that crosses module lines. It carries a code from a
+ * fixed list, an HTTP status, a message saying what went wrong and a hint saying how to
+ * fix it. User errors (4xx) are shown as message + hint; system errors (5xx) are logged
+ * with their cause.
+ */
+export const ErrorCode = {
+  // user errors
+  BadRequest: "bad_request",
+  InvalidName: "invalid_name",
+  InvalidJson: "invalid_json",
+  InvalidConfig: "invalid_config",
+  InvalidArchive: "invalid_archive",
+  ArchiveTooLarge: "archive_too_large",
+  BodyTooLarge: "body_too_large",
+  BuildFailed: "build_failed",
+  Unauthorized: "unauthorized",
+  NotFound: "not_found",
+  FunctionNotFound: "function_not_found",
+  VersionNotFound: "version_not_found",
+  Conflict: "conflict",
+  InvalidCron: "invalid_cron",
+  Saturated: "saturated",
+  // system errors
+  QueueTimeout: "queue_timeout",
+  FunctionTimeout: "function_timeout",
+  InstanceCrashed: "instance_crashed",
+  InstanceStartFailed: "instance_start_failed",
+  DriverUnavailable: "driver_unavailable",
+  Disposed: "disposed",
+  Internal: "internal",
+} as const;
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+export interface ForgeErrorOptions {
+  /** What the user can do about it; shown under the message. */
+  hint?: string;
+  /** The underlying error, logged for system errors, never sent to clients. */
+  cause?: unknown;
+}
+
+export class ForgeError extends Error {
+  override readonly name = "ForgeError";
+  readonly hint: string | undefined;
+
+  constructor(
+    readonly code: ErrorCode,
+    readonly status: number,
+    message: string,
+    options: ForgeErrorOptions = {},
+  ) {
+    super(message, { cause: options.cause });
+    this.hint = options.hint;
+  }
+
+  /** 4xx: the caller did something wrong and can fix it. */
+  get isUserError(): boolean {
+    return this.status >= 400 && this.status < 500;
+  }
+
+  toJSON(): { error: { code: ErrorCode; message: string; hint?: string } } {
+    return {
+      error: { code: this.code, message: this.message, ...(this.hint ? { hint: this.hint } : {}) },
+    };
+  }
+
+  toResponse(headers?: Record<string, string>): Response {
+    const h = new Headers(headers);
+    h.set("content-type", "application/json; charset=utf-8");
+    return new Response(JSON.stringify(this.toJSON()), { status: this.status, headers: h });
+  }
+}
+
+export function isForgeError(err: unknown): err is ForgeError {
+  return err instanceof ForgeError;
+}
+
+/** DNS label rule of DESIGN §8, shared by function names, service names and database names. */
+export const NAME_PATTERN = /^[a-z][a-z0-9-]{0,62}$/;
+
+export function assertName(name: string, what = "function name"): string {
+  if (!NAME_PATTERN.test(name)) {
+    throw new ForgeError(ErrorCode.InvalidName, 400, `"${name.slice(0, 80)}" is not a valid ${what}`, {
+      hint: "use a DNS label: lowercase letters, digits and '-', starting with a letter, at most 63 characters (e.g. greet-v2)",
+    });
+  }
+  return name;
+}

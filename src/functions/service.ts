@@ -1,0 +1,300 @@
+/**
+ * FunctionService: the deploy pipeline and the lifecycle of functions (rollback, patch,
+ * delete), over the store, the build steps and the pool. The router calls it; it knows
+ * nothing of HTTP.
+ */
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, renameSync, rmSync } from "node:fs";
+import { join, relative, resolve } from "node:path";
+import type { ConsolaInstance } from "consola";
+import {
+  bundleEntry,
+  findEntry,
+  parseConfigInput,
+  PATCHABLE_FIELDS,
+  resolveConfig,
+  safeUnpack,
+  type FunctionConfig,
+  type FunctionConfigInput,
+} from "../build/index.ts";
+import { assertName, ErrorCode, ForgeError } from "../errors.ts";
+import type { PoolManager, PoolSpec } from "../pool/index.ts";
+import type { FunctionRecord, Store, VersionRecord } from "../store/index.ts";
+
+export interface DeployProgress {
+  step: number;
+  of: number;
+  phase: "packaging" | "building" | "starting";
+  message: string;
+}
+
+export interface DeployResult {
+  name: string;
+  version: number;
+  url: string;
+  image: string | null;
+  digest: string;
+}
+
+/** Builds an image for a version (docker driver); absent on the process driver. */
+export interface ImageBuilder {
+  /** Image of a bun function: the runtime image plus the bundle. */
+  buildBundleImage(fn: string, version: number, bundlePath: string, onLog: (line: string) => void): Promise<string>;
+  /** Image of a runtime "docker" function from its own Dockerfile. */
+  buildDockerfileImage(fn: string, version: number, contextDir: string, onLog: (line: string) => void): Promise<string>;
+  removeImages(fn: string): Promise<void>;
+}
+
+/** Resolves database bindings into environment variables (provisioner); absent when none. */
+export type BindingResolver = (databases: string[]) => Promise<Record<string, string>>;
+
+export interface FunctionServiceOptions {
+  store: Store;
+  pool: PoolManager;
+  logger: ConsolaInstance;
+  dataDir: string;
+  /** Public URL of a function. */
+  urlOf: (name: string) => string;
+  limits: { maxBytes: number; maxFiles: number };
+  images?: ImageBuilder;
+  bindings?: BindingResolver;
+}
+
+export class FunctionService {
+  private readonly deploying = new Map<string, Promise<unknown>>();
+
+  constructor(private readonly o: FunctionServiceOptions) {}
+
+  get(name: string): FunctionRecord {
+    const fn = this.o.store.functions.get(name);
+    if (!fn || fn.activeVersion === null) {
+      throw new ForgeError(ErrorCode.FunctionNotFound, 404, `function ${name} not found`, {
+        hint: "list functions with `forge list`, or deploy it with `forge deploy`",
+      });
+    }
+    return fn;
+  }
+
+  list(): FunctionRecord[] {
+    return this.o.store.functions.list().filter((f) => f.activeVersion !== null);
+  }
+
+  versions(name: string): VersionRecord[] {
+    this.get(name);
+    return this.o.store.versions.list(name);
+  }
+
+  /** Deploys a tar.gz of a function folder (or of a bundle and its forge.json) as the next version. */
+  async deploy(name: string, archive: Uint8Array, onProgress: (p: DeployProgress) => void = () => {}, overrides: unknown = {}): Promise<DeployResult> {
+    assertName(name);
+    const flags = parseConfigInput(overrides, "deploy flags");
+    // One deploy of a function at a time: versions switch in the order they were built.
+    const previous = this.deploying.get(name) ?? Promise.resolve();
+    const run = previous.catch(() => {}).then(() => this.deployNow(name, archive, onProgress, flags));
+    this.deploying.set(name, run);
+    try {
+      return await run;
+    } finally {
+      if (this.deploying.get(name) === run) this.deploying.delete(name);
+    }
+  }
+
+  /** Switches to another version (default: the one before the active one). */
+  async rollback(name: string, to?: number): Promise<VersionRecord> {
+    const fn = this.get(name);
+    const versions = this.o.store.versions.list(name);
+    const target = to ?? versions.find((v) => fn.activeVersion !== null && v.version < fn.activeVersion)?.version;
+    if (target === undefined) {
+      throw new ForgeError(ErrorCode.VersionNotFound, 409, `${name} has no version before v${fn.activeVersion} to roll back to`, {
+        hint: "see `forge versions " + name + "`; pass --to N to pick one",
+      });
+    }
+    const version = this.o.store.versions.get(name, target);
+    if (!version) {
+      throw new ForgeError(ErrorCode.VersionNotFound, 404, `${name} has no version ${target}`, {
+        hint: `known versions: ${versions.map((v) => v.version).join(", ")}`,
+      });
+    }
+    await this.o.pool.activate(await this.poolSpec(version, version.config));
+    return this.o.store.versions.activate(name, target);
+  }
+
+  /** Changes config; env and memory need new instances (a zero-downtime switch), the rest applies live. */
+  async patch(name: string, body: unknown): Promise<FunctionRecord> {
+    const fn = this.get(name);
+    const input = parseConfigInput(body, "PATCH body");
+    for (const key of Object.keys(input)) {
+      if (!(PATCHABLE_FIELDS as readonly string[]).includes(key)) {
+        throw new ForgeError(ErrorCode.InvalidConfig, 400, `"${key}" cannot be changed with PATCH`, {
+          hint: `PATCH changes ${PATCHABLE_FIELDS.join(", ")}; deploy a new version for the rest`,
+        });
+      }
+    }
+    const next: FunctionConfig = resolveConfig(name, fn.config, input);
+    if (input.env) next.env = input.env; // PATCH env replaces the whole map, so a variable can be removed
+    const updated = this.o.store.functions.updateConfig(name, next);
+    const needsNewInstances = input.env !== undefined || (input.memoryMb !== undefined && input.memoryMb !== fn.config.memoryMb);
+    const version = fn.activeVersion === null ? undefined : this.o.store.versions.get(name, fn.activeVersion);
+    if (needsNewInstances && version) {
+      await this.o.pool.activate(await this.poolSpec(version, next));
+    } else {
+      this.o.pool.updateLive(name, {
+        concurrency: next.concurrency,
+        minWarm: next.minWarm,
+        maxInstances: next.maxInstances,
+        timeoutMs: next.timeoutMs,
+      });
+    }
+    return updated;
+  }
+
+  async delete(name: string): Promise<void> {
+    this.get(name);
+    await this.o.pool.remove(name);
+    this.o.store.schedules.deleteForFunction(name);
+    this.o.store.functions.delete(name);
+    await this.o.images?.removeImages(name).catch((err: unknown) => this.o.logger.warn(`could not remove images of ${name}:`, err));
+    rmSync(this.functionDir(name), { recursive: true, force: true });
+  }
+
+  /** Re-creates the pools of active versions after a restart (no instance starts unless minWarm asks). */
+  async restore(): Promise<void> {
+    for (const fn of this.list()) {
+      const version = fn.activeVersion === null ? undefined : this.o.store.versions.get(fn.name, fn.activeVersion);
+      if (!version) continue;
+      try {
+        await this.o.pool.activate(await this.poolSpec(version, fn.config));
+      } catch (err) {
+        this.o.logger.error(`could not restore ${fn.name} v${version.version}:`, err);
+      }
+    }
+  }
+
+  // --- internal ---
+
+  private async deployNow(name: string, archive: Uint8Array, onProgress: (p: DeployProgress) => void, flags: FunctionConfigInput): Promise<DeployResult> {
+    const fnDir = this.functionDir(name);
+    const work = join(fnDir, "tmp", randomBytes(6).toString("hex"));
+    const src = join(work, "src");
+    mkdirSync(src, { recursive: true, mode: 0o700 });
+    try {
+      onProgress({ step: 1, of: 3, phase: "packaging", message: `unpacking ${archive.byteLength} bytes` });
+      const unpacked = await safeUnpack(archive, src, this.o.limits);
+      const config = await this.readConfig(name, src, flags);
+
+      onProgress({ step: 2, of: 3, phase: "building", message: `${unpacked.files} files, runtime ${config.runtime}` });
+      let artifact: string;
+      let digest: string;
+      let bundlePath: string | undefined;
+      if (config.runtime === "bun") {
+        const entry = findEntry(src, config.entry);
+        const out = join(work, "bundle.mjs");
+        const built = await bundleEntry(src, entry, out);
+        digest = built.digest;
+        const artifactsDir = join(fnDir, "artifacts");
+        mkdirSync(artifactsDir, { recursive: true });
+        bundlePath = join(artifactsDir, `${digest.slice(0, 32)}.mjs`);
+        if (!existsSync(bundlePath)) renameSync(out, bundlePath);
+        artifact = relative(this.o.dataDir, bundlePath);
+      } else {
+        if (!this.o.images) {
+          throw new ForgeError(ErrorCode.InvalidConfig, 400, `runtime "docker" needs the docker driver, and forge runs the process driver`, {
+            hint: "start forge with FORGE_DRIVER=docker on a machine with Docker, or deploy a bun function",
+          });
+        }
+        if (!existsSync(join(src, "Dockerfile"))) {
+          throw new ForgeError(ErrorCode.InvalidConfig, 400, `runtime "docker" needs a Dockerfile in the function folder`, {
+            hint: "add a Dockerfile whose image serves HTTP on $PORT",
+          });
+        }
+        const contextDir = join(fnDir, "contexts", randomBytes(6).toString("hex"));
+        mkdirSync(join(fnDir, "contexts"), { recursive: true });
+        renameSync(src, contextDir);
+        digest = await digestDir(contextDir);
+        artifact = relative(this.o.dataDir, contextDir);
+      }
+
+      const version = this.o.store.versions.create(name, { digest, config, artifact, image: null });
+      let image: string | null = null;
+      try {
+        if (this.o.images) {
+          const log = (line: string): void => onProgress({ step: 2, of: 3, phase: "building", message: line });
+          image =
+            config.runtime === "bun" && bundlePath
+              ? await this.o.images.buildBundleImage(name, version.version, bundlePath, log)
+              : await this.o.images.buildDockerfileImage(name, version.version, resolve(this.o.dataDir, artifact), log);
+        }
+        onProgress({ step: 3, of: 3, phase: "starting", message: `version ${version.version}` });
+        const withImage: VersionRecord = { ...version, image };
+        await this.o.pool.activate(await this.poolSpec(withImage, config));
+      } catch (err) {
+        this.o.store.versions.discard(name, version.version);
+        throw err;
+      }
+      if (image) this.o.store.versions.setImage(name, version.version, image);
+      this.o.store.versions.activate(name, version.version);
+      return { name, version: version.version, url: this.o.urlOf(name), image, digest };
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  }
+
+  private async readConfig(name: string, src: string, flags: FunctionConfigInput): Promise<FunctionConfig> {
+    const file = Bun.file(join(src, "forge.json"));
+    let fromFile = {};
+    if (await file.exists()) {
+      let raw: unknown;
+      try {
+        raw = JSON.parse(await file.text());
+      } catch (err) {
+        throw new ForgeError(ErrorCode.InvalidConfig, 400, `forge.json is not valid JSON: ${(err as Error).message}`, {
+          hint: "fix the syntax of forge.json (a JSON object, no comments or trailing commas)",
+        });
+      }
+      fromFile = parseConfigInput(raw, "forge.json");
+    }
+    const config = resolveConfig(name, fromFile, flags);
+    this.o.store.functions.ensure(name, config);
+    return config;
+  }
+
+  private async poolSpec(version: VersionRecord, config: FunctionConfig): Promise<PoolSpec> {
+    const bound = config.databases.length > 0 && this.o.bindings ? await this.o.bindings(config.databases) : {};
+    if (config.databases.length > 0 && !this.o.bindings) {
+      throw new ForgeError(ErrorCode.InvalidConfig, 400, `${config.name} binds databases, and this forge has no provisioner`, {
+        hint: "remove `databases` from forge.json or run forge with the provisioner",
+      });
+    }
+    const artifactPath = resolve(this.o.dataDir, version.artifact);
+    return {
+      function: version.function,
+      version: version.version,
+      runtime: config.runtime,
+      concurrency: config.concurrency,
+      minWarm: config.minWarm,
+      maxInstances: config.maxInstances,
+      memoryMb: config.memoryMb,
+      timeoutMs: config.timeoutMs,
+      env: { ...config.env, ...bound },
+      ...(config.runtime === "bun" ? { bundlePath: artifactPath } : {}),
+      ...(version.image ? { image: version.image } : {}),
+    };
+  }
+
+  private functionDir(name: string): string {
+    return join(this.o.dataDir, "functions", name);
+  }
+}
+
+// --- internal ---
+
+async function digestDir(dir: string): Promise<string> {
+  const hasher = new Bun.CryptoHasher("sha256");
+  const glob = new Bun.Glob("**/*");
+  const files = [...glob.scanSync({ cwd: dir, dot: true, onlyFiles: true })].sort();
+  for (const f of files) {
+    hasher.update(f);
+    hasher.update(new Uint8Array(await Bun.file(join(dir, f)).arrayBuffer()));
+  }
+  return hasher.digest("hex");
+}

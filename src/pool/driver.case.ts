@@ -1,0 +1,312 @@
+/**
+ * The one contract every Driver honours, as a bun:test suite: the fake, process and docker
+ * drivers each run it from their own *.test.ts. Driver-agnostic: what differs (how to kill
+ * an instance from outside, what a spec needs, e.g. an image) comes in through options.
+ */
+import { expect, test } from "bun:test";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ErrorCode, ForgeError } from "../errors.ts";
+import type { Driver, ExitInfo, InstanceHandle, InstanceSpec, LogLine } from "./driver.ts";
+import type { FakeHandler } from "./fake-driver.ts";
+import { forward, health, specialize } from "./instance-client.ts";
+
+/** The function every contract instance runs. Its paths are the suite's probes. */
+export const CONTRACT_BUNDLE = `
+export default {
+  async fetch(req) {
+    const url = new URL(req.url);
+    if (url.pathname === "/exit") process.exit(3);
+    if (url.pathname === "/env") return Response.json(Object.keys(process.env));
+    if (url.pathname === "/slow") {
+      const n = url.searchParams.get("n");
+      console.log("before " + n);
+      await new Promise((resolve) => setTimeout(resolve, 1 + (Number(n) % 4)));
+      console.log("after " + n);
+      return new Response(n);
+    }
+    console.log("hello from", url.pathname);
+    return new Response("ok " + process.env.GREETING);
+  },
+};
+`;
+
+/**
+ * What CONTRACT_BUNDLE does, for the fake driver, which runs no code: the same answers,
+ * log lines and exit.
+ */
+export const contractBundleEmulation: FakeHandler = async (request, spec, ctx) => {
+  const url = new URL(request.url);
+  if (url.pathname === "/exit") {
+    ctx.exit(3);
+    return new Response("exiting", { status: 500 });
+  }
+  if (url.pathname === "/env") return Response.json(Object.keys(spec.env));
+  if (url.pathname === "/slow") {
+    const n = url.searchParams.get("n");
+    ctx.log(`before ${n}`);
+    await new Promise((resolve) => setTimeout(resolve, 1 + (Number(n) % 4)));
+    ctx.log(`after ${n}`);
+    return new Response(n);
+  }
+  ctx.log(`hello from ${url.pathname}`);
+  return new Response(`ok ${spec.env.GREETING}`);
+};
+
+export interface DriverContractOptions {
+  /** Kills an instance from outside forge, as a crash or the OOM killer would (SIGKILL, docker kill). */
+  kill(driver: Driver, handle: InstanceHandle): Promise<void>;
+  /** Completes a spec for this driver (e.g. the runtime image for docker). Default: as is. */
+  spec?(spec: InstanceSpec): InstanceSpec;
+  /** Upper bound on waiting for an event (exit, log line) before the test fails. Default 10 000. */
+  waitMs?: number;
+}
+
+export function driverContract(name: string, make: () => Promise<Driver>, options: DriverContractOptions): void {
+  const waitMs = options.waitMs ?? 10_000;
+  const complete = options.spec ?? ((spec: InstanceSpec) => spec);
+
+  /** A driver and a folder holding the contract bundle, both gone when the test ends. */
+  async function setup() {
+    const dir = await mkdtemp(join(tmpdir(), "forge-contract-"));
+    const bundlePath = join(dir, "fn.mjs");
+    await writeFile(bundlePath, CONTRACT_BUNDLE);
+    let driver: Driver;
+    try {
+      driver = await make();
+    } catch (err) {
+      await rm(dir, { recursive: true, force: true });
+      throw err;
+    }
+    const instanceSpec = (overrides: Partial<InstanceSpec> = {}): InstanceSpec =>
+      complete({
+        id: `c${crypto.randomUUID().slice(0, 8)}`,
+        role: "instance",
+        runtime: "bun",
+        function: "greet",
+        version: 1,
+        bundlePath,
+        env: { GREETING: "Hello" },
+        memoryMb: 256,
+        ...overrides,
+      });
+    return {
+      driver,
+      instanceSpec,
+      async [Symbol.asyncDispose]() {
+        try {
+          await driver.dispose();
+        } finally {
+          await rm(dir, { recursive: true, force: true });
+        }
+      },
+    };
+  }
+
+  /** Resolves with the first event `subscribe` delivers that matches, or fails after waitMs. */
+  function nextEvent<T>(subscribe: (listener: (event: T) => void) => () => void, match: (event: T) => boolean, what: string) {
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        unsubscribe();
+        reject(new Error(`${name}: no ${what} within ${waitMs} ms`));
+      }, waitMs);
+      const unsubscribe = subscribe((event) => {
+        if (!match(event)) return;
+        clearTimeout(timer);
+        unsubscribe();
+        resolve(event);
+      });
+    });
+  }
+
+  const exitOf = (driver: Driver, id: string) =>
+    nextEvent<ExitInfo>((l) => driver.onExit(l), (info) => info.id === id, `exit notice for ${id}`);
+
+  const get = (handle: InstanceHandle, path: string, requestId = crypto.randomUUID()) =>
+    forward(handle, new Request(`http://greet.localhost${path}`), requestId);
+
+  test(`${name}: starts an instance from a bundle and serves it with its env`, async () => {
+    await using t = await setup();
+    const handle = await t.driver.start(t.instanceSpec());
+    expect(handle.spec.function).toBe("greet");
+    const response = await get(handle, "/hello?x=1");
+    expect(response.status).toBe(200);
+    expect(await response.text()).toBe("ok Hello");
+    const info = await health(handle);
+    expect(info).toMatchObject({ ok: true, specialized: true, function: "greet", version: 1 });
+  });
+
+  test(`${name}: keeps forge's own environment out of the function`, async () => {
+    await using t = await setup();
+    const handle = await t.driver.start(t.instanceSpec());
+    const keys = (await (await get(handle, "/env")).json()) as string[];
+    expect(keys).toContain("GREETING");
+    expect(keys.filter((key) => key.startsWith("FORGE_"))).toEqual([]);
+  });
+
+  test(`${name}: specializes a generic cell once, then serves the function`, async () => {
+    await using t = await setup();
+    const cell = await t.driver.start(
+      t.instanceSpec({ role: "cell", function: undefined, version: undefined, bundlePath: undefined, env: {} }),
+    );
+    expect(await health(cell)).toMatchObject({ ok: true, specialized: false });
+    expect((await get(cell, "/hello")).status).toBe(503);
+
+    const request = { function: "late", version: 2, code: CONTRACT_BUNDLE, env: { GREETING: "Hi" } };
+    const result = await specialize(cell, cell.controlToken, request);
+    expect(result.loadMs).toBeGreaterThanOrEqual(0);
+    expect(await health(cell)).toMatchObject({ specialized: true, function: "late", version: 2 });
+    const response = await get(cell, "/hello");
+    expect(await response.text()).toBe("ok Hi");
+
+    const again = specialize(cell, cell.controlToken, { ...request, function: "other" });
+    expect(again).rejects.toBeInstanceOf(ForgeError);
+    await again.catch(() => {});
+    expect(await (await get(cell, "/hello")).text()).toBe("ok Hi");
+  });
+
+  test(`${name}: control routes need the instance's token`, async () => {
+    await using t = await setup();
+    const handle = await t.driver.start(t.instanceSpec());
+    await expect(health(handle, "not-the-token")).rejects.toBeInstanceOf(ForgeError);
+  });
+
+  test(`${name}: stop makes an instance unreachable, removes it from list() and is idempotent`, async () => {
+    await using t = await setup();
+    const exits: ExitInfo[] = [];
+    t.driver.onExit((info) => exits.push(info));
+    const handle = await t.driver.start(t.instanceSpec());
+    expect((await t.driver.list()).map((i) => i.id)).toContain(handle.id);
+    await t.driver.stop(handle.id);
+    const error = await get(handle, "/hello").catch((err: unknown) => err);
+    expect(error).toBeInstanceOf(ForgeError);
+    expect((error as ForgeError).code).toBe(ErrorCode.InstanceCrashed);
+    expect((await t.driver.list()).map((i) => i.id)).not.toContain(handle.id);
+    await t.driver.stop(handle.id);
+    await t.driver.stop("never-started");
+    expect(exits).toEqual([]);
+  });
+
+  test(`${name}: reports an instance that exits on its own`, async () => {
+    await using t = await setup();
+    const handle = await t.driver.start(t.instanceSpec());
+    const exited = exitOf(t.driver, handle.id);
+    await get(handle, "/exit").then(
+      (response) => response.body?.cancel(),
+      () => {}, // the connection may drop before an answer: that is the point
+    );
+    const info = await exited;
+    expect(info).toMatchObject({ id: handle.id, code: 3, reason: "exited" });
+    const listed = (await t.driver.list()).find((i) => i.id === handle.id);
+    if (listed) expect(listed.running).toBe(false);
+  });
+
+  test(`${name}: reports an instance killed from outside`, async () => {
+    await using t = await setup();
+    const handle = await t.driver.start(t.instanceSpec());
+    const other = await t.driver.start(t.instanceSpec());
+    const exited = exitOf(t.driver, handle.id);
+    await options.kill(t.driver, handle);
+    const info = await exited;
+    expect(info.id).toBe(handle.id);
+    expect(info.code).not.toBe(0);
+    expect(await (await get(other, "/hello")).text()).toBe("ok Hello");
+  });
+
+  test(`${name}: tags the function's log lines with the request id`, async () => {
+    await using t = await setup();
+    const handle = await t.driver.start(t.instanceSpec());
+    const seen = nextEvent<LogLine>(
+      (l) => t.driver.onLog(l),
+      (line) => line.instance === handle.id && line.text === "hello from /logged",
+      "log line",
+    );
+    await (await get(handle, "/logged", "req-logged-1")).text();
+    const line = await seen;
+    expect(line).toMatchObject({ instance: handle.id, stream: "stdout", requestId: "req-logged-1" });
+    const lines: LogLine[] = [];
+    for await (const l of t.driver.logs(handle.id)) lines.push(l);
+    expect(lines).toContainEqual(expect.objectContaining({ text: "hello from /logged", requestId: "req-logged-1" }));
+  });
+
+  test(`${name}: follows logs until aborted, and until the instance exits`, async () => {
+    await using t = await setup();
+    const handle = await t.driver.start(t.instanceSpec());
+    const abort = new AbortController();
+    const collected: LogLine[] = [];
+    const arrived = nextEvent<LogLine>(
+      (l) => t.driver.onLog(l),
+      (line) => line.text === "hello from /followed",
+      "followed line",
+    );
+    const following = (async () => {
+      for await (const line of t.driver.logs(handle.id, { follow: true, signal: abort.signal })) collected.push(line);
+    })();
+    await (await get(handle, "/followed", "req-followed")).text();
+    await arrived;
+    abort.abort();
+    await following;
+    expect(collected.map((l) => l.text)).toContain("hello from /followed");
+
+    // Without a signal, a follow ends when the instance does.
+    const untilExit = (async () => {
+      const texts: string[] = [];
+      for await (const line of t.driver.logs(handle.id, { follow: true })) texts.push(line.text);
+      return texts;
+    })();
+    const exited = exitOf(t.driver, handle.id);
+    await get(handle, "/exit").then(
+      (response) => response.body?.cancel(),
+      () => {},
+    );
+    await exited;
+    expect(await untilExit).toContain("hello from /followed");
+  });
+
+  test(`${name}: keeps concurrent requests' log lines apart`, async () => {
+    await using t = await setup();
+    const handle = await t.driver.start(t.instanceSpec({ function: "busy" }));
+    const n = 16;
+    const lines: LogLine[] = [];
+    const all = nextEvent<LogLine>(
+      (l) => t.driver.onLog(l),
+      (line) => {
+        if (line.instance === handle.id) lines.push(line);
+        return lines.length === 2 * n;
+      },
+      "all log lines",
+    );
+    const bodies = await Promise.all(
+      Array.from({ length: n }, (_, i) => get(handle, `/slow?n=${i}`, `req-c-${i}`).then((r) => r.text())),
+    );
+    expect(bodies).toEqual(Array.from({ length: n }, (_, i) => String(i)));
+    await all;
+    for (const line of lines) {
+      const i = line.text.split(" ")[1];
+      expect(line.requestId).toBe(`req-c-${i}`);
+    }
+  });
+
+  test(`${name}: lists started instances with role, function and version`, async () => {
+    await using t = await setup();
+    const a = await t.driver.start(t.instanceSpec({ function: "alpha", version: 3 }));
+    const cell = await t.driver.start(
+      t.instanceSpec({ role: "cell", function: undefined, version: undefined, bundlePath: undefined, env: {} }),
+    );
+    const listed = await t.driver.list();
+    expect(listed).toContainEqual({ id: a.id, role: "instance", function: "alpha", version: 3, running: true });
+    expect(listed).toContainEqual(expect.objectContaining({ id: cell.id, role: "cell", running: true }));
+    expect(listed.find((i) => i.id === cell.id)?.function).toBeUndefined();
+  });
+
+  test(`${name}: a disposed driver stops its instances and refuses to start`, async () => {
+    await using t = await setup();
+    const handle = await t.driver.start(t.instanceSpec());
+    await t.driver.dispose();
+    await expect(get(handle, "/hello")).rejects.toBeInstanceOf(ForgeError);
+    const error = await t.driver.start(t.instanceSpec()).catch((err: unknown) => err);
+    expect(error).toBeInstanceOf(ForgeError);
+    expect((error as ForgeError).code).toBe(ErrorCode.Disposed);
+  });
+}

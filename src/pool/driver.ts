@@ -1,0 +1,110 @@
+/**
+ * The Driver interface: the only way the pool reaches instances. A driver starts a runtime
+ * (a Bun child process, a container, or an in-process fake) from a spec, stops it, lists
+ * what exists with forge's labels, streams its logs and reports its exits. The pool knows
+ * nothing of Docker or processes.
+ */
+
+export type InstanceRole = "instance" | "cell";
+
+/** How forge reaches an instance: always a Unix socket on local drivers. */
+export interface Endpoint {
+  /** Path of the Unix socket the shim listens on. */
+  socketPath: string;
+}
+
+export interface InstanceSpec {
+  /** Unique id, short and DNS-safe (used in container and folder names). */
+  id: string;
+  role: InstanceRole;
+  /** Runtime: "bun" runs forge's shim; "docker" runs a user image serving HTTP on $PORT. */
+  runtime: "bun" | "docker";
+  /** Function and version this instance serves; absent for a stem cell. */
+  function?: string;
+  version?: number;
+  /** Bun runtime: the bundled entry module to load at start (absent: start generic). */
+  bundlePath?: string;
+  /** Image to run (docker driver); the runtime image for cells. */
+  image?: string;
+  /** The function's own environment; nothing of forge's leaks in. */
+  env: Record<string, string>;
+  /** Memory limit in MiB. */
+  memoryMb: number;
+}
+
+export interface InstanceHandle {
+  readonly id: string;
+  readonly spec: InstanceSpec;
+  readonly endpoint: Endpoint;
+  /** Token the shim expects in `x-forge-control` on its control routes. */
+  readonly controlToken: string;
+  readonly startedAt: number;
+}
+
+/** What `list()` reports: instances this driver (or an earlier run of forge) left on the host. */
+export interface ListedInstance {
+  id: string;
+  role: InstanceRole;
+  function?: string;
+  version?: number;
+  running: boolean;
+}
+
+export interface ExitInfo {
+  id: string;
+  /** Exit code when known. */
+  code: number | null;
+  /** Why, when known: "exited", "killed", "oom", "stopped". */
+  reason: string;
+}
+
+export interface LogLine {
+  /** Epoch milliseconds. */
+  ts: number;
+  instance: string;
+  stream: "stdout" | "stderr";
+  /** Request id the line was written under, when the shim knew it. */
+  requestId?: string;
+  text: string;
+}
+
+export interface LogOptions {
+  /** Keep streaming new lines until the signal aborts or the instance ends. */
+  follow?: boolean;
+  signal?: AbortSignal;
+}
+
+export interface Driver extends AsyncDisposable {
+  readonly name: "process" | "docker" | "fake";
+  /** Starts an instance and resolves once it answers its health check. */
+  start(spec: InstanceSpec, signal?: AbortSignal): Promise<InstanceHandle>;
+  /** Stops and removes an instance; stopping an unknown or stopped one is not an error. */
+  stop(id: string): Promise<void>;
+  /** Instances on the host carrying forge's labels, this run's and earlier runs'. */
+  list(): Promise<ListedInstance[]>;
+  /** Log lines of one instance, from the start of its life. */
+  logs(id: string, options?: LogOptions): AsyncIterable<LogLine>;
+  /** Registers a listener for instance exits (not called for stop()); returns an unsubscribe. */
+  onExit(listener: (info: ExitInfo) => void): () => void;
+  /** Registers a listener for every log line of every instance; returns an unsubscribe. */
+  onLog(listener: (line: LogLine) => void): () => void;
+  /** Optional: change a running instance's memory limit (docker, after a cell is specialized). */
+  setMemory?(id: string, memoryMb: number): Promise<void>;
+  /** Stops everything this driver started. */
+  dispose(): Promise<void>;
+}
+
+/** Header naming the per-instance control token on the shim's control routes. */
+export const CONTROL_HEADER = "x-forge-control";
+/** Control routes of the shim (only with a valid control token). */
+export const CONTROL_HEALTH = "/__forge/health";
+export const CONTROL_SPECIALIZE = "/__forge/specialize";
+
+/** Body of a specialize call: what turns a stem cell into a function's instance. */
+export interface SpecializeRequest {
+  function: string;
+  version: number;
+  /** The bundled entry module, one ES module of source. */
+  code: string;
+  env: Record<string, string>;
+}

@@ -1,0 +1,388 @@
+/**
+ * FunctionPool: the instances of one function version. It leases the least-loaded ready
+ * instance with a free slot; when none has one, requests wait in a bounded FIFO (429 on
+ * overflow, 503 past the queue timeout) while the autoscaler starts what demand asks for:
+ *
+ *   desired = clamp(ceil((inFlight + queued) / (concurrency x targetUtilization)), minWarm, maxInstances)
+ *
+ * counting instances already starting, so a burst never starts more than it needs.
+ */
+import { ErrorCode, ForgeError } from "../errors.ts";
+import type { InstanceHandle } from "./driver.ts";
+import { Fifo, type FifoNode } from "./_fifo.ts";
+import type { Clock, TimerHandle } from "./clock.ts";
+import type { Lease, PoolSnapshot, PoolSpec, StartKind } from "./types.ts";
+
+/** What a pool asks of its manager: instances, memory, cells, time. */
+export interface PoolHost {
+  readonly clock: Clock;
+  readonly queueTimeoutMs: number;
+  readonly maxQueue: number;
+  readonly targetUtilization: number;
+  /** Starts an instance for the pool (from a cell when one is free); resolves when ready. `id` is the pool's key; the handle's id may differ (a cell's). */
+  startInstance(pool: FunctionPool, id: string): Promise<{ handle: InstanceHandle; origin: StartKind }>;
+  /** Reserves memory for one more instance of the pool, evicting idle ones elsewhere; false if impossible. */
+  reserveMemory(pool: FunctionPool, mb: number): boolean;
+  releaseMemory(mb: number): void;
+  /** Stops an instance by its driver id (the handle's). */
+  stopInstance(driverId: string): void;
+  newInstanceId(): string;
+  countStart(fn: string, kind: StartKind): void;
+  onIdle(fn: string, idleMs: number): void;
+}
+
+export class PoolInstance {
+  state: "starting" | "ready" | "stopping" = "starting";
+  inFlight = 0;
+  served = 0;
+  handle: InstanceHandle | undefined;
+  origin: StartKind = "cold";
+  lastUsed: number;
+
+  constructor(
+    readonly id: string,
+    readonly memoryMb: number,
+    readonly createdAt: number,
+  ) {
+    this.lastUsed = createdAt;
+  }
+}
+
+interface Waiter {
+  resolve(lease: Lease): void;
+  reject(err: unknown): void;
+  enqueuedAt: number;
+  timer: TimerHandle;
+  node?: FifoNode<Waiter>;
+}
+
+export class FunctionPool {
+  private readonly instances = new Map<string, PoolInstance>();
+  private readonly waiters = new Fifo<Waiter>();
+  private inFlightTotal = 0;
+  private draining = false;
+  private drained: (() => void) | undefined;
+  private lastDesired = 0;
+
+  constructor(
+    public spec: PoolSpec,
+    private readonly host: PoolHost,
+  ) {}
+
+  get function(): string {
+    return this.spec.function;
+  }
+  get version(): number {
+    return this.spec.version;
+  }
+  get queued(): number {
+    return this.waiters.size;
+  }
+  get inFlight(): number {
+    return this.inFlightTotal;
+  }
+  get isDraining(): boolean {
+    return this.draining;
+  }
+  /** Instances starting or ready. */
+  get liveCount(): number {
+    let n = 0;
+    for (const i of this.instances.values()) if (i.state !== "stopping") n++;
+    return n;
+  }
+  get readyCount(): number {
+    let n = 0;
+    for (const i of this.instances.values()) if (i.state === "ready") n++;
+    return n;
+  }
+
+  /** Leases a slot at once when one is free (the warm path: no promise, no allocation but the lease). */
+  tryAcquire(): Lease | undefined {
+    if (this.waiters.size > 0) return undefined; // FIFO: nobody jumps the queue
+    const inst = this.leastLoaded();
+    return inst ? this.lease(inst, "warm", 0) : undefined;
+  }
+
+  /** Leases a slot, waiting in the queue and scaling up when none is free. */
+  acquire(signal?: AbortSignal): Lease | Promise<Lease> {
+    const now = this.tryAcquire();
+    if (now) return now;
+    if (this.draining) {
+      return Promise.reject(new ForgeError(ErrorCode.QueueTimeout, 503, `${this.function} v${this.version} is being replaced`, { hint: "retry the request" }));
+    }
+    if (this.waiters.size >= this.host.maxQueue) {
+      throw new ForgeError(ErrorCode.Saturated, 429, `${this.function} is saturated: ${this.waiters.size} requests already wait`, {
+        hint: "retry with backoff, or raise maxInstances / concurrency (forge deploy --max-instances N)",
+      });
+    }
+    const p = new Promise<Lease>((resolve, reject) => {
+      const waiter: Waiter = {
+        resolve,
+        reject,
+        enqueuedAt: this.host.clock.now(),
+        timer: this.host.clock.setTimeout(() => {
+          if (waiter.node && this.waiters.remove(waiter.node)) {
+            reject(
+              new ForgeError(ErrorCode.QueueTimeout, 503, `${this.function}: no instance was free within ${this.host.queueTimeoutMs} ms`, {
+                hint: "the function is at capacity: raise maxInstances or concurrency, or the memory budget (FORGE_MEMORY_BUDGET_MB)",
+              }),
+            );
+          }
+        }, this.host.queueTimeoutMs),
+      };
+      waiter.node = this.waiters.push(waiter);
+      if (signal) {
+        signal.addEventListener(
+          "abort",
+          () => {
+            if (waiter.node && this.waiters.remove(waiter.node)) {
+              waiter.timer.cancel();
+              reject(signal.reason);
+            }
+          },
+          { once: true },
+        );
+      }
+    });
+    this.scale();
+    return p;
+  }
+
+  /** Desired instance count for the current demand. */
+  desired(): number {
+    const { concurrency, minWarm, maxInstances } = this.spec;
+    const demand = Math.ceil((this.inFlightTotal + this.waiters.size) / (concurrency * this.host.targetUtilization));
+    return Math.min(maxInstances, Math.max(minWarm, demand));
+  }
+
+  /** Starts instances until the live count reaches the desired count (scale up at once). */
+  scale(): void {
+    if (this.draining) return;
+    const desired = this.desired();
+    this.lastDesired = desired;
+    let live = this.liveCount;
+    while (live < desired) {
+      if (!this.host.reserveMemory(this, this.spec.memoryMb)) break; // waiters wait for memory, then 503
+      this.startOne();
+      live++;
+    }
+  }
+
+  /** Starts `n` instances and waits until they are ready (used to warm a version before it gets traffic). */
+  async warm(n: number): Promise<void> {
+    const target = Math.min(n, this.spec.maxInstances);
+    const starting: Promise<void>[] = [];
+    while (this.liveCount < target) {
+      if (!this.host.reserveMemory(this, this.spec.memoryMb)) break;
+      starting.push(this.startOne());
+    }
+    await Promise.all(starting);
+  }
+
+  /** Keep-alive: stops instances idle past keepAliveMs, keeping minWarm and what demand needs. */
+  sweep(keepAliveMs: number): void {
+    const now = this.host.clock.now();
+    let live = this.liveCount;
+    const floor = Math.max(this.spec.minWarm, this.desired());
+    // Oldest idle first, so the most recently used instances (warmest caches) stay.
+    const idle = [...this.instances.values()]
+      .filter((i) => i.state === "ready" && i.inFlight === 0 && now - i.lastUsed >= keepAliveMs)
+      .sort((a, b) => a.lastUsed - b.lastUsed);
+    for (const inst of idle) {
+      if (live <= floor) break;
+      this.retire(inst);
+      live--;
+    }
+  }
+
+  /** An instance exited or failed its check: out of the pool at once, replaced when demand or minWarm asks. */
+  instanceGone(id: string): boolean {
+    const inst = this.instances.get(id);
+    if (!inst) return false;
+    this.instances.delete(id);
+    if (inst.state !== "stopping") this.host.releaseMemory(inst.memoryMb);
+    inst.state = "stopping";
+    this.inFlightTotal -= inst.inFlight;
+    inst.inFlight = 0;
+    this.checkDrained();
+    this.scale();
+    return true;
+  }
+
+  /** Idle instance the manager may evict to make memory room (LRU across pools). */
+  evictionCandidate(): PoolInstance | undefined {
+    let best: PoolInstance | undefined;
+    for (const i of this.instances.values()) {
+      if (i.state !== "ready" || i.inFlight > 0) continue;
+      if (!best || i.lastUsed < best.lastUsed) best = i;
+    }
+    // minWarm instances are a promise to the user; they are not evicted for someone else.
+    if (best && this.liveCount <= this.spec.minWarm) return undefined;
+    return best;
+  }
+
+  evict(inst: PoolInstance): void {
+    this.retire(inst);
+  }
+
+  /** Stops taking requests; resolves when in-flight requests and queued ones are done, then stops all instances. */
+  drain(): Promise<void> {
+    this.draining = true;
+    const done = new Promise<void>((resolve) => (this.drained = resolve));
+    this.checkDrained();
+    return done;
+  }
+
+  /** Stops everything now, failing waiters. */
+  close(reason: ForgeError): void {
+    this.draining = true;
+    for (const w of this.waiters.drain()) {
+      w.timer.cancel();
+      w.reject(reason);
+    }
+    for (const inst of [...this.instances.values()]) this.retire(inst);
+    this.drained?.();
+  }
+
+  snapshot(): PoolSnapshot {
+    const now = this.host.clock.now();
+    return {
+      function: this.function,
+      version: this.version,
+      draining: this.draining,
+      inFlight: this.inFlightTotal,
+      queued: this.waiters.size,
+      desired: this.lastDesired,
+      instances: [...this.instances.values()].map((i) => ({
+        id: i.handle?.id ?? i.id,
+        state: i.state,
+        inFlight: i.inFlight,
+        origin: i.origin,
+        ageMs: now - i.createdAt,
+        idleMs: i.inFlight > 0 ? 0 : now - i.lastUsed,
+        served: i.served,
+        memoryMb: i.memoryMb,
+      })),
+    };
+  }
+
+  // --- internal ---
+
+  private leastLoaded(): PoolInstance | undefined {
+    let best: PoolInstance | undefined;
+    const cap = this.spec.concurrency;
+    for (const i of this.instances.values()) {
+      if (i.state !== "ready" || i.inFlight >= cap) continue;
+      if (!best || i.inFlight < best.inFlight) best = i;
+      if (best.inFlight === 0) break;
+    }
+    return best;
+  }
+
+  private lease(inst: PoolInstance, start: StartKind, queueWaitMs: number): Lease {
+    const handle = inst.handle;
+    if (!handle) throw new ForgeError(ErrorCode.Internal, 500, "lease on an instance that has not started");
+    inst.inFlight++;
+    inst.served++;
+    this.inFlightTotal++;
+    const now = this.host.clock.now();
+    if (inst.inFlight === 1 && inst.served > 1) this.host.onIdle(this.function, now - inst.lastUsed);
+    inst.lastUsed = now;
+    this.host.countStart(this.function, start);
+    let done = false;
+    const release = (): void => {
+      if (done) return;
+      done = true;
+      if (this.instances.get(inst.id) !== inst) return; // gone meanwhile; counts already dropped
+      inst.inFlight--;
+      this.inFlightTotal--;
+      inst.lastUsed = this.host.clock.now();
+      this.dispatch(inst, "warm");
+      this.checkDrained();
+    };
+    return {
+      instance: handle,
+      version: this.version,
+      start,
+      queueWaitMs,
+      release,
+      fail: () => {
+        release();
+        if (this.instances.get(inst.id) === inst) {
+          this.retire(inst);
+          this.scale();
+        }
+      },
+    };
+  }
+
+  /** Hands free slots of an instance to waiting requests, in order. */
+  private dispatch(inst: PoolInstance, start: StartKind): void {
+    while (inst.state === "ready" && inst.inFlight < this.spec.concurrency && this.waiters.size > 0) {
+      const w = this.waiters.shift();
+      if (!w) break;
+      w.timer.cancel();
+      w.resolve(this.lease(inst, start, this.host.clock.now() - w.enqueuedAt));
+    }
+  }
+
+  private startOne(): Promise<void> {
+    const id = this.host.newInstanceId();
+    const inst = new PoolInstance(id, this.spec.memoryMb, this.host.clock.now());
+    this.instances.set(id, inst);
+    return this.host.startInstance(this, id).then(
+      ({ handle, origin }) => {
+        if (this.instances.get(id) !== inst || inst.state === "stopping") {
+          this.host.stopInstance(handle.id); // retired while starting (drained, deleted)
+          return;
+        }
+        inst.handle = handle;
+        inst.origin = origin;
+        inst.state = "ready";
+        inst.lastUsed = this.host.clock.now();
+        this.dispatch(inst, origin);
+        this.checkDrained();
+      },
+      (err: unknown) => {
+        if (this.instances.get(id) === inst) {
+          this.instances.delete(id);
+          this.host.releaseMemory(inst.memoryMb);
+        }
+        // Nobody else can serve the queue: fail it now rather than after the queue timeout.
+        if (this.liveCount === 0) {
+          for (const w of this.waiters.drain()) {
+            w.timer.cancel();
+            w.reject(err);
+          }
+        }
+        this.checkDrained();
+      },
+    );
+  }
+
+  private retire(inst: PoolInstance): void {
+    if (inst.state === "stopping") return;
+    const wasStarting = inst.state === "starting";
+    inst.state = "stopping";
+    this.instances.delete(inst.id);
+    this.inFlightTotal -= inst.inFlight;
+    inst.inFlight = 0;
+    this.host.releaseMemory(inst.memoryMb);
+    // A starting instance is stopped when its start resolves (see startOne).
+    if (!wasStarting) this.host.stopInstance(inst.handle?.id ?? inst.id);
+  }
+
+  private checkDrained(): void {
+    if (!this.draining || !this.drained) return;
+    if (this.inFlightTotal > 0 || this.waiters.size > 0) return;
+    for (const inst of [...this.instances.values()]) {
+      if (inst.state === "starting") continue;
+      this.retire(inst);
+    }
+    if (this.instances.size === 0) {
+      const d = this.drained;
+      this.drained = undefined;
+      d();
+    }
+  }
+}

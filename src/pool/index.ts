@@ -1,0 +1,11 @@
+/** The pool: drivers, instances, function pools, stem cells, autoscaling, keep-alive. */
+export type { Driver, Endpoint, ExitInfo, InstanceHandle, InstanceRole, InstanceSpec, ListedInstance, LogLine, LogOptions, SpecializeRequest } from "./driver.ts";
+export { CONTROL_HEADER, CONTROL_HEALTH, CONTROL_SPECIALIZE } from "./driver.ts";
+export type { InstanceSnapshot, Lease, PoolSnapshot, PoolSpec, StartCounts, StartKind } from "./types.ts";
+export { FakeClock, realClock, type Clock, type TimerHandle } from "./clock.ts";
+export { fixedKeepAlive, type KeepAlivePolicy } from "./keep-alive.ts";
+export { FunctionPool } from "./function-pool.ts";
+export { PoolManager, type PoolManagerOptions } from "./pool-manager.ts";
+export { forward, health, specialize, waitReady } from "./instance-client.ts";
+export { createProcessDriver } from "./process-driver.ts";
+export { createFakeDriver } from "./fake-driver.ts";

@@ -1,0 +1,209 @@
+/**
+ * Talking to a running instance's shim over its Unix socket: health checks, waiting for
+ * readiness, specialization of a stem cell, and the streaming proxy of a request.
+ * Driver-agnostic: anything that exposes an Endpoint can be reached this way.
+ */
+import { ErrorCode, ForgeError } from "../errors.ts";
+import {
+  CONTROL_HEADER,
+  CONTROL_HEALTH,
+  CONTROL_SPECIALIZE,
+  type Endpoint,
+  type InstanceHandle,
+  type SpecializeRequest,
+} from "./driver.ts";
+
+/** Header carrying the request id to the function (and into its log lines). */
+export const REQUEST_ID_HEADER = "x-forge-request-id";
+
+/** What the shim's health route answers. */
+export interface HealthInfo {
+  ok: boolean;
+  specialized: boolean;
+  function: string | null;
+  version: number | null;
+  pid: number;
+}
+
+export interface WaitReadyOptions {
+  /** Give up after this long. Default 10 000. */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+  /** Settles when the instance's process or container has ended: no point waiting further. */
+  exited?: Promise<unknown>;
+}
+
+export interface SpecializeResult {
+  /** Milliseconds the shim spent writing and importing the module. */
+  loadMs: number;
+}
+
+type Target = InstanceHandle | Endpoint;
+
+function endpointOf(target: Target): Endpoint {
+  return "endpoint" in target ? target.endpoint : target;
+}
+
+/** Asks the shim whether it is up; throws when it cannot be reached or answers non-2xx. */
+export async function health(target: Target, token?: string, signal?: AbortSignal): Promise<HealthInfo> {
+  const controlToken = token ?? ("controlToken" in target ? target.controlToken : "");
+  const response = await fetch(`http://instance${CONTROL_HEALTH}`, {
+    unix: endpointOf(target).socketPath,
+    headers: { [CONTROL_HEADER]: controlToken },
+    signal,
+  });
+  if (!response.ok) {
+    await response.body?.cancel();
+    throw new ForgeError(ErrorCode.InstanceStartFailed, 502, `instance health check answered ${response.status}`);
+  }
+  return (await response.json()) as HealthInfo;
+}
+
+/**
+ * Polls health until the shim answers, backing off from 2 ms to 50 ms (a Bun process is
+ * up in ~10 ms, a container in ~300 ms), racing the instance's exit and a timeout.
+ */
+export async function waitReady(target: Target, token: string, options: WaitReadyOptions = {}): Promise<HealthInfo> {
+  const { timeoutMs = 10_000, signal, exited } = options;
+  const deadline = Date.now() + timeoutMs;
+  // One controller ends whichever fetch or pause is under way when the race is lost.
+  const stop = new AbortController();
+  let exitedEarly = false;
+  const onAbort = () => stop.abort(signal?.reason);
+  signal?.addEventListener("abort", onAbort, { once: true });
+  void exited?.then(
+    () => {
+      exitedEarly = true;
+      stop.abort();
+    },
+    () => {
+      exitedEarly = true;
+      stop.abort();
+    },
+  );
+  const timer = setTimeout(() => stop.abort(), timeoutMs);
+  let lastError: unknown;
+  try {
+    // Gentle growth (x1.5): a late check costs up to a third of the time already waited.
+    for (let delay = 2; ; delay = Math.min(delay * 1.5, 50)) {
+      if (signal?.aborted) throw signal.reason;
+      if (exitedEarly) {
+        throw new ForgeError(ErrorCode.InstanceStartFailed, 502, "the instance exited before it was ready", {
+          hint: "see the instance's logs for why it stopped",
+          cause: lastError,
+        });
+      }
+      if (Date.now() >= deadline || stop.signal.aborted) {
+        throw new ForgeError(ErrorCode.InstanceStartFailed, 502, `the instance was not ready within ${timeoutMs} ms`, {
+          hint: "the machine may be overloaded, or the function's module takes long to load",
+          cause: lastError,
+        });
+      }
+      try {
+        return await health(target, token, stop.signal);
+      } catch (err) {
+        lastError = err;
+      }
+      await pause(delay, stop.signal);
+    }
+  } finally {
+    clearTimeout(timer);
+    signal?.removeEventListener("abort", onAbort);
+  }
+}
+
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+  });
+}
+
+/** Turns a generic stem cell into an instance of `request.function`. A cell is specialized once. */
+export async function specialize(
+  target: Target,
+  token: string,
+  request: SpecializeRequest,
+  signal?: AbortSignal,
+): Promise<SpecializeResult> {
+  let response: Response;
+  try {
+    response = await fetch(`http://instance${CONTROL_SPECIALIZE}`, {
+      method: "POST",
+      unix: endpointOf(target).socketPath,
+      headers: { [CONTROL_HEADER]: token, "content-type": "application/json" },
+      body: JSON.stringify(request),
+      signal,
+    });
+  } catch (err) {
+    if (signal?.aborted) throw signal.reason;
+    throw new ForgeError(ErrorCode.InstanceCrashed, 502, "the stem cell could not be reached to specialize it", {
+      cause: err,
+    });
+  }
+  const body = (await response.json().catch(() => ({}))) as {
+    loadMs?: number;
+    error?: { code?: string; message?: string };
+  };
+  if (!response.ok) {
+    const reason = body.error?.message ?? `status ${response.status}`;
+    throw new ForgeError(
+      ErrorCode.InstanceStartFailed,
+      502,
+      `specializing the instance for ${request.function} v${request.version} failed: ${reason}`,
+      {
+        hint:
+          response.status === 400
+            ? "the function's module did not load; check its default export or handler"
+            : "the instance was already specialized; use another stem cell",
+      },
+    );
+  }
+  return { loadMs: body.loadMs ?? 0 };
+}
+
+/**
+ * Proxies `request` to the instance and returns its response, both bodies streamed.
+ * Method, path, query, headers (Host included) and body pass unchanged, plus the request id.
+ * Rejects with the signal's reason when aborted, else with ForgeError InstanceCrashed when
+ * the instance cannot be reached or drops the connection before answering.
+ */
+export async function forward(
+  target: Target,
+  request: Request,
+  requestId: string,
+  signal?: AbortSignal,
+): Promise<Response> {
+  const url = request.url;
+  // Only the path and query travel; the authority stays in the Host header.
+  const pathStart = url.indexOf("/", url.indexOf("//") + 2);
+  const path = pathStart === -1 ? "/" : url.slice(pathStart);
+  // A copy, so the caller's Request keeps its headers (it may be retried or logged).
+  const headers = new Headers(request.headers);
+  headers.set(REQUEST_ID_HEADER, requestId);
+  try {
+    return await fetch(`http://instance${path}`, {
+      method: request.method,
+      headers,
+      body: request.body,
+      duplex: "half",
+      redirect: "manual",
+      // A proxy passes content-encoding through untouched.
+      decompress: false,
+      unix: endpointOf(target).socketPath,
+      signal,
+    });
+  } catch (err) {
+    if (signal?.aborted) throw signal.reason;
+    throw new ForgeError(ErrorCode.InstanceCrashed, 502, "the function's instance did not answer", {
+      hint: "it may have crashed; see forge logs for its last lines",
+      cause: err,
+    });
+  }
+}

@@ -1,0 +1,384 @@
+/**
+ * PoolManager: every function's pool, the stem cells, the memory budget and the
+ * keep-alive sweep. It is the pool's PoolHost: the one place that talks to the driver.
+ *
+ * Stem cells are generic instances started ahead of any deploy. A function with no free
+ * instance takes a cell, sends it its bundle over the cell's socket, and the cell becomes
+ * that function's instance for good; cells refill in the background. A true cold start
+ * happens only when no cell is left.
+ */
+import { randomBytes } from "node:crypto";
+import type { ConsolaInstance } from "consola";
+import { ErrorCode, ForgeError } from "../errors.ts";
+import type { Driver, ExitInfo, InstanceHandle } from "./driver.ts";
+import { realClock, type Clock } from "./clock.ts";
+import { FunctionPool, type PoolHost, type PoolInstance } from "./function-pool.ts";
+import { specialize } from "./instance-client.ts";
+import { fixedKeepAlive, type KeepAlivePolicy } from "./keep-alive.ts";
+import type { Lease, PoolSnapshot, PoolSpec, StartCounts, StartKind } from "./types.ts";
+
+export interface PoolManagerOptions {
+  driver: Driver;
+  logger: ConsolaInstance;
+  /** Time source; a FakeClock in decision tests. Default the real clock. */
+  clock?: Clock;
+  /** Generic bun instances kept ready. Default 2. */
+  stemCells?: number;
+  /** Image cells run (docker driver). */
+  runtimeImage?: string;
+  /** Memory limit of a cell before it is specialized, MiB. Default 128. */
+  cellMemoryMb?: number;
+  /** Cap on the sum of instance memory, cells included, MiB. Default 4096. */
+  memoryBudgetMb?: number;
+  /** Default: fixed TTL of 10 minutes. */
+  keepAlive?: KeepAlivePolicy;
+  /** How often idle instances are looked for, ms. Default 1000. */
+  sweepEveryMs?: number;
+  /** Longest wait for a free slot, ms. Default 30000. */
+  queueTimeoutMs?: number;
+  /** Requests waiting per function before 429. Default 1000. */
+  maxQueue?: number;
+  /** Default 1.0. */
+  targetUtilization?: number;
+  /** Reads a bundle to send to a cell (cached per version). Default Bun.file(path).text(). */
+  readBundle?: (path: string) => Promise<string>;
+}
+
+interface Cell {
+  handle: InstanceHandle;
+  createdAt: number;
+}
+
+export class PoolManager implements PoolHost, AsyncDisposable {
+  readonly clock: Clock;
+  readonly queueTimeoutMs: number;
+  readonly maxQueue: number;
+  readonly targetUtilization: number;
+  private readonly driver: Driver;
+  private readonly logger: ConsolaInstance;
+  private readonly keepAlive: KeepAlivePolicy;
+  private readonly stemCellTarget: number;
+  private readonly cellMemoryMb: number;
+  private readonly budgetMb: number;
+  private readonly runtimeImage: string | undefined;
+  private readonly readBundle: (path: string) => Promise<string>;
+  private readonly sweepEveryMs: number;
+
+  /** Active pool per function. */
+  private readonly active = new Map<string, FunctionPool>();
+  /** Pools being drained after a version switch. */
+  private readonly draining = new Set<FunctionPool>();
+  /** Which pool owns an instance, by driver id, and the pool's key for it (for exits). */
+  private readonly owner = new Map<string, { pool: FunctionPool; poolId: string }>();
+  private readonly cells: Cell[] = [];
+  private cellsStarting = 0;
+  private usedMb = 0;
+  private readonly starts = new Map<string, StartCounts>();
+  private readonly bundles = new Map<string, Promise<string>>();
+  private sweepTimer: { cancel(): void } | undefined;
+  private unsubscribeExit: (() => void) | undefined;
+  private disposed = false;
+
+  constructor(options: PoolManagerOptions) {
+    this.driver = options.driver;
+    this.logger = options.logger;
+    this.clock = options.clock ?? realClock;
+    this.stemCellTarget = options.stemCells ?? 2;
+    this.runtimeImage = options.runtimeImage;
+    this.cellMemoryMb = options.cellMemoryMb ?? 128;
+    this.budgetMb = options.memoryBudgetMb ?? 4096;
+    this.keepAlive = options.keepAlive ?? fixedKeepAlive(10 * 60_000);
+    this.sweepEveryMs = options.sweepEveryMs ?? 1000;
+    this.queueTimeoutMs = options.queueTimeoutMs ?? 30_000;
+    this.maxQueue = options.maxQueue ?? 1000;
+    this.targetUtilization = options.targetUtilization ?? 1.0;
+    this.readBundle = options.readBundle ?? ((p) => Bun.file(p).text());
+  }
+
+  /** Starts the stem cells and the keep-alive sweep. */
+  start(): void {
+    this.unsubscribeExit = this.driver.onExit((info) => this.onExit(info));
+    this.refillCells();
+    this.scheduleSweep();
+  }
+
+  /** The active pool of a function, if it has one. */
+  pool(fn: string): FunctionPool | undefined {
+    return this.active.get(fn);
+  }
+
+  /** Leases a slot on the function's active version. */
+  acquire(fn: string, signal?: AbortSignal): Lease | Promise<Lease> {
+    const pool = this.active.get(fn);
+    if (!pool) {
+      throw new ForgeError(ErrorCode.FunctionNotFound, 404, `function ${fn} has no active version`, {
+        hint: "deploy it first: forge deploy ./" + fn,
+      });
+    }
+    return pool.acquire(signal);
+  }
+
+  /**
+   * Makes a version the active one with no failed request: the new pool is warmed (as many
+   * instances as the old one had ready, at least minWarm) before traffic moves, then the
+   * old pool drains its in-flight and queued requests and stops.
+   */
+  async activate(spec: PoolSpec): Promise<void> {
+    this.assertLive();
+    const old = this.active.get(spec.function);
+    const next = new FunctionPool(spec, this);
+    const warmCount = Math.max(spec.minWarm, old ? Math.min(old.readyCount, spec.maxInstances) : 0);
+    await next.warm(warmCount);
+    this.active.set(spec.function, next);
+    if (old) {
+      this.draining.add(old);
+      void old.drain().then(() => this.draining.delete(old));
+    }
+  }
+
+  /** Applies config that needs no new instances (concurrency, minWarm, maxInstances, timeoutMs). */
+  updateLive(fn: string, patch: Partial<Pick<PoolSpec, "concurrency" | "minWarm" | "maxInstances" | "timeoutMs">>): void {
+    const pool = this.active.get(fn);
+    if (!pool) return;
+    pool.spec = { ...pool.spec, ...patch };
+    pool.scale();
+  }
+
+  /** Stops a function's instances (delete). */
+  async remove(fn: string): Promise<void> {
+    const pool = this.active.get(fn);
+    this.active.delete(fn);
+    this.starts.delete(fn);
+    pool?.close(new ForgeError(ErrorCode.FunctionNotFound, 404, `function ${fn} was deleted`, { hint: "deploy it again" }));
+    for (const p of this.draining) if (p.function === fn) p.close(new ForgeError(ErrorCode.FunctionNotFound, 404, `function ${fn} was deleted`));
+  }
+
+  snapshot(fn: string): (PoolSnapshot & { starts: StartCounts }) | undefined {
+    const pool = this.active.get(fn);
+    if (!pool) return undefined;
+    return { ...pool.snapshot(), starts: { ...(this.starts.get(fn) ?? { warm: 0, cell: 0, cold: 0 }) } };
+  }
+
+  stats(): { cells: number; cellsStarting: number; usedMb: number; budgetMb: number; pools: number } {
+    return { cells: this.cells.length, cellsStarting: this.cellsStarting, usedMb: this.usedMb, budgetMb: this.budgetMb, pools: this.active.size };
+  }
+
+  startCounts(fn: string): StartCounts {
+    return { ...(this.starts.get(fn) ?? { warm: 0, cell: 0, cold: 0 }) };
+  }
+
+  /** Runs the keep-alive sweep now (the timer calls this; tests may too). */
+  sweep(): void {
+    for (const pool of this.active.values()) pool.sweep(this.keepAlive.keepAliveMs(pool.function));
+  }
+
+  async dispose(): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.sweepTimer?.cancel();
+    this.unsubscribeExit?.();
+    const closing = new ForgeError(ErrorCode.Disposed, 503, "forge is shutting down", { hint: "retry against another node or after restart" });
+    for (const pool of this.active.values()) pool.close(closing);
+    for (const pool of this.draining) pool.close(closing);
+    this.active.clear();
+    for (const cell of this.cells.splice(0)) this.stopInstance(cell.handle.id);
+    await Promise.allSettled([...this.stopping]);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.dispose();
+  }
+
+  /** Drains every pool (in-flight requests finish), bounded by `timeoutMs`, then disposes. */
+  async shutdown(timeoutMs: number): Promise<void> {
+    const drains = [...this.active.values()].map((p) => p.drain());
+    await Promise.race([Promise.all(drains), new Promise((r) => setTimeout(r, timeoutMs).unref?.())]);
+    await this.dispose();
+  }
+
+  // --- PoolHost ---
+
+  newInstanceId(): string {
+    return randomBytes(6).toString("hex");
+  }
+
+  async startInstance(pool: FunctionPool, id: string): Promise<{ handle: InstanceHandle; origin: StartKind }> {
+    const spec = pool.spec;
+    if (spec.runtime === "bun" && spec.bundlePath) {
+      const cell = this.cells.shift();
+      if (cell) {
+        // The cell's memory is now the function's instance memory (reserved by the pool).
+        this.releaseMemory(this.cellMemoryMb);
+        this.refillCells();
+        this.owner.set(cell.handle.id, { pool, poolId: id });
+        try {
+          const code = await this.bundle(spec.bundlePath);
+          await specialize(cell.handle.endpoint, cell.handle.controlToken, {
+            function: spec.function,
+            version: spec.version,
+            code,
+            env: spec.env,
+          });
+        } catch (err) {
+          this.owner.delete(cell.handle.id);
+          this.stopInstance(cell.handle.id);
+          throw err;
+        }
+        // Off the critical path: the limit follows the function's memoryMb (~11 ms on docker).
+        if (this.driver.setMemory && spec.memoryMb !== this.cellMemoryMb) {
+          this.driver.setMemory(cell.handle.id, spec.memoryMb).catch((err: unknown) => this.logger.warn(`could not set memory of ${cell.handle.id}:`, err));
+        }
+        return { handle: cell.handle, origin: "cell" };
+      }
+    }
+    this.owner.set(id, { pool, poolId: id });
+    try {
+      const handle = await this.driver.start({
+        id,
+        role: "instance",
+        runtime: spec.runtime,
+        function: spec.function,
+        version: spec.version,
+        ...(spec.bundlePath ? { bundlePath: spec.bundlePath } : {}),
+        ...(spec.image ? { image: spec.image } : {}),
+        env: spec.env,
+        memoryMb: spec.memoryMb,
+      });
+      return { handle, origin: "cold" };
+    } catch (err) {
+      this.owner.delete(id);
+      throw err;
+    }
+  }
+
+  reserveMemory(pool: FunctionPool, mb: number): boolean {
+    while (this.usedMb + mb > this.budgetMb) {
+      if (!this.evictOne(pool)) return false;
+    }
+    this.usedMb += mb;
+    return true;
+  }
+
+  releaseMemory(mb: number): void {
+    this.usedMb = Math.max(0, this.usedMb - mb);
+    // Memory came free: pools waiting for it may start now.
+    queueMicrotask(() => {
+      for (const p of this.active.values()) if (p.queued > 0) p.scale();
+      this.refillCells();
+    });
+  }
+
+  private readonly stopping = new Set<Promise<void>>();
+
+  stopInstance(id: string): void {
+    this.owner.delete(id);
+    const p = this.driver
+      .stop(id)
+      .catch((err: unknown) => this.logger.warn(`could not stop instance ${id}:`, err))
+      .finally(() => this.stopping.delete(p));
+    this.stopping.add(p);
+  }
+
+  countStart(fn: string, kind: StartKind): void {
+    let c = this.starts.get(fn);
+    if (!c) this.starts.set(fn, (c = { warm: 0, cell: 0, cold: 0 }));
+    c[kind]++;
+  }
+
+  onIdle(fn: string, idleMs: number): void {
+    this.keepAlive.observeIdle?.(fn, idleMs);
+  }
+
+  // --- internal ---
+
+  private onExit(info: ExitInfo): void {
+    const cellIndex = this.cells.findIndex((c) => c.handle.id === info.id);
+    if (cellIndex >= 0) {
+      this.cells.splice(cellIndex, 1);
+      this.releaseMemory(this.cellMemoryMb);
+      this.logger.warn(`stem cell ${info.id} exited (${info.reason}); refilling`);
+      return;
+    }
+    const owned = this.owner.get(info.id);
+    if (!owned) return;
+    this.owner.delete(info.id);
+    const { pool, poolId } = owned;
+    this.logger.warn(`instance ${info.id} of ${pool.function} v${pool.version} exited (${info.reason}, code ${info.code})`);
+    pool.instanceGone(poolId);
+  }
+
+  private refillCells(): void {
+    if (this.disposed) return;
+    while (this.cells.length + this.cellsStarting < this.stemCellTarget) {
+      if (!this.reserveMemoryForCell()) return;
+      this.cellsStarting++;
+      const id = this.newInstanceId();
+      this.driver
+        .start({ id, role: "cell", runtime: "bun", ...(this.runtimeImage ? { image: this.runtimeImage } : {}), env: {}, memoryMb: this.cellMemoryMb })
+        .then(
+          (handle) => {
+            this.cellsStarting--;
+            if (this.disposed) return void this.driver.stop(handle.id).catch(() => {});
+            this.cells.push({ handle, createdAt: this.clock.now() });
+          },
+          (err: unknown) => {
+            this.cellsStarting--;
+            this.usedMb = Math.max(0, this.usedMb - this.cellMemoryMb);
+            // No retry loop: the next take or memory release refills again.
+            this.logger.error("could not start a stem cell:", err);
+          },
+        );
+    }
+  }
+
+  private reserveMemoryForCell(): boolean {
+    // Cells never evict a function's instance: they are a bet on future demand.
+    if (this.usedMb + this.cellMemoryMb > this.budgetMb) return false;
+    this.usedMb += this.cellMemoryMb;
+    return true;
+  }
+
+  /** Evicts the least recently used idle instance (or a cell) outside `requester`'s pool. */
+  private evictOne(requester: FunctionPool): boolean {
+    let best: { pool: FunctionPool; inst: PoolInstance } | undefined;
+    for (const pool of [...this.active.values(), ...this.draining]) {
+      if (pool === requester) continue;
+      const inst = pool.evictionCandidate();
+      if (inst && (!best || inst.lastUsed < best.inst.lastUsed)) best = { pool, inst };
+    }
+    if (best) {
+      this.logger.info(`evicting idle instance ${best.inst.id} of ${best.pool.function} to stay within the memory budget`);
+      best.pool.evict(best.inst);
+      return true;
+    }
+    const cell = this.cells.pop();
+    if (cell) {
+      this.stopInstance(cell.handle.id);
+      this.usedMb = Math.max(0, this.usedMb - this.cellMemoryMb);
+      return true;
+    }
+    return false;
+  }
+
+  private scheduleSweep(): void {
+    if (this.disposed) return;
+    this.sweepTimer = this.clock.setTimeout(() => {
+      this.sweep();
+      this.scheduleSweep();
+    }, this.sweepEveryMs);
+  }
+
+  private bundle(path: string): Promise<string> {
+    let p = this.bundles.get(path);
+    if (!p) {
+      p = this.readBundle(path);
+      this.bundles.set(path, p);
+      p.catch(() => this.bundles.delete(path));
+    }
+    return p;
+  }
+
+  private assertLive(): void {
+    if (this.disposed) throw new ForgeError(ErrorCode.Disposed, 503, "the pool manager was disposed", { hint: "restart forge" });
+  }
+}

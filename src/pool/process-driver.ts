@@ -1,0 +1,303 @@
+/**
+ * The process driver: every instance is a Bun child process running forge's shim, reached
+ * over a Unix socket in its own folder. The embedded default on a machine without Docker.
+ *
+ * What it does not isolate: a child runs as forge's user and can read what forge can.
+ * It only keeps forge's environment and other functions' folders out of the function's way.
+ */
+import { randomUUID } from "node:crypto";
+import { copyFile, mkdir, mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import type { Subprocess } from "bun";
+import { createConsola, type ConsolaInstance } from "consola";
+import { ErrorCode, ForgeError } from "../errors.ts";
+import { InstanceLog, parseLogLine, readLines } from "./_log-parse.ts";
+import type {
+  Driver,
+  ExitInfo,
+  InstanceHandle,
+  InstanceSpec,
+  ListedInstance,
+  LogLine,
+  LogOptions,
+} from "./driver.ts";
+import { waitReady } from "./instance-client.ts";
+
+export interface ProcessDriverOptions {
+  /** Instance folders live under `<dataDir>/instances/`. */
+  dataDir: string;
+  /** Where the driver reports. Default: a silent consola. */
+  logger?: ConsolaInstance;
+  /** The bun binary. Default process.execPath (the bun running forge). */
+  bunPath?: string;
+  /** The shim to run. Default runtimes/bun/shim.ts of this checkout. */
+  shimPath?: string;
+  /** How long an instance may take to answer its first health check. Default 10 000. */
+  startTimeoutMs?: number;
+  /** Grace between SIGTERM and SIGKILL on stop. Default 2 000. */
+  stopGraceMs?: number;
+  /** Log lines kept per instance for logs(). Default 1 000. */
+  logLines?: number;
+  /** PATH given to instances (never forge's own). Default /usr/local/bin:/usr/bin:/bin. */
+  path?: string;
+}
+
+const DEFAULT_SHIM = resolve(dirname(fileURLToPath(import.meta.url)), "../../runtimes/bun/shim.ts");
+
+/**
+ * Unix socket paths are limited to 108 bytes (sun_path) including the NUL on Linux, 104 on
+ * macOS; past that bind() fails. Stay well below both.
+ */
+const MAX_SOCKET_PATH = 100;
+
+/** Memory at or below which the child runs with `--smol` (a GC that favours footprint). */
+const SMOL_AT_MB = 128;
+
+interface ProcessInstance {
+  handle: InstanceHandle;
+  dir: string;
+  proc: Subprocess<"ignore", "pipe", "pipe">;
+  log: InstanceLog;
+  /** Set once it answered its first health check; an instance failing to start gets no exit notice. */
+  ready: boolean;
+  /** Set once stop() (or a failed start) owns the end of this instance: no exit notice. */
+  stopping: Promise<void> | undefined;
+  /** Settles when the process has exited and its output is drained. */
+  ended: Promise<void>;
+}
+
+export function createProcessDriver(options: ProcessDriverOptions): Driver {
+  const opts = {
+    logger: createConsola({ level: -999 }),
+    bunPath: process.execPath,
+    shimPath: DEFAULT_SHIM,
+    startTimeoutMs: 10_000,
+    stopGraceMs: 2_000,
+    logLines: 1_000,
+    path: "/usr/local/bin:/usr/bin:/bin",
+    ...options,
+  };
+  const dataDir = resolve(opts.dataDir);
+  const logger = opts.logger.withTag("process-driver");
+  // Children of this run only: a process carries no labels, so after a restart of forge
+  // there is nothing to find or adopt (its children died with it, their pipes closed).
+  const instances = new Map<string, ProcessInstance>();
+  const exitListeners = new Set<(info: ExitInfo) => void>();
+  const logListeners = new Set<(line: LogLine) => void>();
+  let disposed = false;
+
+  function emitLog(line: LogLine): void {
+    for (const listener of logListeners) {
+      try {
+        listener(line);
+      } catch (err) {
+        logger.warn("a log listener threw", err);
+      }
+    }
+  }
+
+  async function instanceDir(id: string): Promise<string> {
+    const dir = join(dataDir, "instances", id);
+    if (Buffer.byteLength(join(dir, "s.sock")) <= MAX_SOCKET_PATH) {
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      return dir;
+    }
+    // A deep data dir would push the socket past the sun_path limit: use a short private
+    // folder under the temp dir instead (mkdtemp makes it 0700).
+    return mkdtemp(join(tmpdir(), `forge-${id.slice(0, 12)}-`));
+  }
+
+  async function pump(instance: string, stream: ReadableStream<Uint8Array>, name: LogLine["stream"], log: InstanceLog) {
+    try {
+      for await (const raw of readLines(stream)) {
+        const { requestId, text } = parseLogLine(raw);
+        const line: LogLine = { ts: Date.now(), instance, stream: name, text, ...(requestId ? { requestId } : {}) };
+        log.push(line);
+        emitLog(line);
+      }
+    } catch (err) {
+      logger.debug(`reading ${name} of ${instance} stopped`, err);
+    }
+  }
+
+  async function start(spec: InstanceSpec, signal?: AbortSignal): Promise<InstanceHandle> {
+    if (disposed) throw new ForgeError(ErrorCode.Disposed, 503, "the process driver was disposed");
+    if (spec.runtime !== "bun") {
+      throw new ForgeError(ErrorCode.DriverUnavailable, 503, `the process driver cannot run a ${spec.runtime} image`, {
+        hint: "functions with runtime \"docker\" need the docker driver (FORGE_DRIVER=docker)",
+      });
+    }
+    if (instances.has(spec.id)) {
+      throw new ForgeError(ErrorCode.Conflict, 409, `an instance with id ${spec.id} already exists`);
+    }
+    signal?.throwIfAborted();
+
+    // 1. Create its folder; the bundle is copied in so the instance never reads another folder.
+    const dir = await instanceDir(spec.id);
+    const socketPath = join(dir, "s.sock");
+    let bundle: string | undefined;
+    try {
+      if (spec.bundlePath) {
+        bundle = join(dir, "fn.mjs");
+        await copyFile(spec.bundlePath, bundle);
+      }
+    } catch (err) {
+      await rm(dir, { recursive: true, force: true });
+      throw new ForgeError(ErrorCode.InstanceStartFailed, 502, `could not copy the bundle of ${spec.function ?? spec.id}`, {
+        cause: err,
+      });
+    }
+
+    // 2. Start the shim with the function's env and nothing of forge's.
+    const controlToken = randomUUID();
+    const env: Record<string, string> = {
+      PATH: opts.path,
+      HOME: dir,
+      TMPDIR: dir,
+      ...spec.env,
+      FORGE_SOCKET: socketPath,
+      FORGE_CONTROL_TOKEN: controlToken,
+      FORGE_INSTANCE_ID: spec.id,
+      FORGE_WORK_DIR: dir,
+      ...(bundle ? { FORGE_BUNDLE: bundle } : {}),
+      ...(spec.function ? { FORGE_FUNCTION: spec.function } : {}),
+      ...(spec.version !== undefined ? { FORGE_VERSION: String(spec.version) } : {}),
+    };
+    // Memory is not enforced on a process (no cgroup of its own without root or systemd);
+    // small limits only get a thriftier heap. The docker driver enforces memoryMb.
+    const flags = ["--no-install", "--no-env-file", ...(spec.memoryMb <= SMOL_AT_MB ? ["--smol"] : [])];
+    const proc = Bun.spawn([opts.bunPath, ...flags, opts.shimPath], {
+      cwd: dir,
+      env,
+      stdin: "ignore",
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const log = new InstanceLog(opts.logLines);
+    const drained = Promise.all([
+      pump(spec.id, proc.stdout, "stdout", log),
+      pump(spec.id, proc.stderr, "stderr", log),
+    ]);
+    const handle: InstanceHandle = {
+      id: spec.id,
+      spec,
+      endpoint: { socketPath },
+      controlToken,
+      startedAt: Date.now(),
+    };
+    const instance: ProcessInstance = {
+      handle,
+      dir,
+      proc,
+      log,
+      ready: false,
+      stopping: undefined,
+      ended: proc.exited.then(async () => {
+        // A grandchild holding the pipes open must not keep the exit notice back for long.
+        await Promise.race([drained, new Promise((r) => setTimeout(r, 1_000).unref())]);
+        log.end();
+      }),
+    };
+    instances.set(spec.id, instance);
+    void instance.ended.then(() => {
+      if (instance.stopping || !instance.ready) return;
+      const info: ExitInfo = {
+        id: spec.id,
+        code: proc.exitCode,
+        reason: proc.signalCode === null ? "exited" : "killed",
+      };
+      logger.debug(`instance ${spec.id} ended on its own`, info);
+      for (const listener of exitListeners) {
+        try {
+          listener(info);
+        } catch (err) {
+          logger.warn("an exit listener threw", err);
+        }
+      }
+    });
+
+    // 3. Wait until it answers, racing its exit.
+    try {
+      await waitReady(handle, controlToken, { timeoutMs: opts.startTimeoutMs, signal, exited: proc.exited });
+    } catch (err) {
+      const tail = log
+        .lines()
+        .slice(-5)
+        .map((line) => line.text)
+        .join("\n");
+      await stop(spec.id);
+      if (err instanceof ForgeError && tail) {
+        throw new ForgeError(err.code, err.status, `${err.message}: ${tail}`, { hint: err.hint, cause: err.cause });
+      }
+      throw err;
+    }
+    instance.ready = true;
+    logger.debug(`instance ${spec.id} ready in ${Date.now() - handle.startedAt} ms`);
+    return handle;
+  }
+
+  function stop(id: string): Promise<void> {
+    const instance = instances.get(id);
+    if (!instance) return Promise.resolve();
+    instance.stopping ??= (async () => {
+      const { proc } = instance;
+      if (proc.exitCode === null && proc.signalCode === null) {
+        proc.kill("SIGTERM");
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const graceOver = new Promise<"late">((r) => (timer = setTimeout(() => r("late"), opts.stopGraceMs)));
+        if ((await Promise.race([proc.exited, graceOver])) === "late") proc.kill("SIGKILL");
+        clearTimeout(timer);
+        await proc.exited;
+      }
+      await instance.ended;
+      await rm(instance.dir, { recursive: true, force: true });
+      instances.delete(id);
+    })();
+    return instance.stopping;
+  }
+
+  async function list(): Promise<ListedInstance[]> {
+    return [...instances.values()].map(({ handle: { spec }, proc }) => ({
+        id: spec.id,
+        role: spec.role,
+        ...(spec.function !== undefined ? { function: spec.function } : {}),
+        ...(spec.version !== undefined ? { version: spec.version } : {}),
+        running: proc.exitCode === null && proc.signalCode === null,
+      }));
+  }
+
+  async function* logs(id: string, options?: LogOptions): AsyncIterable<LogLine> {
+    const instance = instances.get(id);
+    if (!instance) return;
+    yield* instance.log.read(options);
+  }
+
+  function onExit(listener: (info: ExitInfo) => void): () => void {
+    exitListeners.add(listener);
+    return () => exitListeners.delete(listener);
+  }
+
+  function onLog(listener: (line: LogLine) => void): () => void {
+    logListeners.add(listener);
+    return () => logListeners.delete(listener);
+  }
+
+  async function dispose(): Promise<void> {
+    disposed = true;
+    await Promise.all([...instances.keys()].map((id) => stop(id)));
+  }
+
+  return {
+    name: "process",
+    start,
+    stop,
+    list,
+    logs,
+    onExit,
+    onLog,
+    dispose,
+    [Symbol.asyncDispose]: dispose,
+  };
+}

@@ -1,0 +1,62 @@
+import type { InstanceHandle } from "./driver.ts";
+
+export type StartKind = "warm" | "cell" | "cold";
+
+/** What a pool needs to know of a function version. */
+export interface PoolSpec {
+  function: string;
+  version: number;
+  runtime: "bun" | "docker";
+  /** Requests one instance serves at once. */
+  concurrency: number;
+  minWarm: number;
+  maxInstances: number;
+  memoryMb: number;
+  timeoutMs: number;
+  /** The function's environment, database bindings included. */
+  env: Record<string, string>;
+  /** Bun runtime: path of the bundled entry module. */
+  bundlePath?: string;
+  /** Image of this version (docker driver; runtime "docker" always). */
+  image?: string;
+}
+
+/** A slot on an instance, held for one request. */
+export interface Lease {
+  readonly instance: InstanceHandle;
+  readonly version: number;
+  /** warm: an instance was ready; cell: a stem cell was specialized for it; cold: a new instance was started. */
+  readonly start: StartKind;
+  readonly queueWaitMs: number;
+  /** Gives the slot back; idempotent. */
+  release(): void;
+  /** The instance failed under this lease (connection refused or reset): take it out of the pool. */
+  fail(): void;
+}
+
+export interface InstanceSnapshot {
+  id: string;
+  state: "starting" | "ready" | "stopping";
+  inFlight: number;
+  origin: StartKind;
+  ageMs: number;
+  idleMs: number;
+  served: number;
+  memoryMb: number;
+}
+
+export interface PoolSnapshot {
+  function: string;
+  version: number;
+  draining: boolean;
+  inFlight: number;
+  queued: number;
+  desired: number;
+  instances: InstanceSnapshot[];
+}
+
+export interface StartCounts {
+  warm: number;
+  cell: number;
+  cold: number;
+}

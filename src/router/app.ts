@@ -1,0 +1,226 @@
+/**
+ * The router: one Hono app for the control API (/v1 on the apex host), the data plane
+ * (<name>.<domain> and /fn/<name>/...) and the health endpoints. It knows nothing of
+ * Bun.serve; src/server.ts hands app.fetch to it.
+ */
+import type { ConsolaInstance } from "consola";
+import { Hono, type Context } from "hono";
+import { ErrorCode, ForgeError, isForgeError } from "../errors.ts";
+import type { FunctionService, InvocationRecorder } from "../functions/index.ts";
+import type { PoolManager } from "../pool/index.ts";
+import { bearerAuth } from "./auth.ts";
+import { readBodyLimited, readJson } from "./_body.ts";
+import { DataPlane } from "./data-plane.ts";
+
+export interface RouterOptions {
+  /** Functions answer at <name>.<domain>. */
+  domain: string;
+  apiKey: string;
+  functions: FunctionService;
+  pool: PoolManager;
+  recorder: InvocationRecorder;
+  logger: ConsolaInstance;
+  /** Request body limit of invoke, bytes. */
+  maxBodyBytes: number;
+  /** Compressed deploy archive limit, bytes. */
+  maxArchiveBytes: number;
+  /** Readiness (GET /readyz). Default always ready. */
+  ready?: () => boolean;
+  /** Prometheus text for GET /metrics. */
+  metrics?: () => string | Promise<string>;
+  /** More /v1 routes (provisioner, triggers, logs), mounted behind auth. */
+  extend?: (v1: Hono) => void;
+}
+
+export type ForgeApp = Hono;
+
+export function createRouter(o: RouterOptions): ForgeApp {
+  const app = new Hono();
+  const dataPlane = new DataPlane({ pool: o.pool, recorder: o.recorder, logger: o.logger });
+  const hostSuffix = "." + o.domain;
+
+  app.onError((err, c) => errorResponse(err, o.logger, c.req.header("x-forge-request-id")));
+  app.notFound(() =>
+    new ForgeError(ErrorCode.NotFound, 404, "no such route", { hint: "the control API lives under /v1 (see README.md); functions answer at <name>." + o.domain }).toResponse(),
+  );
+
+  // Data plane by subdomain: the whole request goes to the function, /v1 paths included.
+  app.use("*", async (c, next) => {
+    const host = c.req.header("host");
+    const name = host ? functionOfHost(host, hostSuffix) : undefined;
+    if (name === undefined) return next();
+    const url = new URL(c.req.url);
+    return dataPlane.invoke(name, c.req.raw, { path: url.pathname + url.search });
+  });
+
+  app.get("/healthz", (c) => c.json({ ok: true }));
+  app.get("/readyz", (c) => {
+    const ready = o.ready?.() ?? true;
+    return c.json({ ready }, ready ? 200 : 503);
+  });
+  app.get("/metrics", async (c) => {
+    if (!o.metrics) return c.text("", 200);
+    return c.body(await o.metrics(), 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
+  });
+
+  // Data plane by path, for clients that cannot set Host.
+  app.all("/fn/:name{[^/]+}/*", (c) => dataPlane.invoke(c.req.param("name"), c.req.raw, { path: stripPrefix(c.req.url, c.req.param("name")) }));
+  app.all("/fn/:name{[^/]+}", (c) => dataPlane.invoke(c.req.param("name"), c.req.raw, { path: stripPrefix(c.req.url, c.req.param("name")) }));
+
+  const v1 = new Hono();
+  v1.use("*", bearerAuth(o.apiKey));
+
+  v1.post("/functions/:name/deploy", async (c) => {
+    const name = c.req.param("name");
+    const type = (c.req.header("content-type") ?? "").split(";")[0]?.trim().toLowerCase() ?? "";
+    if (!["application/gzip", "application/x-gzip", "application/octet-stream", "application/x-tar+gzip", "application/tar+gzip"].includes(type)) {
+      throw new ForgeError(ErrorCode.InvalidArchive, 415, `deploy expects a tar.gz body, got Content-Type "${type || "none"}"`, {
+        hint: "send the archive with Content-Type: application/gzip (tar czf fn.tgz -C dir . ; curl --data-binary @fn.tgz ...), or use `forge deploy`",
+      });
+    }
+    const archive = await readBodyLimited(c.req.raw, o.maxArchiveBytes, "archive");
+    const overrides = parseOverrides(c.req.header("x-forge-config"));
+    const wantsStream = (c.req.header("accept") ?? "").includes("application/x-ndjson");
+    if (!wantsStream) {
+      const result = await o.functions.deploy(name, archive, undefined, overrides);
+      return c.json(result, 201);
+    }
+    const enc = new TextEncoder();
+    const stream = new ReadableStream<Uint8Array>({
+      async start(controller) {
+        const send = (obj: unknown): void => controller.enqueue(enc.encode(JSON.stringify(obj) + "\n"));
+        try {
+          const result = await o.functions.deploy(name, archive, (p) => send({ type: "progress", ...p }), overrides);
+          send({ type: "result", result });
+        } catch (err) {
+          const fe = toForgeError(err, o.logger);
+          send({ type: "error", status: fe.status, ...fe.toJSON() });
+        }
+        controller.close();
+      },
+    });
+    return new Response(stream, { status: 200, headers: { "content-type": "application/x-ndjson" } });
+  });
+
+  v1.get("/functions", (c) =>
+    c.json({
+      functions: o.functions.list().map((f) => ({
+        name: f.name,
+        version: f.activeVersion,
+        url: urlOf(c, f.name, o.domain),
+        config: f.config,
+        updatedAt: f.updatedAt,
+      })),
+    }),
+  );
+
+  v1.get("/functions/:name", (c) => {
+    const f = o.functions.get(c.req.param("name"));
+    return c.json({
+      name: f.name,
+      version: f.activeVersion,
+      url: urlOf(c, f.name, o.domain),
+      config: f.config,
+      createdAt: f.createdAt,
+      updatedAt: f.updatedAt,
+      pool: o.pool.snapshot(f.name) ?? null,
+    });
+  });
+
+  v1.patch("/functions/:name", async (c) => {
+    const body = await readJson(c.req.raw, 1024 * 1024);
+    const f = await o.functions.patch(c.req.param("name"), body);
+    return c.json({ name: f.name, version: f.activeVersion, config: f.config });
+  });
+
+  v1.delete("/functions/:name", async (c) => {
+    const name = c.req.param("name");
+    await o.functions.delete(name);
+    return c.json({ name, deleted: true });
+  });
+
+  v1.get("/functions/:name/versions", (c) => {
+    const versions = o.functions.versions(c.req.param("name"));
+    return c.json({
+      versions: versions.map((v) => ({ version: v.version, active: v.active, digest: v.digest, image: v.image, createdAt: v.createdAt, config: v.config })),
+    });
+  });
+
+  v1.post("/functions/:name/rollback", async (c) => {
+    const body = await readJson(c.req.raw, 64 * 1024);
+    let to: number | undefined;
+    if (body !== null && typeof body === "object" && "version" in body) {
+      const v = (body as { version: unknown }).version;
+      if (typeof v !== "number" || !Number.isInteger(v) || v < 1) {
+        throw new ForgeError(ErrorCode.BadRequest, 400, `"version" must be a positive whole number`, { hint: `e.g. {"version": 1}, or {} for the previous version` });
+      }
+      to = v;
+    }
+    const v = await o.functions.rollback(c.req.param("name"), to);
+    return c.json({ name: v.function, version: v.version, active: true });
+  });
+
+  v1.post("/functions/:name/invoke", async (c) => {
+    const name = c.req.param("name");
+    o.functions.get(name);
+    const url = new URL(c.req.url);
+    url.searchParams.delete("async");
+    const req = c.req.raw;
+    const declared = Number(req.headers.get("content-length") ?? NaN);
+    if (Number.isFinite(declared) && declared > o.maxBodyBytes) await readBodyLimited(req, o.maxBodyBytes);
+    return dataPlane.invoke(name, req, { path: "/" + url.search, dropHeaders: ["authorization"] });
+  });
+
+  o.extend?.(v1);
+  app.route("/v1", v1);
+  return app;
+}
+
+/** The function a Host header names, or undefined for the apex host. */
+export function functionOfHost(host: string, suffix: string): string | undefined {
+  const colon = host.lastIndexOf(":");
+  const bare = (colon > host.lastIndexOf("]") ? host.slice(0, colon) : host).toLowerCase();
+  if (!bare.endsWith(suffix)) return undefined;
+  const label = bare.slice(0, bare.length - suffix.length);
+  return label.length > 0 ? label : undefined;
+}
+
+export function toForgeError(err: unknown, logger: ConsolaInstance): ForgeError {
+  if (isForgeError(err)) {
+    if (!err.isUserError) logger.error(`${err.code}: ${err.message}`, err.cause ?? "");
+    return err;
+  }
+  logger.error("unexpected error:", err);
+  return new ForgeError(ErrorCode.Internal, 500, "forge failed to handle the request", { hint: "this is a bug in forge; the server log has the cause", cause: err });
+}
+
+// --- internal ---
+
+/** Flags of `forge deploy` travel as base64 JSON in X-Forge-Config and override forge.json. */
+function parseOverrides(header: string | undefined): unknown {
+  if (!header) return {};
+  try {
+    return JSON.parse(Buffer.from(header, "base64").toString("utf8"));
+  } catch {
+    throw new ForgeError(ErrorCode.InvalidConfig, 400, "X-Forge-Config is not base64 of a JSON object", {
+      hint: "send base64(JSON) of forge.json fields, e.g. base64('{\"minWarm\":1}'), or leave the header out",
+    });
+  }
+}
+
+function errorResponse(err: unknown, logger: ConsolaInstance, requestId?: string): Response {
+  return toForgeError(err, logger).toResponse(requestId ? { "x-forge-request-id": requestId } : undefined);
+}
+
+function stripPrefix(rawUrl: string, name: string): string {
+  const url = new URL(rawUrl);
+  const rest = url.pathname.slice(`/fn/${name}`.length);
+  return (rest.startsWith("/") ? rest : "/" + rest) + url.search;
+}
+
+function urlOf(c: Context, name: string, domain: string): string {
+  const host = c.req.header("host") ?? "";
+  const colon = host.lastIndexOf(":");
+  const port = colon > host.lastIndexOf("]") ? host.slice(colon) : "";
+  return `http://${name}.${domain}${port}`;
+}

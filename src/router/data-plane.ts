@@ -1,0 +1,191 @@
+/**
+ * The data path: a request for a function gets a lease on an instance, is proxied to it
+ * over its Unix socket with bodies streamed both ways, and the lease is given back when
+ * the response body has been sent. Errors map to 404 / 429 / 503 / 504 / 502.
+ */
+import type { ConsolaInstance } from "consola";
+import { ErrorCode, ForgeError, isForgeError } from "../errors.ts";
+import type { InvocationRecorder } from "../functions/index.ts";
+import { forward, type Lease, type PoolManager } from "../pool/index.ts";
+import type { InvocationRecord } from "../store/index.ts";
+
+export interface DataPlaneOptions {
+  pool: PoolManager;
+  recorder: InvocationRecorder;
+  logger: ConsolaInstance;
+}
+
+export interface InvokeOptions {
+  /** Path and query the function sees. */
+  path: string;
+  kind?: InvocationRecord["kind"];
+  /** Headers not to pass on (the control API's Authorization). */
+  dropHeaders?: readonly string[];
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{8,128}$/;
+let counter = 0;
+const prefix = Math.random().toString(36).slice(2, 8);
+
+/** A request id: the client's when it sent a valid one, else a new one. */
+export function requestIdOf(req: Request): string {
+  const given = req.headers.get("x-forge-request-id");
+  if (given && REQUEST_ID.test(given)) return given;
+  return `${prefix}-${Date.now().toString(36)}-${(counter++).toString(36)}`;
+}
+
+export class DataPlane {
+  constructor(private readonly o: DataPlaneOptions) {}
+
+  async invoke(name: string, req: Request, options: InvokeOptions): Promise<Response> {
+    const started = performance.now();
+    const createdAt = Date.now();
+    const requestId = requestIdOf(req);
+    const pool = this.o.pool.pool(name);
+    if (!pool) {
+      throw new ForgeError(ErrorCode.FunctionNotFound, 404, `function ${name} not found`, {
+        hint: "deploy it with `forge deploy`, or check the name with `forge list`",
+      });
+    }
+    const timeoutMs = pool.spec.timeoutMs;
+    let lease: Lease;
+    try {
+      const got = pool.acquire(req.signal);
+      lease = got instanceof Promise ? await got : got;
+    } catch (err) {
+      this.recordFailure(name, pool.version, requestId, createdAt, started, err, options.kind ?? "sync");
+      throw err;
+    }
+
+    const headers = new Headers(req.headers);
+    headers.set("x-forge-request-id", requestId);
+    for (const h of options.dropHeaders ?? []) headers.delete(h);
+    const method = req.method;
+    const hasBody = method !== "GET" && method !== "HEAD" && req.body !== null;
+    const upstreamReq = new Request(`http://instance${options.path}`, {
+      method,
+      headers,
+      ...(hasBody ? { body: req.body, duplex: "half" } : {}),
+    } as RequestInit);
+    const signal = AbortSignal.timeout(timeoutMs);
+
+    let upstream: Response;
+    try {
+      upstream = await forward(lease.instance.endpoint, upstreamReq, requestId, signal);
+    } catch (err) {
+      const timedOut = signal.aborted;
+      if (timedOut) lease.release();
+      else lease.fail();
+      const e = timedOut
+        ? new ForgeError(ErrorCode.FunctionTimeout, 504, `${name} did not answer within ${timeoutMs} ms`, {
+            hint: "make the function faster or raise timeoutMs (forge.json or PATCH)",
+            cause: err,
+          })
+        : new ForgeError(ErrorCode.InstanceCrashed, 502, `the instance of ${name} failed while serving the request`, {
+            hint: `see \`forge logs ${name}\`; the next request gets a fresh instance`,
+            cause: err,
+          });
+      this.record(name, lease, requestId, createdAt, started, e.status, 0, options.kind ?? "sync");
+      throw e;
+    }
+
+    const out = new Headers(upstream.headers);
+    out.set("x-forge-request-id", requestId);
+    out.set("x-forge-start", lease.start);
+    const status = upstream.status;
+    const kind = options.kind ?? "sync";
+    const body = releaseOnEnd(upstream.body, (bytes) => {
+      lease.release();
+      this.record(name, lease, requestId, createdAt, started, status, bytes, kind);
+    });
+    return new Response(body, { status, statusText: upstream.statusText, headers: out });
+  }
+
+  // --- internal ---
+
+  private record(name: string, lease: Lease, id: string, createdAt: number, started: number, status: number, bytesOut: number, kind: InvocationRecord["kind"]): void {
+    this.o.recorder.record({
+      id,
+      function: name,
+      version: lease.version,
+      instance: lease.instance.id,
+      start: lease.start,
+      kind,
+      state: "done",
+      status,
+      attempts: 1,
+      queueWaitMs: lease.queueWaitMs,
+      durationMs: performance.now() - started,
+      bytesIn: 0,
+      bytesOut,
+      payload: null,
+      result: null,
+      error: null,
+      createdAt,
+      updatedAt: Date.now(),
+    });
+  }
+
+  private recordFailure(name: string, version: number, id: string, createdAt: number, started: number, err: unknown, kind: InvocationRecord["kind"]): void {
+    this.o.recorder.record({
+      id,
+      function: name,
+      version,
+      instance: null,
+      start: null,
+      kind,
+      state: "done",
+      status: isForgeError(err) ? err.status : 500,
+      attempts: 1,
+      queueWaitMs: performance.now() - started,
+      durationMs: performance.now() - started,
+      bytesIn: 0,
+      bytesOut: 0,
+      payload: null,
+      result: null,
+      error: err instanceof Error ? err.message : String(err),
+      createdAt,
+      updatedAt: Date.now(),
+    });
+  }
+}
+
+/** Passes a body through, calling `done` once with the byte count when it ends, fails or is cancelled. */
+function releaseOnEnd(body: ReadableStream<Uint8Array> | null, done: (bytes: number) => void): ReadableStream<Uint8Array> | null {
+  if (!body) {
+    done(0);
+    return null;
+  }
+  const reader = body.getReader();
+  let bytes = 0;
+  let finished = false;
+  const finish = (): void => {
+    if (finished) return;
+    finished = true;
+    done(bytes);
+  };
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(controller) {
+        try {
+          const r = await reader.read();
+          if (r.done) {
+            controller.close();
+            finish();
+          } else {
+            bytes += r.value.byteLength;
+            controller.enqueue(r.value);
+          }
+        } catch (err) {
+          finish();
+          controller.error(err);
+        }
+      },
+      cancel(reason) {
+        finish();
+        return reader.cancel(reason);
+      },
+    },
+    { highWaterMark: 0 },
+  );
+}

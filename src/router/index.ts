@@ -1,0 +1,4 @@
+/** The router: control API, data plane and health endpoints as one Hono app. */
+export { createRouter, functionOfHost, toForgeError, type ForgeApp, type RouterOptions } from "./app.ts";
+export { DataPlane, requestIdOf, type DataPlaneOptions, type InvokeOptions } from "./data-plane.ts";
+export { readBodyLimited, readJson } from "./_body.ts";

@@ -1,0 +1,31 @@
+/**
+ * The control-plane API key: FORGE_API_KEY when set, else generated once and kept in the
+ * data dir (mode 0600) so it survives restarts and the CLI on the same machine finds it.
+ */
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+
+export const API_KEY_FILE = "api-key";
+
+export function loadOrCreateApiKey(dataDir: string, fromEnv?: string): { key: string; generated: boolean } {
+  if (fromEnv) return { key: fromEnv, generated: false };
+  const file = join(dataDir, API_KEY_FILE);
+  if (existsSync(file)) {
+    const key = readFileSync(file, "utf8").trim();
+    if (key) return { key, generated: false };
+  }
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  const key = `forge_${randomBytes(24).toString("base64url")}`;
+  writeFileSync(file, key + "\n", { mode: 0o600 });
+  return { key, generated: true };
+}
+
+/** The key saved in a data dir, if any (the CLI's fallback when FORGE_API_KEY is unset). */
+export function readSavedApiKey(dataDir: string): string | undefined {
+  try {
+    return readFileSync(join(dataDir, API_KEY_FILE), "utf8").trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}

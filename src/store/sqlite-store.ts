@@ -1,0 +1,338 @@
+/**
+ * The SQLite store: drizzle-orm over bun:sqlite. Every call is synchronous (bun:sqlite
+ * is), so a repository method is one short critical section and never interleaves with
+ * another request's writes inside this process.
+ */
+import { Database } from "bun:sqlite";
+import { mkdirSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { and, desc, eq, gte, ne, sql, type SQL } from "drizzle-orm";
+import { drizzle, type BunSQLiteDatabase } from "drizzle-orm/bun-sqlite";
+import { migrate } from "drizzle-orm/bun-sqlite/migrator";
+import { ErrorCode, ForgeError } from "../errors.ts";
+import * as schema from "./schema.ts";
+import { functions, invocations, schedules, versions } from "./schema.ts";
+import type {
+  FunctionRecord,
+  FunctionRepo,
+  InvocationQuery,
+  InvocationRecord,
+  InvocationRepo,
+  NewVersion,
+  ScheduleRecord,
+  ScheduleRepo,
+  Store,
+  VersionRecord,
+  VersionRepo,
+} from "./types.ts";
+
+/** Resolved from this file, not the cwd, so `forge up` works from any folder. */
+const MIGRATIONS_FOLDER = join(import.meta.dir, "..", "..", "drizzle");
+
+/** Rows per INSERT in insertMany: 18 columns x 500 stays far below SQLite's bound-parameter limit. */
+const INSERT_CHUNK = 500;
+
+/** Invocation lists are for humans and dashboards; an unbounded default would scan a busy function's whole history. */
+const DEFAULT_INVOCATION_LIMIT = 100;
+const MAX_INVOCATION_LIMIT = 10_000;
+
+type Db = BunSQLiteDatabase<typeof schema>;
+
+/**
+ * Opens (creating if needed) the SQLite database at `path` and brings its schema up to
+ * date. `":memory:"` gives a private in-memory store, for tests.
+ */
+export function openStore(path: string): Store {
+  if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
+  const sqlite = new Database(path, { create: true, readwrite: true });
+  let closed = false;
+  try {
+    sqlite.run("PRAGMA journal_mode = WAL");
+    sqlite.run("PRAGMA busy_timeout = 5000");
+    const db: Db = drizzle({ client: sqlite, schema });
+    // Migrations run before foreign keys are switched on: drizzle-kit rewrites a changed
+    // SQLite table as create-copy-drop, and dropping `functions` with foreign keys on
+    // would cascade-delete every version (PRAGMA foreign_keys is a no-op inside the
+    // migrator's transaction, so the migration cannot turn them off itself).
+    migrate(db, { migrationsFolder: MIGRATIONS_FOLDER });
+    sqlite.run("PRAGMA foreign_keys = ON");
+
+    const live = (): Db => {
+      if (closed) throw new ForgeError(ErrorCode.Disposed, 500, "the store is closed");
+      return db;
+    };
+    const close = (): void => {
+      if (closed) return;
+      closed = true;
+      sqlite.close();
+    };
+    return {
+      functions: functionRepo(live),
+      versions: versionRepo(live),
+      invocations: invocationRepo(live),
+      schedules: scheduleRepo(live),
+      close,
+      [Symbol.dispose]: close,
+    };
+  } catch (err) {
+    sqlite.close();
+    throw err;
+  }
+}
+
+// --- internal ---
+// (drizzle types bun-sqlite's run() result as void, so counts come from RETURNING.)
+
+type Live = () => Db;
+
+/** The columns of a FunctionRecord (functions.last_version is internal bookkeeping). */
+const functionColumns = {
+  name: functions.name,
+  activeVersion: functions.activeVersion,
+  config: functions.config,
+  createdAt: functions.createdAt,
+  updatedAt: functions.updatedAt,
+};
+
+function functionRepo(live: Live): FunctionRepo {
+  const get = (name: string): FunctionRecord | undefined =>
+    live().select(functionColumns).from(functions).where(eq(functions.name, name)).get();
+
+  return {
+    get,
+    list: () => live().select(functionColumns).from(functions).orderBy(desc(functions.createdAt), functions.name).all(),
+    ensure(name, config) {
+      const now = Date.now();
+      live()
+        .insert(functions)
+        .values({ name, activeVersion: null, config, createdAt: now, updatedAt: now })
+        .onConflictDoNothing()
+        .run();
+      return mustGet(get(name), name);
+    },
+    updateConfig(name, config) {
+      const row = live()
+        .update(functions)
+        .set({ config, updatedAt: Date.now() })
+        .where(eq(functions.name, name))
+        .returning(functionColumns)
+        .get();
+      return mustGet(row, name);
+    },
+    delete(name) {
+      return live().transaction(
+        (tx) => {
+          tx.delete(invocations).where(eq(invocations.function, name)).run();
+          tx.delete(schedules).where(eq(schedules.function, name)).run();
+          // Versions go by ON DELETE CASCADE; deleted explicitly anyway so a database
+          // opened without foreign keys (the sqlite3 shell) cannot leave orphans behind.
+          tx.delete(versions).where(eq(versions.function, name)).run();
+          return tx.delete(functions).where(eq(functions.name, name)).returning({ name: functions.name }).get() !== undefined;
+        },
+        { behavior: "immediate" },
+      );
+    },
+  };
+}
+
+function versionRepo(live: Live): VersionRepo {
+  const get = (fn: string, version: number): VersionRecord | undefined =>
+    live()
+      .select()
+      .from(versions)
+      .where(and(eq(versions.function, fn), eq(versions.version, version)))
+      .get();
+
+  return {
+    get,
+    list: (fn) => live().select().from(versions).where(eq(versions.function, fn)).orderBy(desc(versions.version)).all(),
+    create(fn, v: NewVersion) {
+      // The number comes from a counter on the function row rather than max(version) + 1
+      // over the versions left, so a discarded (failed) deploy's number, which may already
+      // name an image tag or artifact, is not handed out again. Without discards the two
+      // agree. IMMEDIATE takes the write lock first, so two deploys (in this process or
+      // another sharing the file) cannot pick the same number.
+      return live().transaction(
+        (tx) => {
+          const counter = tx
+            .update(functions)
+            .set({ lastVersion: sql`${functions.lastVersion} + 1` })
+            .where(eq(functions.name, fn))
+            .returning({ n: functions.lastVersion })
+            .get();
+          if (!counter) throw functionNotFound(fn);
+          const record: VersionRecord = {
+            function: fn,
+            version: counter.n,
+            digest: v.digest,
+            config: v.config,
+            artifact: v.artifact,
+            image: v.image,
+            active: false,
+            createdAt: Date.now(),
+          };
+          tx.insert(versions).values(record).run();
+          return record;
+        },
+        { behavior: "immediate" },
+      );
+    },
+    activate(fn, version) {
+      return live().transaction(
+        (tx) => {
+          const target = tx
+            .select()
+            .from(versions)
+            .where(and(eq(versions.function, fn), eq(versions.version, version)))
+            .get();
+          if (!target) {
+            const known = tx
+              .select({ version: versions.version })
+              .from(versions)
+              .where(eq(versions.function, fn))
+              .orderBy(desc(versions.version))
+              .limit(10)
+              .all()
+              .map((r) => r.version);
+            throw new ForgeError(ErrorCode.VersionNotFound, 404, `function "${fn}" has no version ${version}`, {
+              hint: known.length
+                ? `known versions (newest first): ${known.join(", ")}; see \`forge versions ${fn}\``
+                : `"${fn}" has no versions yet; deploy it with \`forge deploy\``,
+            });
+          }
+          tx.update(versions)
+            .set({ active: false })
+            .where(and(eq(versions.function, fn), ne(versions.version, version), eq(versions.active, true)))
+            .run();
+          tx.update(versions)
+            .set({ active: true })
+            .where(and(eq(versions.function, fn), eq(versions.version, version)))
+            .run();
+          tx.update(functions)
+            .set({ activeVersion: version, config: target.config, updatedAt: Date.now() })
+            .where(eq(functions.name, fn))
+            .run();
+          return { ...target, active: true };
+        },
+        { behavior: "immediate" },
+      );
+    },
+    setImage(fn, version, image) {
+      live()
+        .update(versions)
+        .set({ image })
+        .where(and(eq(versions.function, fn), eq(versions.version, version)))
+        .run();
+    },
+    discard(fn, version) {
+      const existing = get(fn, version);
+      if (!existing) return;
+      if (existing.active) {
+        throw new ForgeError(ErrorCode.Conflict, 409, `version ${version} of "${fn}" is active and cannot be discarded`, {
+          hint: "activate another version first (`forge rollback`), or delete the function",
+        });
+      }
+      live()
+        .delete(versions)
+        .where(and(eq(versions.function, fn), eq(versions.version, version), eq(versions.active, false)))
+        .run();
+    },
+  };
+}
+
+function invocationRepo(live: Live): InvocationRepo {
+  return {
+    insertMany(records) {
+      if (records.length === 0) return;
+      live().transaction((tx) => {
+        for (let i = 0; i < records.length; i += INSERT_CHUNK) {
+          tx.insert(invocations).values(records.slice(i, i + INSERT_CHUNK)).run();
+        }
+      });
+    },
+    insert(record) {
+      live().insert(invocations).values(record).run();
+    },
+    update(id, patch) {
+      // Callers patch progress (state, attempts, result); updatedAt follows unless given.
+      live()
+        .update(invocations)
+        .set({ ...patch, updatedAt: patch.updatedAt ?? Date.now() })
+        .where(eq(invocations.id, id))
+        .run();
+    },
+    get: (id) => live().select().from(invocations).where(eq(invocations.id, id)).get(),
+    list(fn, query: InvocationQuery = {}) {
+      const where: SQL[] = [eq(invocations.function, fn)];
+      if (query.status !== undefined) where.push(eq(invocations.status, query.status));
+      if (query.kind !== undefined) where.push(eq(invocations.kind, query.kind));
+      if (query.state !== undefined) where.push(eq(invocations.state, query.state));
+      if (query.since !== undefined) where.push(gte(invocations.createdAt, query.since));
+      const limit = Math.min(Math.max(Math.trunc(query.limit ?? DEFAULT_INVOCATION_LIMIT), 0), MAX_INVOCATION_LIMIT);
+      return (
+        live()
+          .select()
+          .from(invocations)
+          .where(and(...where))
+          // rowid breaks ties between records of the same millisecond in insertion order.
+          .orderBy(desc(invocations.createdAt), sql`rowid desc`)
+          .limit(limit)
+          .all() satisfies InvocationRecord[]
+      );
+    },
+  };
+}
+
+function scheduleRepo(live: Live): ScheduleRepo {
+  return {
+    create(s) {
+      const record: ScheduleRecord = {
+        id: s.id,
+        function: s.function,
+        cron: s.cron,
+        timezone: s.timezone,
+        payload: s.payload,
+        overlap: s.overlap,
+        runs: 0,
+        skipped: 0,
+        lastRunAt: null,
+        lastStatus: null,
+        createdAt: Date.now(),
+      };
+      const inserted = live().insert(schedules).values(record).onConflictDoNothing().returning({ id: schedules.id }).get();
+      if (!inserted) {
+        throw new ForgeError(ErrorCode.Conflict, 409, `a schedule with id "${s.id}" already exists`, {
+          hint: "schedule ids must be unique; let forge generate one",
+        });
+      }
+      return record;
+    },
+    get: (id) => live().select().from(schedules).where(eq(schedules.id, id)).get(),
+    list(fn) {
+      const q = live().select().from(schedules);
+      const filtered = fn === undefined ? q : q.where(eq(schedules.function, fn));
+      return filtered.orderBy(desc(schedules.createdAt), sql`rowid desc`).all();
+    },
+    recordRun(id, patch) {
+      // Counters are incremented in SQL so concurrent ticks cannot lose an update.
+      const set =
+        "skipped" in patch
+          ? { skipped: sql`${schedules.skipped} + 1` }
+          : { runs: sql`${schedules.runs} + 1`, lastRunAt: patch.ranAt, lastStatus: patch.status };
+      live().update(schedules).set(set).where(eq(schedules.id, id)).run();
+    },
+    delete: (id) => live().delete(schedules).where(eq(schedules.id, id)).returning({ id: schedules.id }).get() !== undefined,
+    deleteForFunction: (fn) => live().delete(schedules).where(eq(schedules.function, fn)).returning({ id: schedules.id }).all().length,
+  };
+}
+
+function functionNotFound(name: string): ForgeError {
+  return new ForgeError(ErrorCode.FunctionNotFound, 404, `function "${name}" does not exist`, {
+    hint: "see `forge list` for deployed functions, or deploy it with `forge deploy`",
+  });
+}
+
+function mustGet(row: FunctionRecord | undefined, name: string): FunctionRecord {
+  if (!row) throw functionNotFound(name);
+  return row;
+}

@@ -1,0 +1,138 @@
+/**
+ * What the store offers the rest of forge: repositories over plain records. The drizzle
+ * schema behind them is internal to src/store.
+ */
+import type { FunctionConfig } from "../build/index.ts";
+
+export type StartKind = "warm" | "cell" | "cold";
+
+export interface FunctionRecord {
+  name: string;
+  /** Version serving traffic; null before the first deploy finished. */
+  activeVersion: number | null;
+  /** Current config: the active version's snapshot plus PATCHed fields. */
+  config: FunctionConfig;
+  createdAt: number;
+  updatedAt: number;
+}
+
+export interface VersionRecord {
+  function: string;
+  /** 1, 2, 3... per function; never reused, never changed. */
+  version: number;
+  /** sha256 of the artifact (the bundle, or the build context for docker runtimes). */
+  digest: string;
+  /** The config as deployed. */
+  config: FunctionConfig;
+  /** Artifact path relative to the data dir (the bundle file or the unpacked folder). */
+  artifact: string;
+  /** Image built for this version (docker driver), else null. */
+  image: string | null;
+  active: boolean;
+  createdAt: number;
+}
+
+export interface NewVersion {
+  digest: string;
+  config: FunctionConfig;
+  artifact: string;
+  image: string | null;
+}
+
+export interface InvocationRecord {
+  id: string;
+  function: string;
+  version: number;
+  instance: string | null;
+  start: StartKind | null;
+  /** "sync" for HTTP requests, "async" for queued invocations, "schedule" for cron ticks. */
+  kind: "sync" | "async" | "schedule";
+  /** sync: done; async: queued | running | succeeded | dead. */
+  state: "queued" | "running" | "succeeded" | "failed" | "dead" | "done";
+  status: number | null;
+  attempts: number;
+  queueWaitMs: number | null;
+  durationMs: number | null;
+  bytesIn: number;
+  bytesOut: number;
+  /** Async: the request body and result / last error (JSON text). */
+  payload: string | null;
+  result: string | null;
+  error: string | null;
+  createdAt: number;
+  updatedAt: number;
+}
+
+export interface FunctionRepo {
+  get(name: string): FunctionRecord | undefined;
+  list(): FunctionRecord[];
+  /** Creates the function record if missing (activeVersion null), else returns it. */
+  ensure(name: string, config: FunctionConfig): FunctionRecord;
+  updateConfig(name: string, config: FunctionConfig): FunctionRecord;
+  /** Deletes the function, its versions and its invocations. */
+  delete(name: string): boolean;
+}
+
+export interface VersionRepo {
+  /** Adds the next version (max + 1, from 1), not active yet. */
+  create(fn: string, v: NewVersion): VersionRecord;
+  get(fn: string, version: number): VersionRecord | undefined;
+  /** Newest first. */
+  list(fn: string): VersionRecord[];
+  /** Makes one version active (and only it) and sets the function's activeVersion and config. */
+  activate(fn: string, version: number): VersionRecord;
+  /** Records the image built for a version (set once, before it becomes active). */
+  setImage(fn: string, version: number, image: string): void;
+  /** Removes a version that never became active (a failed deploy). */
+  discard(fn: string, version: number): void;
+}
+
+export interface InvocationQuery {
+  limit?: number;
+  status?: number;
+  kind?: InvocationRecord["kind"];
+  state?: InvocationRecord["state"];
+  since?: number;
+}
+
+export interface InvocationRepo {
+  /** Inserts many records in one transaction (the request path batches). */
+  insertMany(records: InvocationRecord[]): void;
+  insert(record: InvocationRecord): void;
+  update(id: string, patch: Partial<Omit<InvocationRecord, "id">>): void;
+  get(id: string): InvocationRecord | undefined;
+  /** Newest first. */
+  list(fn: string, query?: InvocationQuery): InvocationRecord[];
+}
+
+export interface ScheduleRecord {
+  id: string;
+  function: string;
+  cron: string;
+  timezone: string | null;
+  /** JSON text sent as the request body, or null. */
+  payload: string | null;
+  overlap: "skip" | "allow";
+  runs: number;
+  skipped: number;
+  lastRunAt: number | null;
+  lastStatus: number | null;
+  createdAt: number;
+}
+
+export interface ScheduleRepo {
+  create(s: Omit<ScheduleRecord, "runs" | "skipped" | "lastRunAt" | "lastStatus" | "createdAt">): ScheduleRecord;
+  get(id: string): ScheduleRecord | undefined;
+  list(fn?: string): ScheduleRecord[];
+  recordRun(id: string, patch: { ranAt: number; status: number | null } | { skipped: true }): void;
+  delete(id: string): boolean;
+  deleteForFunction(fn: string): number;
+}
+
+export interface Store extends Disposable {
+  functions: FunctionRepo;
+  versions: VersionRepo;
+  invocations: InvocationRepo;
+  schedules: ScheduleRepo;
+  close(): void;
+}

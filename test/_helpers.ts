@@ -1,0 +1,126 @@
+/** Test helpers: a real forge server in a child process on port 0, and the real CLI. */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+export const ROOT = resolve(import.meta.dir, "..");
+const MAIN = join(ROOT, "src/cli/main.ts");
+
+export interface ForgeProcess extends AsyncDisposable {
+  url: string;
+  port: number;
+  apiKey: string;
+  dataDir: string;
+  /** Output of the server so far. */
+  output(): string;
+  /** Stops the server (SIGTERM) and waits; the data dir stays for a restart. */
+  stop(signal?: NodeJS.Signals): Promise<void>;
+  /** A request to a function through its subdomain. */
+  fn(name: string, path?: string, init?: RequestInit): Promise<Response>;
+  /** An authorized control API request. */
+  api(path: string, init?: RequestInit): Promise<Response>;
+}
+
+export function tempDir(prefix = "forge-test-"): string & Disposable {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  return Object.assign(dir, { [Symbol.dispose]: () => rmSync(dir, { recursive: true, force: true }) }) as string & Disposable;
+}
+
+/** Starts `forge up --port 0` with its own data dir; waits for the listening line. */
+export async function startForge(options: { dataDir?: string; env?: Record<string, string> } = {}): Promise<ForgeProcess> {
+  const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), "forge-data-"));
+  const ownsDir = options.dataDir === undefined;
+  const proc = Bun.spawn([process.execPath, MAIN, "up", "--port", "0"], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", FORGE_DATA_DIR: dataDir, FORGE_DRIVER: "process", FORGE_STEM_CELLS: "1", ...options.env },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  let out = "";
+  const dec = new TextDecoder();
+  const pump = async (s: ReadableStream<Uint8Array>): Promise<void> => {
+    for await (const chunk of s as unknown as AsyncIterable<Uint8Array>) out += dec.decode(chunk);
+  };
+  void pump(proc.stdout);
+  void pump(proc.stderr);
+  const deadline = Date.now() + 20_000;
+  let url: string | undefined;
+  let apiKey: string | undefined;
+  while (Date.now() < deadline) {
+    url = /forge listening on (http:\/\/\S+)/.exec(out)?.[1];
+    apiKey = /API key[^:]*: (\S+)/.exec(out)?.[1];
+    if (url && apiKey) break;
+    if (proc.exitCode !== null) throw new Error(`forge exited with ${proc.exitCode}:\n${out}`);
+    await Bun.sleep(10); // polling the child's output for a condition, not a guessed wait
+  }
+  if (!url || !apiKey) {
+    proc.kill("SIGKILL");
+    throw new Error(`forge did not start within 20 s:\n${out}`);
+  }
+  const port = Number(new URL(url).port);
+  const key = apiKey;
+  let stopped = false;
+  const stop = async (signal: NodeJS.Signals = "SIGTERM"): Promise<void> => {
+    if (stopped) return;
+    stopped = true;
+    proc.kill(signal);
+    await proc.exited;
+  };
+  return {
+    url,
+    port,
+    apiKey: key,
+    dataDir,
+    output: () => out,
+    stop,
+    fn: (name, path = "/", init = {}) => {
+      const headers = new Headers(init.headers);
+      headers.set("host", `${name}.localhost:${port}`);
+      return fetch(`${url}${path}`, { ...init, headers });
+    },
+    api: (path, init = {}) => {
+      const headers = new Headers(init.headers);
+      if (!headers.has("authorization")) headers.set("authorization", `Bearer ${key}`);
+      return fetch(`${url}${path}`, { ...init, headers });
+    },
+    async [Symbol.asyncDispose]() {
+      await stop();
+      if (ownsDir) rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the real CLI against a forge. */
+export async function cli(forge: { url: string; apiKey: string } | undefined, args: string[], env: Record<string, string> = {}): Promise<CliResult> {
+  const proc = Bun.spawn([process.execPath, MAIN, ...args], {
+    cwd: ROOT,
+    env: {
+      PATH: process.env.PATH ?? "",
+      HOME: process.env.HOME ?? "/root",
+      NO_COLOR: "1",
+      ...(forge ? { FORGE_URL: forge.url, FORGE_API_KEY: forge.apiKey } : {}),
+      ...env,
+    },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  return { code, stdout, stderr };
+}
+
+/** Waits until `check` returns a truthy value (polling), or fails after `timeoutMs`. */
+export async function until<T>(check: () => T | Promise<T>, timeoutMs = 10_000, what = "condition"): Promise<NonNullable<T>> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await check();
+    if (v) return v as NonNullable<T>;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(5); // polling interval of a condition wait
+  }
+}
