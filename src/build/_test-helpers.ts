@@ -22,7 +22,7 @@ export interface RawEntry {
 }
 
 /** A tar (not gzipped) written exactly as told, with no checks: for crafting attacks. */
-export async function rawTar(entries: RawEntry[]): Promise<Uint8Array> {
+export async function rawTar(entries: RawEntry[]): Promise<Uint8Array<ArrayBuffer>> {
   const pack = tar.pack();
   const chunks: Uint8Array[] = [];
   const collected = (async () => {
@@ -37,10 +37,10 @@ export async function rawTar(entries: RawEntry[]): Promise<Uint8Array> {
   }
   pack.finalize();
   await collected;
-  return Buffer.concat(chunks);
+  return new Uint8Array(Buffer.concat(chunks)); // a copy typed as ArrayBuffer-backed, which Bun.gzipSync asks for
 }
 
-export async function rawTarGz(entries: RawEntry[]): Promise<Uint8Array> {
+export async function rawTarGz(entries: RawEntry[]): Promise<Uint8Array<ArrayBuffer>> {
   return Bun.gzipSync(await rawTar(entries));
 }
 
@@ -56,7 +56,7 @@ export async function listArchive(gz: Uint8Array): Promise<{ name: string; type:
       out.push({ name: type === "directory" ? `${name.replace(/\/+$/, "")}/` : name, type, mode, text: Buffer.concat(parts).toString() });
     }
   })();
-  extract.end(Bun.gunzipSync(gz));
+  extract.end(Bun.gunzipSync(new Uint8Array(gz)));
   await reading;
   return out;
 }

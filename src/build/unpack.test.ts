@@ -17,7 +17,7 @@ const SENTINEL_TEXT = "untouched";
  * Unpacks `archive` into <tmp>/work/dest beside a sentinel file, expects the given error
  * code, and checks that nothing changed outside dest and that dest is empty.
  */
-async function expectRefused(archive: Uint8Array, code: string, limits: UnpackLimits = LIMITS): Promise<ForgeError> {
+async function expectRefused(archive: Uint8Array, code: ErrorCode, limits: UnpackLimits = LIMITS): Promise<ForgeError> {
   await using tmp = await tempDir();
   const work = join(tmp.path, "work");
   const dest = join(work, "dest");

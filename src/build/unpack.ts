@@ -68,7 +68,7 @@ const FRAMING_PER_ENTRY = 8 * 1024;
 const FRAMING_FIXED = 1024 * 1024;
 /** Compressed bytes handed to gunzip at a time: deflate expands at most ~1000x, so this bounds a burst. */
 const FEED_SLICE = 4 * 1024;
-const MAX_PATH = 1024;
+const MAX_PATH = 4096;
 const MAX_SEGMENT = 255;
 
 async function extractInto(archive: Uint8Array, root: string, limits: UnpackLimits): Promise<UnpackResult> {
@@ -189,7 +189,7 @@ async function writeEntry(entry: EntryStream, root: string, limits: UnpackLimits
       if (result.bytes > limits.maxBytes) {
         throw tooLarge(`more than ${formatBytes(limits.maxBytes)} of files (at ${shown(header.name)})`);
       }
-      await file.write(data);
+      await fsStep(header.name, () => file.write(data));
     }
   } finally {
     await file.close();
@@ -215,7 +215,7 @@ function safeRelativePath(name: string): string | null {
 
 /** We never create links, so every folder on the way must resolve to itself. */
 async function assertRealParent(path: string, name: string): Promise<void> {
-  if ((await realpath(path)) !== path) throw invalid(`"${shown(name)}" would be written through a link`, HINT_PATHS);
+  if ((await fsStep(name, () => realpath(path))) !== path) throw invalid(`"${shown(name)}" would be written through a link`, HINT_PATHS);
 }
 
 /** Maps the file-system errors an archive can cause (a file where a folder is needed, ...) to InvalidArchive. */

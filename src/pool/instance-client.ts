@@ -56,7 +56,14 @@ export async function health(target: Target, token?: string, signal?: AbortSigna
     await response.body?.cancel();
     throw new ForgeError(ErrorCode.InstanceStartFailed, 502, `instance health check answered ${response.status}`);
   }
-  return (await response.json()) as HealthInfo;
+  // Without the right token the request reaches the function: make sure the shim answered.
+  const info = (await response.json().catch(() => undefined)) as HealthInfo | undefined;
+  if (info?.ok !== true) {
+    throw new ForgeError(ErrorCode.InstanceStartFailed, 502, "the instance's health answer is not the shim's", {
+      hint: "is the control token right?",
+    });
+  }
+  return info;
 }
 
 /**
@@ -181,12 +188,15 @@ export async function forward(
   signal?: AbortSignal,
 ): Promise<Response> {
   const url = request.url;
-  // Only the path and query travel; the authority stays in the Host header.
-  const pathStart = url.indexOf("/", url.indexOf("//") + 2);
+  // Only the path and query travel in the URL; the authority goes in the Host header, so
+  // the function sees the public URL (http://greet.localhost:8080/...).
+  const authorityStart = url.indexOf("//") + 2;
+  const pathStart = url.indexOf("/", authorityStart);
   const path = pathStart === -1 ? "/" : url.slice(pathStart);
   // A copy, so the caller's Request keeps its headers (it may be retried or logged).
   const headers = new Headers(request.headers);
   headers.set(REQUEST_ID_HEADER, requestId);
+  if (!headers.has("host")) headers.set("host", url.slice(authorityStart, pathStart === -1 ? undefined : pathStart));
   try {
     return await fetch(`http://instance${path}`, {
       method: request.method,

@@ -1,0 +1,182 @@
+import { describe, expect, test } from "bun:test";
+import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createConsola } from "consola";
+import { ErrorCode, ForgeError } from "../errors.ts";
+import { LogRing, MAX_LINE_CHARS, parseLogLine, readLines } from "./_log-parse.ts";
+import { CONTRACT_BUNDLE, driverContract } from "./driver.case.ts";
+import type { Driver, InstanceSpec } from "./driver.ts";
+import { forward, health } from "./instance-client.ts";
+import { createProcessDriver, type ProcessDriverOptions } from "./process-driver.ts";
+
+const quiet = createConsola({ level: -999 });
+
+/** A process driver over its own data dir, both gone on dispose. */
+async function makeDriver(options: Partial<ProcessDriverOptions> = {}) {
+  const dataDir = await mkdtemp(join(tmpdir(), "forge-pd-"));
+  const driver = createProcessDriver({ dataDir, logger: quiet, ...options });
+  const dispose = async () => {
+    try {
+      await driver.dispose();
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  };
+  return Object.assign(Object.create(driver) as Driver, { dataDir, dispose, [Symbol.asyncDispose]: dispose });
+}
+
+driverContract("process", () => makeDriver(), {
+  async kill(_driver, handle) {
+    const { pid } = await health(handle);
+    process.kill(pid, "SIGKILL");
+  },
+});
+
+describe("process driver", () => {
+  const spec = (overrides: Partial<InstanceSpec>): InstanceSpec => ({
+    id: `p${crypto.randomUUID().slice(0, 8)}`,
+    role: "instance",
+    runtime: "bun",
+    function: "greet",
+    version: 1,
+    env: {},
+    memoryMb: 256,
+    ...overrides,
+  });
+
+  test("a module that fails to load fails the start with its error, and leaves nothing behind", async () => {
+    await using driver = await makeDriver();
+    const bundlePath = join(driver.dataDir, "broken.mjs");
+    await writeFile(bundlePath, `throw new Error("cannot load me");`);
+    const error = await driver.start(spec({ bundlePath })).catch((err: unknown) => err);
+    expect(error).toBeInstanceOf(ForgeError);
+    expect((error as ForgeError).code).toBe(ErrorCode.InstanceStartFailed);
+    expect((error as ForgeError).message).toContain("cannot load me");
+    expect(await driver.list()).toEqual([]);
+    expect(await readdir(join(driver.dataDir, "instances"))).toEqual([]);
+  });
+
+  test("a module without a known export fails the start with a clear message", async () => {
+    await using driver = await makeDriver();
+    const bundlePath = join(driver.dataDir, "nothing.mjs");
+    await writeFile(bundlePath, `export const answer = 42;`);
+    const error = await driver.start(spec({ bundlePath })).catch((err: unknown) => err);
+    expect((error as ForgeError).message).toContain("exports answer");
+  });
+
+  test("the instance runs in its own folder with a copy of the bundle, and stop removes it", async () => {
+    await using driver = await makeDriver();
+    const bundlePath = join(driver.dataDir, "where.mjs");
+    await writeFile(
+      bundlePath,
+      `export default () => Response.json({ cwd: process.cwd(), home: process.env.HOME, url: import.meta.url });`,
+    );
+    const handle = await driver.start(spec({ bundlePath }));
+    const dir = join(driver.dataDir, "instances", handle.id);
+    expect(handle.endpoint.socketPath).toBe(join(dir, "s.sock"));
+    const where = (await (await forward(handle, new Request("http://x/"), "r1")).json()) as Record<string, string>;
+    expect(where).toEqual({ cwd: dir, home: dir, url: `file://${dir}/fn.mjs` });
+    await driver.stop(handle.id);
+    expect(await readdir(join(driver.dataDir, "instances"))).toEqual([]);
+  });
+
+  test("a data dir too deep for a socket path falls back to a short folder", async () => {
+    const deep = await mkdtemp(join(tmpdir(), "forge-deep-"));
+    try {
+      await using driver = await makeDriver({ dataDir: join(deep, "x".repeat(120)) });
+      const bundlePath = join(deep, "fn.mjs");
+      await writeFile(bundlePath, CONTRACT_BUNDLE);
+      const handle = await driver.start(spec({ bundlePath, env: { GREETING: "deep" } }));
+      expect(Buffer.byteLength(handle.endpoint.socketPath)).toBeLessThanOrEqual(100);
+      expect(await (await forward(handle, new Request("http://x/"), "r1")).text()).toBe("ok deep");
+      await driver.stop(handle.id);
+    } finally {
+      await rm(deep, { recursive: true, force: true });
+    }
+  });
+
+  test("stop kills an instance that ignores SIGTERM after the grace period", async () => {
+    await using driver = await makeDriver({ stopGraceMs: 50 });
+    const bundlePath = join(driver.dataDir, "stubborn.mjs");
+    // Set in a request: the shim registers its own SIGTERM handler after loading the module.
+    await writeFile(
+      bundlePath,
+      `export default () => {
+         process.removeAllListeners("SIGTERM");
+         process.on("SIGTERM", () => console.log("not stopping"));
+         return new Response("stubborn");
+       };`,
+    );
+    const handle = await driver.start(spec({ bundlePath }));
+    expect(await (await forward(handle, new Request("http://x/"), "r1")).text()).toBe("stubborn");
+    const lines: string[] = [];
+    driver.onLog((line) => lines.push(line.text));
+    const exits: unknown[] = [];
+    driver.onExit((info) => exits.push(info));
+    await driver.stop(handle.id);
+    expect(lines).toContain("not stopping");
+    expect(await driver.list()).toEqual([]);
+    expect(exits).toEqual([]);
+  });
+
+  test("an aborted start stops the child", async () => {
+    await using driver = await makeDriver();
+    const bundlePath = join(driver.dataDir, "fn.mjs");
+    await writeFile(bundlePath, CONTRACT_BUNDLE);
+    const abort = new AbortController();
+    const starting = driver.start(spec({ bundlePath }), abort.signal);
+    abort.abort(new Error("changed my mind"));
+    await expect(starting).rejects.toThrow();
+    expect(await driver.list()).toEqual([]);
+  });
+
+  test("refuses a docker-runtime spec", async () => {
+    await using driver = await makeDriver();
+    const error = await driver.start(spec({ runtime: "docker", image: "x" })).catch((err: unknown) => err);
+    expect((error as ForgeError).code).toBe(ErrorCode.DriverUnavailable);
+  });
+});
+
+describe("log parsing (_log-parse.ts)", () => {
+  const streamOf = (...chunks: (string | Uint8Array)[]) =>
+    new ReadableStream<Uint8Array>({
+      start(controller) {
+        for (const chunk of chunks) controller.enqueue(typeof chunk === "string" ? new TextEncoder().encode(chunk) : chunk);
+        controller.close();
+      },
+    });
+  const collect = async (stream: ReadableStream<Uint8Array>) => {
+    const lines: string[] = [];
+    for await (const line of readLines(stream)) lines.push(line);
+    return lines;
+  };
+
+  test("splits lines across chunks, CRLF and a split multi-byte character, keeping a last unterminated line", async () => {
+    const euro = new TextEncoder().encode("€");
+    expect(await collect(streamOf("a\nb", "c\r\n", euro.slice(0, 1), euro.slice(1), "\n\nlast"))).toEqual([
+      "a",
+      "bc",
+      "€",
+      "",
+      "last",
+    ]);
+  });
+
+  test("cuts a line longer than the limit", async () => {
+    const lines = await collect(streamOf("x".repeat(MAX_LINE_CHARS + 10)));
+    expect(lines.map((l) => l.length)).toEqual([MAX_LINE_CHARS, 10]);
+  });
+
+  test("takes the request prefix off", () => {
+    expect(parseLogLine("[req:abc-1] hello [req:x] y")).toEqual({ requestId: "abc-1", text: "hello [req:x] y" });
+    expect(parseLogLine("[req:] nope")).toEqual({ text: "[req:] nope" });
+    expect(parseLogLine("plain")).toEqual({ text: "plain" });
+  });
+
+  test("the ring keeps the most recent lines, oldest first", () => {
+    const ring = new LogRing(3);
+    for (let i = 0; i < 5; i++) ring.push({ ts: i, instance: "i", stream: "stdout", text: String(i) });
+    expect(ring.snapshot().map((l) => l.text)).toEqual(["2", "3", "4"]);
+  });
+});
