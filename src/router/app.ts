@@ -56,7 +56,8 @@ export function createRouter(o: RouterOptions): ForgeApp {
   app.get("/healthz", (c) => c.json({ ok: true }));
   app.get("/readyz", (c) => {
     const ready = o.ready?.() ?? true;
-    return c.json({ ready }, ready ? 200 : 503);
+    const { cells, cellsStarting } = o.pool.stats();
+    return c.json({ ready, stemCells: cells, stemCellsStarting: cellsStarting }, ready ? 200 : 503);
   });
   app.get("/metrics", async (c) => {
     if (!o.metrics) return c.text("", 200);
