@@ -3,12 +3,16 @@
  * router from a Config, and hands app.fetch to Bun.serve. Nothing else wires modules.
  */
 import { mkdirSync } from "node:fs";
+import { join } from "node:path";
 import { createConsola, type ConsolaInstance } from "consola";
 import type { Config } from "./config.ts";
 import { FunctionService, InvocationRecorder } from "./functions/index.ts";
 import { createProcessDriver, fixedKeepAlive, PoolManager, type Driver } from "./pool/index.ts";
+import { LogStore, Metrics } from "./observe/index.ts";
 import { createRouter, type ForgeApp } from "./router/index.ts";
 import { loadOrCreateApiKey, openStore } from "./store/index.ts";
+
+export const FORGE_VERSION = "0.1.0";
 
 export interface ForgeServer extends AsyncDisposable {
   /** http://host:port of the apex (control API). */
@@ -51,6 +55,29 @@ export async function startServer(config: Config, options: StartOptions = {}): P
 
   // 3. services
   const recorder = new InvocationRecorder({ repo: store.invocations, logger });
+  const logs = new LogStore({ dir: join(config.dataDir, "logs"), logger, retentionBytes: config.logRetentionBytes });
+  driver.onLog((line) => {
+    const owner = pool.ownerOf(line.instance);
+    if (owner) logs.add({ ...line, function: owner.function, version: owner.version });
+  });
+  const metrics = new Metrics({
+    version: FORGE_VERSION,
+    driver: driver.name,
+    gauges: {
+      instances: () => {
+        const out: { labels: Record<string, string>; value: number }[] = [];
+        for (const snap of pool.snapshots()) {
+          const counts: Record<string, number> = { starting: 0, ready: 0, stopping: 0 };
+          for (const i of snap.instances) counts[i.state] = (counts[i.state] ?? 0) + 1;
+          for (const [state, value] of Object.entries(counts)) out.push({ labels: { function: snap.function, state }, value });
+        }
+        return out;
+      },
+      stemCells: () => pool.stats().cells,
+      queueDepth: () => pool.snapshots().map((s) => ({ labels: { function: s.function }, value: s.queued })),
+    },
+  });
+  recorder.onRecord((r) => metrics.observe(r));
   let port = config.port;
   const urlOf = (name: string): string => `http://${name}.${config.domain}:${port}`;
   const functions = new FunctionService({
@@ -74,6 +101,13 @@ export async function startServer(config: Config, options: StartOptions = {}): P
     maxBodyBytes: config.maxBodyBytes,
     maxArchiveBytes: config.maxArchiveBytes,
     ready: () => ready,
+    logs,
+    flushRecords: () => recorder.flush(),
+    metrics: () => metrics.render(),
+  });
+  functions.onDelete((name) => {
+    logs.remove(name);
+    metrics.forget(name);
   });
   const server = Bun.serve({
     port: config.port,
@@ -97,6 +131,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
       await pool.shutdown(drainMs);
       await server.stop(true);
       await recorder[Symbol.asyncDispose]();
+      await logs[Symbol.asyncDispose]();
       await driver.dispose();
       store.close();
     })());

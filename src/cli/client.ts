@@ -58,7 +58,7 @@ export class ForgeClient {
   ) {}
 
   /** Raw request to the control API; errors become ForgeErrors with the server's hint. */
-  async request(method: string, path: string, init: { body?: string | Uint8Array; headers?: Record<string, string>; json?: unknown } = {}): Promise<Response> {
+  async request(method: string, path: string, init: { body?: string | Uint8Array; headers?: Record<string, string>; json?: unknown; signal?: AbortSignal } = {}): Promise<Response> {
     const headers: Record<string, string> = { ...(init.headers ?? {}) };
     if (this.apiKey) headers.authorization = `Bearer ${this.apiKey}`;
     let body = init.body;
@@ -68,8 +68,9 @@ export class ForgeClient {
     }
     let res: Response;
     try {
-      res = await fetch(new URL(path, this.baseUrl), { method, headers, ...(body !== undefined ? { body } : {}) });
+      res = await fetch(new URL(path, this.baseUrl), { method, headers, ...(body !== undefined ? { body } : {}), ...(init.signal ? { signal: init.signal } : {}) });
     } catch (cause) {
+      if (init.signal?.aborted) throw cause;
       throw new ForgeError(ErrorCode.DriverUnavailable, 503, `cannot reach forge at ${this.baseUrl}`, {
         hint: "start it with `forge up` (or `npm start`), or point FORGE_URL at a running forge",
         cause,

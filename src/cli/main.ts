@@ -14,6 +14,7 @@ export const forge = defineCommand({
     delete: () => import("./delete.ts").then((m) => m.default as CommandDef),
     versions: () => import("./versions.ts").then((m) => m.default as CommandDef),
     rollback: () => import("./rollback.ts").then((m) => m.default as CommandDef),
+    logs: () => import("./logs.ts").then((m) => m.default as CommandDef),
   },
 });
 

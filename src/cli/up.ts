@@ -1,5 +1,5 @@
 import { defineCommand } from "citty";
-import { createConsola } from "consola";
+import { createLogger } from "../observe/index.ts";
 import { loadConfig, type Config } from "../config.ts";
 import { startServer } from "../server.ts";
 import { intArg, ui } from "./_shared.ts";
@@ -19,7 +19,7 @@ export default defineCommand({
     const env = { ...process.env };
     if (args.driver) env.FORGE_DRIVER = String(args.driver);
     const config = loadConfig(env, overrides);
-    const logger = createConsola({ level: 3, formatOptions: { date: true, compact: true } });
+    const logger = createLogger(config.logFormat);
     const server = await startServer(config, { logger });
     const apex = server.url;
     ui.success(`forge listening on ${apex}`);

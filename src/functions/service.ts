@@ -19,7 +19,7 @@ import {
 } from "../build/index.ts";
 import { assertName, ErrorCode, ForgeError } from "../errors.ts";
 import type { PoolManager, PoolSpec } from "../pool/index.ts";
-import type { FunctionRecord, Store, VersionRecord } from "../store/index.ts";
+import type { FunctionRecord, InvocationQuery, InvocationRecord, Store, VersionRecord } from "../store/index.ts";
 
 export interface DeployProgress {
   step: number;
@@ -82,6 +82,11 @@ export class FunctionService {
   versions(name: string): VersionRecord[] {
     this.get(name);
     return this.o.store.versions.list(name);
+  }
+
+  /** Invocation records of a function, newest first. */
+  invocations(name: string, query: InvocationQuery = {}): InvocationRecord[] {
+    return this.o.store.invocations.list(name, query);
   }
 
   /** Deploys a tar.gz of a function folder (or of a bundle and its forge.json) as the next version. */
@@ -155,6 +160,14 @@ export class FunctionService {
     this.o.store.functions.delete(name);
     await this.o.images?.removeImages(name).catch((err: unknown) => this.o.logger.warn(`could not remove images of ${name}:`, err));
     rmSync(this.functionDir(name), { recursive: true, force: true });
+    for (const hook of this.deleteHooks) hook(name);
+  }
+
+  private readonly deleteHooks: ((name: string) => void)[] = [];
+
+  /** Runs `hook` after a function is deleted (logs, metrics, schedules forget it). */
+  onDelete(hook: (name: string) => void): void {
+    this.deleteHooks.push(hook);
   }
 
   /** Re-creates the pools of active versions after a restart (no instance starts unless minWarm asks). */

@@ -163,6 +163,17 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     return { cells: this.cells.length, cellsStarting: this.cellsStarting, usedMb: this.usedMb, budgetMb: this.budgetMb, pools: this.active.size };
   }
 
+  /** The function and version an instance serves (by driver id); undefined for cells and unknown ids. */
+  ownerOf(instanceId: string): { function: string; version: number } | undefined {
+    const o = this.owner.get(instanceId);
+    return o ? { function: o.pool.function, version: o.pool.version } : undefined;
+  }
+
+  /** Snapshots of every active pool (metrics). */
+  snapshots(): PoolSnapshot[] {
+    return [...this.active.values()].map((p) => p.snapshot());
+  }
+
   startCounts(fn: string): StartCounts {
     return { ...(this.starts.get(fn) ?? { warm: 0, cell: 0, cold: 0 }) };
   }

@@ -7,7 +7,10 @@ import type { ConsolaInstance } from "consola";
 import { Hono, type Context } from "hono";
 import { ErrorCode, ForgeError, isForgeError } from "../errors.ts";
 import type { FunctionService, InvocationRecorder } from "../functions/index.ts";
+import type { LogStore } from "../observe/index.ts";
+import { windowStats } from "../observe/index.ts";
 import type { PoolManager } from "../pool/index.ts";
+import { parseDuration } from "../config.ts";
 import { bearerAuth } from "./auth.ts";
 import { readBodyLimited, readJson } from "./_body.ts";
 import { DataPlane } from "./data-plane.ts";
@@ -28,7 +31,11 @@ export interface RouterOptions {
   ready?: () => boolean;
   /** Prometheus text for GET /metrics. */
   metrics?: () => string | Promise<string>;
-  /** More /v1 routes (provisioner, triggers, logs), mounted behind auth. */
+  /** Function logs (GET /v1/functions/:name/logs). */
+  logs?: LogStore;
+  /** Flushes pending invocation records before they are read. */
+  flushRecords?: () => void;
+  /** More /v1 routes (provisioner, triggers), mounted behind auth. */
   extend?: (v1: Hono) => void;
 }
 
@@ -117,7 +124,10 @@ export function createRouter(o: RouterOptions): ForgeApp {
 
   v1.get("/functions/:name", (c) => {
     const f = o.functions.get(c.req.param("name"));
+    o.flushRecords?.();
+    const recent = o.functions.invocations(f.name, { since: Date.now() - 60 * 60_000, limit: 100_000 });
     return c.json({
+      stats: { last5m: windowStats(recent, 5), last60m: windowStats(recent, 60) },
       name: f.name,
       version: f.activeVersion,
       url: urlOf(c, f.name, o.domain),
@@ -126,6 +136,58 @@ export function createRouter(o: RouterOptions): ForgeApp {
       updatedAt: f.updatedAt,
       pool: o.pool.snapshot(f.name) ?? null,
     });
+  });
+
+  v1.get("/functions/:name/invocations", (c) => {
+    const name = c.req.param("name");
+    o.functions.get(name);
+    o.flushRecords?.();
+    const limit = queryInt(c.req.query("limit"), "limit", 100, 1, 10_000);
+    const status = c.req.query("status") === undefined ? undefined : queryInt(c.req.query("status"), "status", 0, 100, 599);
+    return c.json({ invocations: o.functions.invocations(name, { limit, ...(status !== undefined ? { status } : {}) }) });
+  });
+
+  v1.get("/functions/:name/logs", async (c) => {
+    const name = c.req.param("name");
+    o.functions.get(name);
+    if (!o.logs) return c.json({ lines: [] });
+    const logs = o.logs;
+    const sinceText = c.req.query("since");
+    let since: number | undefined;
+    if (sinceText) {
+      const ms = parseDuration(sinceText);
+      const at = /^\d{10,}$/.test(sinceText) ? Number(sinceText) : ms === undefined ? Date.parse(sinceText) : Date.now() - ms;
+      if (!Number.isFinite(at)) {
+        throw new ForgeError(ErrorCode.BadRequest, 400, `since=${sinceText.slice(0, 40)} is not a duration or a time`, { hint: "use e.g. since=10m, since=1h or an ISO time" });
+      }
+      since = at;
+    }
+    const requestId = c.req.query("request") || undefined;
+    const limit = queryInt(c.req.query("limit"), "limit", 1000, 1, 100_000);
+    const query = { ...(since !== undefined ? { since } : {}), ...(requestId ? { requestId } : {}), limit };
+    const follow = c.req.query("follow") === "1" || c.req.query("follow") === "true";
+    const past = await logs.read(name, query);
+    if (!follow) return c.json({ lines: past });
+    const enc = new TextEncoder();
+    let unsubscribe = (): void => {};
+    const stream = new ReadableStream<Uint8Array>({
+      start(controller) {
+        for (const line of past) controller.enqueue(enc.encode(JSON.stringify(line) + "\n"));
+        unsubscribe = logs.follow(name, (line) => {
+          if (requestId && line.requestId !== requestId) return;
+          try {
+            controller.enqueue(enc.encode(JSON.stringify(line) + "\n"));
+          } catch {
+            unsubscribe(); // the client went away
+          }
+        });
+        c.req.raw.signal.addEventListener("abort", () => unsubscribe(), { once: true });
+      },
+      cancel() {
+        unsubscribe();
+      },
+    });
+    return new Response(stream, { headers: { "content-type": "application/x-ndjson", "cache-control": "no-cache" } });
   });
 
   v1.patch("/functions/:name", async (c) => {
@@ -196,6 +258,15 @@ export function toForgeError(err: unknown, logger: ConsolaInstance): ForgeError 
 }
 
 // --- internal ---
+
+function queryInt(v: string | undefined, name: string, def: number, min: number, max: number): number {
+  if (v === undefined || v === "") return def;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min || n > max) {
+    throw new ForgeError(ErrorCode.BadRequest, 400, `${name}=${v.slice(0, 20)} is out of range`, { hint: `use a whole number from ${min} to ${max}` });
+  }
+  return n;
+}
 
 /** Flags of `forge deploy` travel as base64 JSON in X-Forge-Config and override forge.json. */
 function parseOverrides(header: string | undefined): unknown {

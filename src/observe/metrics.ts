@@ -1,0 +1,131 @@
+/**
+ * Prometheus metrics in the text exposition format. Counters and histograms are updated
+ * from invocation records (a map lookup and a few adds per request); gauges are read from
+ * the pool when /metrics is scraped.
+ */
+import type { InvocationRecord } from "../store/index.ts";
+
+const DURATION_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+
+class Histogram {
+  readonly counts = new Array<number>(DURATION_BUCKETS.length).fill(0);
+  sum = 0;
+  count = 0;
+
+  observe(seconds: number): void {
+    this.sum += seconds;
+    this.count++;
+    for (let i = 0; i < DURATION_BUCKETS.length; i++) {
+      if (seconds <= (DURATION_BUCKETS[i] ?? Infinity)) {
+        this.counts[i] = (this.counts[i] ?? 0) + 1;
+        return;
+      }
+    }
+  }
+}
+
+export interface GaugeSample {
+  labels: Record<string, string>;
+  value: number;
+}
+
+export interface Gauges {
+  instances(): GaugeSample[];
+  stemCells(): number;
+  queueDepth(): GaugeSample[];
+  provisionJobs?(): GaugeSample[] | Promise<GaugeSample[]>;
+}
+
+export interface MetricsOptions {
+  version: string;
+  driver: string;
+  gauges: Gauges;
+}
+
+export class Metrics {
+  private readonly invocations = new Map<string, { labels: Record<string, string>; value: number }>();
+  private readonly durations = new Map<string, Histogram>();
+  private readonly queueWaits = new Map<string, Histogram>();
+  private readonly startedAt = Date.now() / 1000;
+
+  constructor(private readonly o: MetricsOptions) {}
+
+  /** Counts one finished invocation. */
+  observe(r: InvocationRecord): void {
+    const status = String(r.status ?? 0);
+    const start = r.start ?? "none";
+    const key = `${r.function}\u0000${status}\u0000${start}`;
+    const c = this.invocations.get(key);
+    if (c) c.value++;
+    else this.invocations.set(key, { labels: { function: r.function, status, start }, value: 1 });
+    if (r.durationMs !== null) histogramFor(this.durations, r.function).observe(r.durationMs / 1000);
+    if (r.queueWaitMs !== null) histogramFor(this.queueWaits, r.function).observe(r.queueWaitMs / 1000);
+  }
+
+  /** Forgets a deleted function's series. */
+  forget(fn: string): void {
+    for (const [k, v] of this.invocations) if (v.labels.function === fn) this.invocations.delete(k);
+    this.durations.delete(fn);
+    this.queueWaits.delete(fn);
+  }
+
+  async render(): Promise<string> {
+    const out: string[] = [];
+    const g = this.o.gauges;
+    family(out, "forge_build_info", "gauge", "forge's version and runtime", [{ labels: { version: this.o.version, bun: Bun.version, driver: this.o.driver }, value: 1 }]);
+    family(out, "forge_invocations_total", "counter", "finished invocations by function, HTTP status and start kind", [...this.invocations.values()]);
+    histogramFamily(out, "forge_invocation_duration_seconds", "time from request to the end of the response body", this.durations);
+    histogramFamily(out, "forge_queue_wait_seconds", "time a request waited for a free instance slot", this.queueWaits);
+    family(out, "forge_instances", "gauge", "instances by function and state", g.instances());
+    family(out, "forge_stem_cells", "gauge", "generic warm instances ready to be specialized", [{ labels: {}, value: g.stemCells() }]);
+    family(out, "forge_queue_depth", "gauge", "requests waiting for a free slot", g.queueDepth());
+    if (g.provisionJobs) family(out, "forge_provision_jobs", "gauge", "provisioning jobs by status", await g.provisionJobs());
+    const mem = process.memoryUsage();
+    const cpu = process.cpuUsage();
+    family(out, "process_resident_memory_bytes", "gauge", "resident memory of the forge process", [{ labels: {}, value: mem.rss }]);
+    family(out, "process_cpu_seconds_total", "counter", "CPU time of the forge process", [{ labels: {}, value: (cpu.user + cpu.system) / 1e6 }]);
+    family(out, "process_start_time_seconds", "gauge", "start time of the forge process since the epoch", [{ labels: {}, value: this.startedAt }]);
+    return out.join("\n") + "\n";
+  }
+}
+
+// --- internal ---
+
+function histogramFor(map: Map<string, Histogram>, fn: string): Histogram {
+  let h = map.get(fn);
+  if (!h) map.set(fn, (h = new Histogram()));
+  return h;
+}
+
+function escapeLabel(v: string): string {
+  return v.replace(/\\/g, "\\\\").replace(/\n/g, "\\n").replace(/"/g, '\\"');
+}
+
+function labelText(labels: Record<string, string>): string {
+  const parts = Object.entries(labels).map(([k, v]) => `${k}="${escapeLabel(v)}"`);
+  return parts.length ? `{${parts.join(",")}}` : "";
+}
+
+function num(v: number): string {
+  if (v === Infinity) return "+Inf";
+  return Number.isInteger(v) ? String(v) : v.toPrecision(10).replace(/\.?0+$/, "");
+}
+
+function family(out: string[], name: string, type: string, help: string, samples: GaugeSample[]): void {
+  out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+  for (const s of samples) out.push(`${name}${labelText(s.labels)} ${num(s.value)}`);
+}
+
+function histogramFamily(out: string[], name: string, help: string, map: Map<string, Histogram>): void {
+  out.push(`# HELP ${name} ${help}`, `# TYPE ${name} histogram`);
+  for (const [fn, h] of map) {
+    let cumulative = 0;
+    DURATION_BUCKETS.forEach((le, i) => {
+      cumulative += h.counts[i] ?? 0;
+      out.push(`${name}_bucket${labelText({ function: fn, le: num(le) })} ${cumulative}`);
+    });
+    out.push(`${name}_bucket${labelText({ function: fn, le: "+Inf" })} ${h.count}`);
+    out.push(`${name}_sum${labelText({ function: fn })} ${num(h.sum)}`);
+    out.push(`${name}_count${labelText({ function: fn })} ${h.count}`);
+  }
+}
