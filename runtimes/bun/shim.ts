@@ -30,6 +30,7 @@ const SHIM_VARS = [
   "FORGE_FUNCTION",
   "FORGE_VERSION",
   "FORGE_TIMEOUT_MS",
+  "FORGE_EXIT_WITH_PARENT",
 ] as const;
 const settings = {
   socket: process.env.FORGE_SOCKET || undefined,
@@ -42,6 +43,8 @@ const settings = {
   // Only used for Lambda's getRemainingTimeInMillis(); forge enforces the real timeout.
   timeoutMs: Number(process.env.FORGE_TIMEOUT_MS) || 30_000,
   port: Number(process.env.PORT) || 8080,
+  // Process driver: stdin is a pipe from forge, so its end means forge is gone.
+  exitWithParent: process.env.FORGE_EXIT_WITH_PARENT === "1",
 };
 for (const name of SHIM_VARS) delete process.env[name];
 
@@ -448,6 +451,20 @@ async function listen() {
   }
 }
 const server = await listen();
+
+// A child of a forge that died (even by SIGKILL) must not live on, orphaned, holding its
+// socket: nothing would ever stop it, and a restarted forge has no label to find it by.
+if (settings.exitWithParent) {
+  void (async () => {
+    try {
+      for await (const _ of Bun.stdin.stream()) {
+        // forge never writes; any bytes are ignored
+      }
+    } finally {
+      process.exit(0);
+    }
+  })();
+}
 
 // As PID 1 in a container, SIGTERM is ignored unless handled.
 for (const signal of ["SIGTERM", "SIGINT"] as const) {

@@ -107,6 +107,8 @@ export function createFakeDriver(options: FakeDriverOptions = {}): FakeDriver {
     instance.running = false;
     await instance.server?.stop(true);
     instance.log.end();
+    // Nothing of a dead fake is worth keeping; a test that forgets to stop leaks no folder.
+    await rm(instance.dir, { recursive: true, force: true });
   }
 
   async function crash(id: string, code = 137): Promise<void> {
@@ -218,7 +220,6 @@ export function createFakeDriver(options: FakeDriverOptions = {}): FakeDriver {
     instances.delete(id);
     stopped++;
     await end(instance);
-    await rm(instance.dir, { recursive: true, force: true });
   }
 
   async function dispose(): Promise<void> {

@@ -3,6 +3,8 @@
  * readiness, specialization of a stem cell, and the streaming proxy of a request.
  * Driver-agnostic: anything that exposes an Endpoint can be reached this way.
  */
+import { type FSWatcher, watch } from "node:fs";
+import { basename, dirname } from "node:path";
 import { ErrorCode, ForgeError } from "../errors.ts";
 import {
   CONTROL_HEADER,
@@ -68,7 +70,9 @@ export async function health(target: Target, token?: string, signal?: AbortSigna
 
 /**
  * Polls health until the shim answers, backing off from 2 ms to 50 ms (a Bun process is
- * up in ~10 ms, a container in ~300 ms), racing the instance's exit and a timeout.
+ * up in ~10 ms, a container in ~300 ms), racing the instance's exit and a timeout. The
+ * socket's folder is watched too, so the check right after the socket appears comes at
+ * once instead of at the end of a pause (measured: ~5 ms off a process start).
  */
 export async function waitReady(target: Target, token: string, options: WaitReadyOptions = {}): Promise<HealthInfo> {
   const { timeoutMs = 10_000, signal, exited } = options;
@@ -90,6 +94,20 @@ export async function waitReady(target: Target, token: string, options: WaitRead
   );
   const timer = setTimeout(() => stop.abort(), timeoutMs);
   let lastError: unknown;
+  const wake: Wake = { pending: false };
+  let watcher: FSWatcher | undefined;
+  try {
+    const socketPath = endpointOf(target).socketPath;
+    const name = basename(socketPath);
+    watcher = watch(dirname(socketPath), (_event, file) => {
+      if (file !== null && file !== name) return;
+      if (wake.current) wake.current();
+      else wake.pending = true; // came during a check: the next pause is skipped
+    });
+    watcher.on("error", () => watcher?.close());
+  } catch {
+    // No folder yet, or no inotify: polling alone still gets there.
+  }
   try {
     // Gentle growth (x1.5): a late check costs up to a third of the time already waited.
     for (let delay = 2; ; delay = Math.min(delay * 1.5, 50)) {
@@ -111,22 +129,37 @@ export async function waitReady(target: Target, token: string, options: WaitRead
       } catch (err) {
         lastError = err;
       }
-      await pause(delay, stop.signal);
+      await pause(delay, stop.signal, wake);
     }
   } finally {
+    watcher?.close();
     clearTimeout(timer);
     signal?.removeEventListener("abort", onAbort);
   }
 }
 
-function pause(ms: number, signal: AbortSignal): Promise<void> {
+interface Wake {
+  /** Ends the pause under way. */
+  current?: () => void;
+  /** A wake-up came while no pause was under way. */
+  pending: boolean;
+}
+
+/** Waits `ms`, or less when the signal aborts or the wake-up comes. */
+function pause(ms: number, signal: AbortSignal, wake: Wake): Promise<void> {
   if (signal.aborted) return Promise.resolve();
+  if (wake.pending) {
+    wake.pending = false;
+    return Promise.resolve();
+  }
   return new Promise((resolve) => {
     const done = () => {
       clearTimeout(timer);
       signal.removeEventListener("abort", done);
+      wake.current = undefined;
       resolve();
     };
+    wake.current = done;
     const timer = setTimeout(done, ms);
     signal.addEventListener("abort", done, { once: true });
   });

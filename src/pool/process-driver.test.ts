@@ -1,4 +1,5 @@
 import { describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
 import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -11,6 +12,26 @@ import { forward, health } from "./instance-client.ts";
 import { createProcessDriver, type ProcessDriverOptions } from "./process-driver.ts";
 
 const quiet = createConsola({ level: -999 });
+
+/** Whether a pid runs; a zombie (exited, not yet reaped by a parent that is gone) does not. */
+function alive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+    return state !== "Z" && state !== "X";
+  } catch {
+    return false;
+  }
+}
+
+/** Waits for a condition by polling it (for what sends no event, like another process's end). */
+async function until(condition: () => boolean, what: string, timeoutMs = 4_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(5);
+  }
+}
 
 /** A process driver over its own data dir, both gone on dispose. */
 async function makeDriver(options: Partial<ProcessDriverOptions> = {}) {
@@ -129,6 +150,50 @@ describe("process driver", () => {
     abort.abort(new Error("changed my mind"));
     await expect(starting).rejects.toThrow();
     expect(await driver.list()).toEqual([]);
+  });
+
+  test("instances die with forge, even when forge is SIGKILLed", async () => {
+    await using driver = await makeDriver();
+    const bundlePath = join(driver.dataDir, "fn.mjs");
+    await writeFile(bundlePath, CONTRACT_BUNDLE);
+    // A stand-in for forge: a process running the driver, killed without a chance to stop anything.
+    const script = join(driver.dataDir, "forge.ts");
+    await writeFile(
+      script,
+      `import { createProcessDriver } from ${JSON.stringify(join(import.meta.dir, "process-driver.ts"))};
+       import { health } from ${JSON.stringify(join(import.meta.dir, "instance-client.ts"))};
+       const driver = createProcessDriver({ dataDir: ${JSON.stringify(join(driver.dataDir, "forge"))} });
+       const handle = await driver.start(${JSON.stringify(spec({ bundlePath }))});
+       console.log((await health(handle)).pid);
+       setInterval(() => {}, 60_000);`,
+    );
+    const forge = Bun.spawn([process.execPath, script], { stdout: "pipe", stderr: "inherit" });
+    try {
+      const { value: first } = await readLines(forge.stdout).next();
+      const pid = Number(first);
+      expect(alive(pid)).toBe(true);
+      forge.kill("SIGKILL");
+      await until(() => !alive(pid), "the orphaned instance to exit");
+    } finally {
+      forge.kill("SIGKILL");
+    }
+  });
+
+  test("a child killed by a signal is reported as killed, with Docker's 128+n code", async () => {
+    await using driver = await makeDriver();
+    const bundlePath = join(driver.dataDir, "fn.mjs");
+    await writeFile(bundlePath, CONTRACT_BUNDLE);
+    const handle = await driver.start(spec({ bundlePath }));
+    const exited = new Promise((resolve) => driver.onExit(resolve));
+    process.kill((await health(handle)).pid, "SIGKILL");
+    expect(await exited).toEqual({ id: handle.id, code: 137, reason: "killed" });
+  });
+
+  test("a missing bun binary fails the start and leaves no folder", async () => {
+    await using driver = await makeDriver({ bunPath: "/nonexistent/bun" });
+    const error = await driver.start(spec({})).catch((err: unknown) => err);
+    expect((error as ForgeError).code).toBe(ErrorCode.InstanceStartFailed);
+    expect(await readdir(join(driver.dataDir, "instances"))).toEqual([]);
   });
 
   test("refuses a docker-runtime spec", async () => {

@@ -58,7 +58,7 @@ const SMOL_AT_MB = 128;
 interface ProcessInstance {
   handle: InstanceHandle;
   dir: string;
-  proc: Subprocess<"ignore", "pipe", "pipe">;
+  proc: Subprocess<"pipe", "pipe", "pipe">;
   log: InstanceLog;
   /** Set once it answered its first health check; an instance failing to start gets no exit notice. */
   ready: boolean;
@@ -82,10 +82,13 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
   const dataDir = resolve(opts.dataDir);
   const logger = opts.logger.withTag("process-driver");
   // Children of this run only: a process carries no labels, so after a restart of forge
-  // there is nothing to find or adopt (its children died with it, their pipes closed).
+  // there is nothing to find or adopt. Nor is there anything to clean: each shim exits when
+  // its stdin (a pipe from this process) closes, so children die with forge, even by SIGKILL.
   const instances = new Map<string, ProcessInstance>();
   const exitListeners = new Set<(info: ExitInfo) => void>();
   const logListeners = new Set<(line: LogLine) => void>();
+  /** Ids between start() and the spawn, so a second start of the same id fails at once. */
+  const preparing = new Set<string>();
   let disposed = false;
 
   function emitLog(line: LogLine): void {
@@ -129,11 +132,19 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
         hint: "functions with runtime \"docker\" need the docker driver (FORGE_DRIVER=docker)",
       });
     }
-    if (instances.has(spec.id)) {
+    if (instances.has(spec.id) || preparing.has(spec.id)) {
       throw new ForgeError(ErrorCode.Conflict, 409, `an instance with id ${spec.id} already exists`);
     }
     signal?.throwIfAborted();
+    preparing.add(spec.id);
+    try {
+      return await launch(spec, signal);
+    } finally {
+      preparing.delete(spec.id);
+    }
+  }
 
+  async function launch(spec: InstanceSpec, signal?: AbortSignal): Promise<InstanceHandle> {
     // 1. Create its folder; the bundle is copied in so the instance never reads another folder.
     const dir = await instanceDir(spec.id);
     const socketPath = join(dir, "s.sock");
@@ -149,6 +160,12 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
         cause: err,
       });
     }
+    // dispose() or an abort may have come while the folder was made: spawn nothing then.
+    if (disposed || signal?.aborted) {
+      await rm(dir, { recursive: true, force: true });
+      signal?.throwIfAborted();
+      throw new ForgeError(ErrorCode.Disposed, 503, "the process driver was disposed");
+    }
 
     // 2. Start the shim with the function's env and nothing of forge's.
     const controlToken = randomUUID();
@@ -161,6 +178,7 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
       FORGE_CONTROL_TOKEN: controlToken,
       FORGE_INSTANCE_ID: spec.id,
       FORGE_WORK_DIR: dir,
+      FORGE_EXIT_WITH_PARENT: "1",
       ...(bundle ? { FORGE_BUNDLE: bundle } : {}),
       ...(spec.function ? { FORGE_FUNCTION: spec.function } : {}),
       ...(spec.version !== undefined ? { FORGE_VERSION: String(spec.version) } : {}),
@@ -168,13 +186,23 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
     // Memory is not enforced on a process (no cgroup of its own without root or systemd);
     // small limits only get a thriftier heap. The docker driver enforces memoryMb.
     const flags = ["--no-install", "--no-env-file", ...(spec.memoryMb <= SMOL_AT_MB ? ["--smol"] : [])];
-    const proc = Bun.spawn([opts.bunPath, ...flags, opts.shimPath], {
-      cwd: dir,
-      env,
-      stdin: "ignore",
-      stdout: "pipe",
-      stderr: "pipe",
-    });
+    let proc: Subprocess<"pipe", "pipe", "pipe">;
+    try {
+      proc = Bun.spawn([opts.bunPath, ...flags, opts.shimPath], {
+        cwd: dir,
+        env,
+        // Never written: the shim exits when it closes, i.e. when forge dies.
+        stdin: "pipe",
+        stdout: "pipe",
+        stderr: "pipe",
+      });
+    } catch (err) {
+      await rm(dir, { recursive: true, force: true });
+      throw new ForgeError(ErrorCode.InstanceStartFailed, 502, `could not run ${opts.bunPath}`, {
+        hint: "check the bun binary forge runs instances with",
+        cause: err,
+      });
+    }
     const log = new InstanceLog(opts.logLines);
     const drained = Promise.all([
       pump(spec.id, proc.stdout, "stdout", log),
@@ -201,11 +229,12 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
       }),
     };
     instances.set(spec.id, instance);
-    void instance.ended.then(() => {
+    void Promise.all([proc.exited, instance.ended]).then(([status]) => {
       if (instance.stopping || !instance.ready) return;
       const info: ExitInfo = {
         id: spec.id,
-        code: proc.exitCode,
+        // For a signal, Bun reports 128 + its number (137 for SIGKILL), as Docker does.
+        code: status,
         reason: proc.signalCode === null ? "exited" : "killed",
       };
       logger.debug(`instance ${spec.id} ended on its own`, info);
@@ -260,12 +289,12 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
 
   async function list(): Promise<ListedInstance[]> {
     return [...instances.values()].map(({ handle: { spec }, proc }) => ({
-        id: spec.id,
-        role: spec.role,
-        ...(spec.function !== undefined ? { function: spec.function } : {}),
-        ...(spec.version !== undefined ? { version: spec.version } : {}),
-        running: proc.exitCode === null && proc.signalCode === null,
-      }));
+      id: spec.id,
+      role: spec.role,
+      ...(spec.function !== undefined ? { function: spec.function } : {}),
+      ...(spec.version !== undefined ? { version: spec.version } : {}),
+      running: proc.exitCode === null && proc.signalCode === null,
+    }));
   }
 
   async function* logs(id: string, options?: LogOptions): AsyncIterable<LogLine> {
