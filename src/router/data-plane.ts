@@ -6,7 +6,7 @@
 import type { ConsolaInstance } from "consola";
 import { ErrorCode, ForgeError, isForgeError } from "../errors.ts";
 import type { InvocationRecorder } from "../functions/index.ts";
-import { forward, type Lease, type PoolManager } from "../pool/index.ts";
+import { forwardParts, type Lease, type PoolManager } from "../pool/index.ts";
 import type { InvocationRecord } from "../store/index.ts";
 
 export interface DataPlaneOptions {
@@ -22,6 +22,9 @@ export interface InvokeOptions {
   /** Headers not to pass on (the control API's Authorization). */
   dropHeaders?: readonly string[];
 }
+
+/** Bodies up to this size with a known length are read whole rather than streamed. */
+const BUFFER_LIMIT = 256 * 1024;
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{8,128}$/;
 let counter = 0;
@@ -57,21 +60,18 @@ export class DataPlane {
       throw err;
     }
 
+    // One copy of the headers, the request id added; the body streams through untouched.
     const headers = new Headers(req.headers);
     headers.set("x-forge-request-id", requestId);
-    for (const h of options.dropHeaders ?? []) headers.delete(h);
+    if (options.dropHeaders) for (const h of options.dropHeaders) headers.delete(h);
     const method = req.method;
-    const hasBody = method !== "GET" && method !== "HEAD" && req.body !== null;
-    const upstreamReq = new Request(`http://instance${options.path}`, {
-      method,
-      headers,
-      ...(hasBody ? { body: req.body, duplex: "half" } : {}),
-    } as RequestInit);
+    const body = method === "GET" || method === "HEAD" ? null : req.body;
     const signal = AbortSignal.timeout(timeoutMs);
+    const kind = options.kind ?? "sync";
 
     let upstream: Response;
     try {
-      upstream = await forward(lease.instance.endpoint, upstreamReq, requestId, signal);
+      upstream = await forwardParts(lease.instance.endpoint.socketPath, options.path, method, headers, body, signal);
     } catch (err) {
       const timedOut = signal.aborted;
       if (timedOut) lease.release();
@@ -85,20 +85,39 @@ export class DataPlane {
             hint: `see \`forge logs ${name}\`; the next request gets a fresh instance`,
             cause: err,
           });
-      this.record(name, lease, requestId, createdAt, started, e.status, 0, options.kind ?? "sync");
+      this.record(name, lease, requestId, createdAt, started, e.status, 0, kind);
       throw e;
     }
 
-    const out = new Headers(upstream.headers);
+    const out = upstream.headers; // fetch's response headers are ours to change: no copy
     out.set("x-forge-request-id", requestId);
     out.set("x-forge-start", lease.start);
     const status = upstream.status;
-    const kind = options.kind ?? "sync";
-    const body = releaseOnEnd(upstream.body, (bytes) => {
+    const length = Number(out.get("content-length") ?? NaN);
+    if (length <= BUFFER_LIMIT || method === "HEAD" || status === 204 || status === 304) {
+      // A small body of known length: read it natively and give the slot back at once,
+      // cheaper than a JS stream that pulls chunk by chunk.
+      let bytes: ArrayBuffer;
+      try {
+        bytes = await upstream.arrayBuffer();
+      } catch (err) {
+        lease.fail();
+        this.record(name, lease, requestId, createdAt, started, 502, 0, kind);
+        throw new ForgeError(ErrorCode.InstanceCrashed, 502, `the instance of ${name} failed while sending its response`, {
+          hint: `see \`forge logs ${name}\``,
+          cause: err,
+        });
+      }
+      lease.release();
+      this.record(name, lease, requestId, createdAt, started, status, bytes.byteLength, kind);
+      const noBody = status === 204 || status === 304 || method === "HEAD";
+      return new Response(noBody ? null : bytes, { status, statusText: upstream.statusText, headers: out });
+    }
+    const streamed = releaseOnEnd(upstream.body, (bytes) => {
       lease.release();
       this.record(name, lease, requestId, createdAt, started, status, bytes, kind);
     });
-    return new Response(body, { status, statusText: upstream.statusText, headers: out });
+    return new Response(streamed, { status, statusText: upstream.statusText, headers: out });
   }
 
   // --- internal ---
