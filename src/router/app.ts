@@ -35,6 +35,8 @@ export interface RouterOptions {
   logs?: LogStore;
   /** Flushes pending invocation records before they are read. */
   flushRecords?: () => void;
+  /** Queues an async invoke (?async=1) and resolves with its id (triggers); absent: async invokes are refused. */
+  invokeAsync?: (name: string, request: { body: Uint8Array; contentType: string | null; path: string }) => Promise<{ id: string }>;
   /** More /v1 routes (provisioner, triggers), mounted behind auth. */
   extend?: (v1: Hono) => void;
 }
@@ -56,8 +58,7 @@ export function createRouter(o: RouterOptions): ForgeApp {
     const host = c.req.header("host");
     const name = host ? functionOfHost(host, hostSuffix) : undefined;
     if (name === undefined) return next();
-    const url = new URL(c.req.url);
-    return dataPlane.invoke(name, c.req.raw, { path: url.pathname + url.search });
+    return dataPlane.invoke(name, c.req.raw, { path: pathOf(c.req.url) });
   });
 
   app.get("/healthz", (c) => c.json({ ok: true }));
@@ -227,8 +228,15 @@ export function createRouter(o: RouterOptions): ForgeApp {
     const name = c.req.param("name");
     o.functions.get(name);
     const url = new URL(c.req.url);
+    const asyncFlag = url.searchParams.get("async");
     url.searchParams.delete("async");
     const req = c.req.raw;
+    if (asyncFlag !== null && asyncFlag !== "0" && asyncFlag !== "false") {
+      if (!o.invokeAsync) throw new ForgeError(ErrorCode.BadRequest, 400, "this forge does not run async invocations", { hint: "invoke without ?async=1" });
+      const body = await readBodyLimited(req, o.maxBodyBytes);
+      const { id } = await o.invokeAsync(name, { body, contentType: req.headers.get("content-type"), path: "/" + url.search });
+      return c.json({ id, status: "queued" }, 202, { location: `/v1/invocations/${id}` });
+    }
     const declared = Number(req.headers.get("content-length") ?? NaN);
     if (Number.isFinite(declared) && declared > o.maxBodyBytes) await readBodyLimited(req, o.maxBodyBytes);
     return dataPlane.invoke(name, req, { path: "/" + url.search, dropHeaders: ["authorization"] });
@@ -282,6 +290,12 @@ function parseOverrides(header: string | undefined): unknown {
 
 function errorResponse(err: unknown, logger: ConsolaInstance, requestId?: string): Response {
   return toForgeError(err, logger).toResponse(requestId ? { "x-forge-request-id": requestId } : undefined);
+}
+
+/** Path and query of an absolute URL, without parsing it (the hot path). */
+function pathOf(url: string): string {
+  const slash = url.indexOf("/", url.indexOf("//") + 2);
+  return slash < 0 ? "/" : url.slice(slash);
 }
 
 function stripPrefix(rawUrl: string, name: string): string {
