@@ -47,9 +47,11 @@ describe("deploy and invoke on the process driver", () => {
   });
 
   test("a second deploy makes version 2; rollback serves version 1 again", async () => {
-    const d2 = await cli(forge, ["deploy", join(examples, "hello"), "--env", "GREETING=Howdy", "--json"]);
+    const d2 = await cli(forge, ["deploy", join(examples, "hello"), "--env", "GREETING=Howdy", "--env", "OTHER=1", "--json"]);
     expect(d2.code).toBe(0);
     expect(JSON.parse(d2.stdout).version).toBe(2);
+    const info = JSON.parse((await cli(forge, ["info", "hello", "--json"])).stdout) as { config: { env: Record<string, string> } };
+    expect(info.config.env).toEqual({ GREETING: "Howdy", OTHER: "1" });
     expect(await (await forge.fn("hello", "/?name=World")).json()).toEqual({ message: "Howdy, World!" });
 
     const versions = await cli(forge, ["versions", "hello", "--json"]);

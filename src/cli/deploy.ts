@@ -6,6 +6,17 @@ import { bundleEntry, findEntry, packDir, packFiles, parseConfigInput, type Func
 import { assertName, ErrorCode, ForgeError } from "../errors.ts";
 import { client, intArg, jsonArg, many, output, ui } from "./_shared.ts";
 
+/** Every value of a repeatable flag: citty keeps only the last of `--env A=1 --env B=2`. */
+function repeated(rawArgs: string[], flag: string, parsed: unknown): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < rawArgs.length; i++) {
+    const a = rawArgs[i] ?? "";
+    if (a === `--${flag}` && i + 1 < rawArgs.length) out.push(rawArgs[++i] ?? "");
+    else if (a.startsWith(`--${flag}=`)) out.push(a.slice(flag.length + 3));
+  }
+  return out.length > 0 ? out : many(parsed);
+}
+
 export default defineCommand({
   meta: { name: "deploy", description: "pack, build and start a function folder" },
   args: {
@@ -20,7 +31,7 @@ export default defineCommand({
     db: { type: "string", description: "bind a provisioned database as DATABASE_URL (repeatable)" },
     ...jsonArg,
   },
-  async run({ args }) {
+  async run({ args, rawArgs }) {
     const dir = resolve(String(args.dir ?? "."));
     const file = Bun.file(join(dir, "forge.json"));
     let fromFile: FunctionConfigInput = {};
@@ -39,7 +50,7 @@ export default defineCommand({
 
     const flags: Record<string, unknown> = {};
     const env: Record<string, string> = {};
-    for (const kv of many(args.env)) {
+    for (const kv of repeated(rawArgs, "env", args.env)) {
       const eq = kv.indexOf("=");
       if (eq <= 0) throw new ForgeError(ErrorCode.BadRequest, 400, `--env ${kv} is not K=V`, { hint: "e.g. --env GREETING=Hello" });
       env[kv.slice(0, eq)] = kv.slice(eq + 1);
@@ -50,7 +61,7 @@ export default defineCommand({
       const v = intArg(args[flag], flag);
       if (v !== undefined) flags[field] = v;
     }
-    const dbs = many(args.db);
+    const dbs = repeated(rawArgs, "db", args.db);
     if (dbs.length) flags.databases = dbs;
     parseConfigInput(flags, "deploy flags"); // fail early, before packing
 

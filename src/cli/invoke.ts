@@ -28,6 +28,11 @@ export default defineCommand({
     }
     const res = await client().invoke(String(args.name), body, { async: Boolean(args.async) });
     const text = await res.text();
+    if (args.async) {
+      const accepted = JSON.parse(text) as { id: string; status: string };
+      output(Boolean(args.json), accepted, () => process.stdout.write(accepted.id + "\n"));
+      return;
+    }
     if (args.json) {
       let parsed: unknown = text;
       try {
