@@ -216,11 +216,12 @@ describe("invocations", () => {
     expect(store.invocations.get("missing")).toBeUndefined();
   });
 
-  test("insertMany is one transaction: a bad record rolls back the batch", () => {
+  test("insertMany keeps the batch when a client reused a request id: the first record of an id wins", () => {
     using store = openStore(dbPath);
-    store.invocations.insert(invocation("dup"));
-    expect(() => store.invocations.insertMany([invocation("fresh"), invocation("dup")])).toThrow();
-    expect(store.invocations.get("fresh")).toBeUndefined();
+    store.invocations.insert(invocation("dup", { status: 200 }));
+    store.invocations.insertMany([invocation("fresh"), invocation("dup", { status: 500 })]);
+    expect(store.invocations.get("fresh")).toBeDefined();
+    expect(store.invocations.get("dup")?.status).toBe(200);
   });
 
   test("insertMany handles batches larger than one INSERT", () => {

@@ -29,9 +29,6 @@ import type {
 /** Resolved from this file, not the cwd, so `forge up` works from any folder. */
 const MIGRATIONS_FOLDER = join(import.meta.dir, "..", "..", "drizzle");
 
-/** Rows per INSERT in insertMany: 18 columns x 500 stays far below SQLite's bound-parameter limit. */
-const INSERT_CHUNK = 500;
-
 /** Invocation lists are for humans and dashboards; an unbounded default would scan a busy function's whole history. */
 const DEFAULT_INVOCATION_LIMIT = 100;
 const MAX_INVOCATION_LIMIT = 10_000;
@@ -69,7 +66,7 @@ export function openStore(path: string): Store {
     return {
       functions: functionRepo(live),
       versions: versionRepo(live),
-      invocations: invocationRepo(live),
+      invocations: invocationRepo(live, fastInvocationInsert(sqlite, () => closed)),
       schedules: scheduleRepo(live),
       close,
       [Symbol.dispose]: close,
@@ -240,15 +237,33 @@ function versionRepo(live: Live): VersionRepo {
   };
 }
 
-function invocationRepo(live: Live): InvocationRepo {
+/**
+ * The request path's records go in through one prepared statement in one transaction:
+ * drizzle's query builder costs tens of microseconds a row, more than the proxying of
+ * the request itself (measured with bun --cpu-prof under wrk).
+ */
+function fastInvocationInsert(sqlite: Database, isClosed: () => boolean): (records: InvocationRecord[]) => void {
+  const stmt = sqlite.prepare(
+    // OR IGNORE: a client may send the same x-forge-request-id twice; one duplicate must not lose the batch.
+    `INSERT OR IGNORE INTO invocations (id, function, version, instance, start, kind, state, status, attempts, queue_wait_ms, duration_ms, bytes_in, bytes_out, payload, result, error, created_at, updated_at)
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+  );
+  const insertAll = sqlite.transaction((records: InvocationRecord[]) => {
+    for (const r of records) {
+      stmt.run(r.id, r.function, r.version, r.instance, r.start, r.kind, r.state, r.status, r.attempts, r.queueWaitMs, r.durationMs, r.bytesIn, r.bytesOut, r.payload, r.result, r.error, r.createdAt, r.updatedAt);
+    }
+  });
+  return (records) => {
+    if (isClosed()) throw new ForgeError(ErrorCode.Disposed, 500, "the store is closed");
+    insertAll(records);
+  };
+}
+
+function invocationRepo(live: Live, insertFast: (records: InvocationRecord[]) => void): InvocationRepo {
   return {
     insertMany(records) {
       if (records.length === 0) return;
-      live().transaction((tx) => {
-        for (let i = 0; i < records.length; i += INSERT_CHUNK) {
-          tx.insert(invocations).values(records.slice(i, i + INSERT_CHUNK)).run();
-        }
-      });
+      insertFast(records);
     },
     insert(record) {
       live().insert(invocations).values(record).run();
