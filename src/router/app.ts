@@ -53,13 +53,6 @@ export function createRouter(o: RouterOptions): ForgeApp {
     new ForgeError(ErrorCode.NotFound, 404, "no such route", { hint: "the control API lives under /v1 (see README.md); functions answer at <name>." + o.domain }).toResponse(),
   );
 
-  // Data plane by subdomain: the whole request goes to the function, /v1 paths included.
-  app.use("*", async (c, next) => {
-    const host = c.req.header("host");
-    const name = host ? functionOfHost(host, hostSuffix) : undefined;
-    if (name === undefined) return next();
-    return dataPlane.invoke(name, c.req.raw, { path: pathOf(c.req.url) });
-  });
 
   app.get("/healthz", (c) => c.json({ ok: true }));
   app.get("/readyz", (c) => {
@@ -244,6 +237,16 @@ export function createRouter(o: RouterOptions): ForgeApp {
 
   o.extend?.(v1);
   app.route("/v1", v1);
+
+  // Data plane by subdomain: the whole request goes to the function, /v1 paths included.
+  // Checked before Hono dispatches, since this is the hot path and needs no routing.
+  const dispatch = app.fetch;
+  app.fetch = (req, env, ctx) => {
+    const host = req.headers.get("host");
+    const name = host === null ? undefined : functionOfHost(host, hostSuffix);
+    if (name === undefined) return dispatch(req, env, ctx);
+    return dataPlane.invoke(name, req, { path: pathOf(req.url) }).catch((err: unknown) => errorResponse(err, o.logger, req.headers.get("x-forge-request-id") ?? undefined));
+  };
   return app;
 }
 
