@@ -61,6 +61,8 @@ export interface DriverContractOptions<D extends Driver = Driver> {
   spec?(spec: InstanceSpec): InstanceSpec;
   /** Upper bound on waiting for an event (exit, log line) before the test fails. Default 10 000. */
   waitMs?: number;
+  /** Timeout of each test (bun's default of 5 s is short for containers). Default 30 000. */
+  testTimeoutMs?: number;
 }
 
 /**
@@ -73,6 +75,7 @@ export function driverContract<D extends Driver>(
   options: DriverContractOptions<D>,
 ): void {
   const waitMs = options.waitMs ?? 10_000;
+  const timeout = options.testTimeoutMs ?? 30_000;
   const complete = options.spec ?? ((spec: InstanceSpec) => spec);
 
   /** A driver and a folder holding the contract bundle, both gone when the test ends. */
@@ -143,7 +146,7 @@ export function driverContract<D extends Driver>(
     expect(await response.text()).toBe("ok Hello");
     const info = await health(handle);
     expect(info).toMatchObject({ ok: true, specialized: true, function: "greet", version: 1 });
-  });
+  }, timeout);
 
   test(`${name}: keeps forge's own environment out of the function`, async () => {
     await using t = await setup();
@@ -151,7 +154,7 @@ export function driverContract<D extends Driver>(
     const keys = (await (await get(handle, "/env")).json()) as string[];
     expect(keys).toContain("GREETING");
     expect(keys.filter((key) => key.startsWith("FORGE_"))).toEqual([]);
-  });
+  }, timeout);
 
   test(`${name}: specializes a generic cell once, then serves the function`, async () => {
     await using t = await setup();
@@ -172,7 +175,7 @@ export function driverContract<D extends Driver>(
       ForgeError,
     );
     expect(await (await get(cell, "/hello")).text()).toBe("ok Hi");
-  });
+  }, timeout);
 
   test(`${name}: control routes need the instance's token`, async () => {
     await using t = await setup();
@@ -180,7 +183,7 @@ export function driverContract<D extends Driver>(
     await expect(health(handle, "not-the-token")).rejects.toBeInstanceOf(ForgeError);
     // Without the token a control path is the function's like any other.
     expect(await (await get(handle, "/__forge/health")).text()).toBe("ok Hello");
-  });
+  }, timeout);
 
   test(`${name}: stop makes an instance unreachable, removes it from list() and is idempotent`, async () => {
     await using t = await setup();
@@ -196,7 +199,7 @@ export function driverContract<D extends Driver>(
     await t.driver.stop(handle.id);
     await t.driver.stop("never-started");
     expect(exits).toEqual([]);
-  });
+  }, timeout);
 
   test(`${name}: reports an instance that exits on its own`, async () => {
     await using t = await setup();
@@ -210,7 +213,7 @@ export function driverContract<D extends Driver>(
     expect(info).toMatchObject({ id: handle.id, code: 3, reason: "exited" });
     const listed = (await t.driver.list()).find((i) => i.id === handle.id);
     if (listed) expect(listed.running).toBe(false);
-  });
+  }, timeout);
 
   test(`${name}: reports an instance killed from outside`, async () => {
     await using t = await setup();
@@ -222,7 +225,7 @@ export function driverContract<D extends Driver>(
     expect(info.id).toBe(handle.id);
     expect(info.code).not.toBe(0);
     expect(await (await get(other, "/hello")).text()).toBe("ok Hello");
-  });
+  }, timeout);
 
   test(`${name}: tags the function's log lines with the request id`, async () => {
     await using t = await setup();
@@ -238,7 +241,7 @@ export function driverContract<D extends Driver>(
     const lines: LogLine[] = [];
     for await (const l of t.driver.logs(handle.id)) lines.push(l);
     expect(lines).toContainEqual(expect.objectContaining({ text: "hello from /logged", requestId: "req-logged-1" }));
-  });
+  }, timeout);
 
   test(`${name}: follows logs until aborted, and until the instance exits`, async () => {
     await using t = await setup();
@@ -272,7 +275,7 @@ export function driverContract<D extends Driver>(
     );
     await exited;
     expect(await untilExit).toContain("hello from /followed");
-  });
+  }, timeout);
 
   test(`${name}: keeps concurrent requests' log lines apart`, async () => {
     await using t = await setup();
@@ -296,7 +299,7 @@ export function driverContract<D extends Driver>(
       const i = line.text.split(" ")[1];
       expect(line.requestId).toBe(`req-c-${i}`);
     }
-  });
+  }, timeout);
 
   test(`${name}: lists started instances with role, function and version`, async () => {
     await using t = await setup();
@@ -308,7 +311,7 @@ export function driverContract<D extends Driver>(
     expect(listed).toContainEqual({ id: a.id, role: "instance", function: "alpha", version: 3, running: true });
     expect(listed).toContainEqual(expect.objectContaining({ id: cell.id, role: "cell", running: true }));
     expect(listed.find((i) => i.id === cell.id)?.function).toBeUndefined();
-  });
+  }, timeout);
 
   test(`${name}: a disposed driver stops its instances and refuses to start`, async () => {
     await using t = await setup();
@@ -318,5 +321,5 @@ export function driverContract<D extends Driver>(
     const error = await t.driver.start(t.instanceSpec()).catch((err: unknown) => err);
     expect(error).toBeInstanceOf(ForgeError);
     expect((error as ForgeError).code).toBe(ErrorCode.Disposed);
-  });
+  }, timeout);
 }

@@ -9,3 +9,5 @@ export { PoolManager, type PoolManagerOptions } from "./pool-manager.ts";
 export { forward, forwardParts, health, specialize, waitReady } from "./instance-client.ts";
 export { createProcessDriver } from "./process-driver.ts";
 export { createFakeDriver } from "./fake-driver.ts";
+export { createDockerDriver, type ActiveVersion, type DockerDriver, type DockerDriverOptions, type ReconcileReport } from "./docker-driver.ts";
+export { connectDocker, DEFAULT_DOCKER_SOCKET, pingDocker, selectDriver, type SelectDriverConfig, type SelectedDriver } from "./select-driver.ts";
