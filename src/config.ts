@@ -48,8 +48,20 @@ export interface Config {
   pgAdminUrl: string | undefined;
   /** FORGE_JOB_TTL: how long failed and deleted provisioning jobs are kept. Default 24h. */
   jobTtlMs: number;
+  /** FORGE_PROVISION_CONCURRENCY: provisioning jobs the worker inside `forge up` runs at once; 0 runs none (leave them to `forge worker`). Default 4. */
+  provisionConcurrency: number;
+  /** FORGE_QUEUE_VISIBILITY: how long a taken queue message may go without an ack or heartbeat before another consumer gets it. Default 30s. */
+  queueVisibilityMs: number;
+  /** FORGE_REDIS_PREFIX: prefix of every Redis key forge uses (<prefix>:jobs, <prefix>:job:<id>). Default forge. */
+  redisPrefix: string;
   /** FORGE_ASYNC_ATTEMPTS: attempts in all for an async invocation. Default 3. */
   asyncAttempts: number;
+  /** FORGE_ASYNC_CONCURRENCY: async invocations of one function run at once on a node. Default 4. */
+  asyncConcurrency: number;
+  /** FORGE_ASYNC_BACKOFF: first retry delay of an async invocation, doubled each attempt, with jitter. Default 1s. */
+  asyncBackoffMs: number;
+  /** FORGE_TRIGGER_SYNC: how often a node re-reads schedules and functions made by other nodes. Default 10s. */
+  triggerSyncMs: number;
   /** FORGE_LOG_FORMAT: pretty or json. Default pretty. */
   logFormat: LogFormat;
   /** FORGE_MAX_ARCHIVE_MB: unpacked size limit of a deploy. Default 50. */
@@ -96,7 +108,13 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     provisionBackend: r.oneOf("FORGE_PROVISION_BACKEND", "docker", ["docker", "shared"] as const),
     pgAdminUrl: r.optUrl("FORGE_PG_ADMIN_URL", ["postgres:", "postgresql:"]),
     jobTtlMs: r.duration("FORGE_JOB_TTL", 24 * 3600_000),
+    provisionConcurrency: r.int("FORGE_PROVISION_CONCURRENCY", 4, 0, 256),
+    queueVisibilityMs: r.duration("FORGE_QUEUE_VISIBILITY", 30_000),
+    redisPrefix: r.match("FORGE_REDIS_PREFIX", "forge", /^[A-Za-z0-9][A-Za-z0-9:_.-]{0,63}$/, "letters, digits and : _ . - (e.g. forge or forge-staging)"),
     asyncAttempts: r.int("FORGE_ASYNC_ATTEMPTS", 3, 1, 100),
+    asyncConcurrency: r.int("FORGE_ASYNC_CONCURRENCY", 4, 1, 1000),
+    asyncBackoffMs: r.duration("FORGE_ASYNC_BACKOFF", 1000),
+    triggerSyncMs: r.duration("FORGE_TRIGGER_SYNC", 10_000),
     logFormat: r.oneOf("FORGE_LOG_FORMAT", "pretty", ["pretty", "json"] as const),
     maxArchiveBytes: r.int("FORGE_MAX_ARCHIVE_MB", 50, 1, 10_000) * 1024 * 1024,
     maxArchiveFiles: r.int("FORGE_MAX_ARCHIVE_FILES", 10_000, 1, 1_000_000),

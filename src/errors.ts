@@ -21,12 +21,16 @@ export const ErrorCode = {
   Conflict: "conflict",
   InvalidCron: "invalid_cron",
   Saturated: "saturated",
+  JobNotFound: "job_not_found",
+  DatabaseNotFound: "database_not_found",
+  DatabaseNotReady: "database_not_ready",
   // system errors
   QueueTimeout: "queue_timeout",
   FunctionTimeout: "function_timeout",
   InstanceCrashed: "instance_crashed",
   InstanceStartFailed: "instance_start_failed",
   DriverUnavailable: "driver_unavailable",
+  ServiceUnavailable: "service_unavailable",
   Disposed: "disposed",
   Internal: "internal",
 } as const;

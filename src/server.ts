@@ -5,12 +5,16 @@
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { createConsola, type ConsolaInstance } from "consola";
+import { Redis } from "ioredis";
 import type { Config } from "./config.ts";
 import { FunctionService, InvocationRecorder } from "./functions/index.ts";
-import { createProcessDriver, fixedKeepAlive, PoolManager, type Driver } from "./pool/index.ts";
+import { createImageBuilder } from "./build/index.ts";
+import { fixedKeepAlive, PoolManager, selectDriver, type Driver } from "./pool/index.ts";
 import { LogStore, Metrics } from "./observe/index.ts";
-import { createRouter, type ForgeApp } from "./router/index.ts";
+import { createMemoryQueue, createProvisioning, createRedisQueue } from "./provision/index.ts";
+import { createRouter, DataPlane, type ForgeApp } from "./router/index.ts";
 import { loadOrCreateApiKey, openStore } from "./store/index.ts";
+import { AsyncInvoker, mountTriggerRoutes, redisCronLeases, Scheduler, type AsyncJob, type InvokeFn } from "./triggers/index.ts";
 
 export const FORGE_VERSION = "0.1.0";
 
@@ -25,6 +29,8 @@ export interface ForgeServer extends AsyncDisposable {
   /** Why that driver was chosen. */
   readonly driverReason: string;
   readonly app: ForgeApp;
+  /** The pool manager, for in-process tools (bench: stem cells ready, instance sockets). */
+  readonly pool: PoolManager;
   /** Drains in-flight requests (bounded) and stops every instance. */
   stop(drainMs?: number): Promise<void>;
 }
@@ -41,7 +47,11 @@ export async function startServer(config: Config, options: StartOptions = {}): P
   const { key: apiKey, generated } = loadOrCreateApiKey(config.dataDir, config.apiKey);
 
   // 2. driver and pool
-  const { driver, reason } = await chooseDriver(config, logger);
+  const { driver, reason, docker, reconcile, dropUnclaimed } = await selectDriver(config, logger);
+  // Before any instance starts: adopt or remove what an earlier run left (docker).
+  await reconcile(
+    store.functions.list().flatMap((f) => (f.activeVersion === null ? [] : [{ function: f.name, version: f.activeVersion }])),
+  );
   const pool = new PoolManager({
     driver,
     logger,
@@ -80,6 +90,9 @@ export async function startServer(config: Config, options: StartOptions = {}): P
   recorder.onRecord((r) => metrics.observe(r));
   let port = config.port;
   const urlOf = (name: string): string => `http://${name}.${config.domain}:${port}`;
+  // Databases on demand (broker, queue, worker); functions bind them as DATABASE_URL.
+  const provisioning = await createProvisioning(config, { logger });
+  logger.info(provisioning.summary);
   const functions = new FunctionService({
     store,
     pool,
@@ -87,6 +100,44 @@ export async function startServer(config: Config, options: StartOptions = {}): P
     dataDir: config.dataDir,
     urlOf,
     limits: { maxBytes: config.maxArchiveBytes, maxFiles: config.maxArchiveFiles },
+    bindings: provisioning.bindings,
+    ...(docker ? { images: createImageBuilder({ docker, runtimeImage: config.runtimeImage, logger }) } : {}),
+  });
+
+  // 3b. triggers: cron ticks and async invocations go through the same pool as HTTP requests
+  const triggerPlane = new DataPlane({ pool, recorder, logger });
+  const invokeTrigger: InvokeFn = (name, req, kind) => {
+    const u = new URL(req.url);
+    return triggerPlane.invoke(name, req, { path: u.pathname + u.search, kind });
+  };
+  const triggerRedis = config.redisUrl ? connectRedis(config.redisUrl, logger) : undefined;
+  const scheduler = new Scheduler({
+    schedules: store.schedules,
+    invoke: invokeTrigger,
+    logger,
+    syncEveryMs: config.triggerSyncMs,
+    ...(triggerRedis ? { leases: redisCronLeases(triggerRedis, { prefix: `${config.redisPrefix}:cron:` }) } : {}),
+  });
+  const asyncRetry = { maxAttempts: config.asyncAttempts, baseDelayMs: config.asyncBackoffMs, maxDelayMs: Math.max(config.asyncBackoffMs, 60_000) };
+  const asyncInvoker = new AsyncInvoker({
+    invocations: store.invocations,
+    invoke: invokeTrigger,
+    logger,
+    functions: () => functions.list().map((f) => f.name),
+    queueFor: (fn) =>
+      triggerRedis
+        ? createRedisQueue<AsyncJob>({ redis: triggerRedis, key: `${config.redisPrefix}:async:${fn}`, retry: asyncRetry, visibilityTimeoutMs: config.queueVisibilityMs, logger })
+        : createMemoryQueue<AsyncJob>({ name: `async:${fn}`, retry: asyncRetry, visibilityTimeoutMs: config.queueVisibilityMs, logger }),
+    maxAttempts: config.asyncAttempts,
+    concurrency: config.asyncConcurrency,
+    heartbeatEveryMs: Math.max(50, Math.floor(config.queueVisibilityMs / 3)),
+    // The in-process queue dies with the process; the store still has what it held.
+    recoverFromStore: !triggerRedis,
+    syncEveryMs: config.triggerSyncMs,
+  });
+  functions.onDelete((name) => {
+    scheduler.disarmFunction(name);
+    void asyncInvoker.forget(name).catch((err: unknown) => logger.warn(`could not stop the async queue of ${name}:`, err));
   });
 
   // 4. router and listener
@@ -104,6 +155,11 @@ export async function startServer(config: Config, options: StartOptions = {}): P
     logs,
     flushRecords: () => recorder.flush(),
     metrics: () => metrics.render(),
+    invokeAsync: (name, request) => asyncInvoker.submit(name, request),
+    extend: (v1) => {
+      mountTriggerRoutes(v1, { scheduler, async: asyncInvoker, assertFunction: (name) => void functions.get(name) });
+      provisioning.routes(v1);
+    },
   });
   functions.onDelete((name) => {
     logs.remove(name);
@@ -122,17 +178,26 @@ export async function startServer(config: Config, options: StartOptions = {}): P
   // 5. restore pools of active versions, then warm the stem cells
   pool.start();
   await functions.restore();
+  await dropUnclaimed();
+  scheduler.start();
+  await asyncInvoker.start();
   ready = true;
 
   let stopped: Promise<void> | undefined;
   const stop = (drainMs = 10_000): Promise<void> =>
     (stopped ??= (async () => {
       ready = false;
+      // Triggers stop first so that runs in progress finish on a live pool (bounded: what is
+      // cut short is redelivered from Redis, or re-queued from the store at the next start).
+      await Promise.race([Promise.all([scheduler.close(drainMs), asyncInvoker.close()]), unrefDelay(drainMs)]);
+      // Jobs in hand go back to the queue (another worker, or the next start, finishes them).
+      await provisioning.close();
       await pool.shutdown(drainMs);
       await server.stop(true);
       await recorder[Symbol.asyncDispose]();
       await logs[Symbol.asyncDispose]();
       await driver.dispose();
+      triggerRedis?.disconnect();
       store.close();
     })());
 
@@ -144,6 +209,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
     driver: driver.name,
     driverReason: reason,
     app,
+    pool,
     stop,
     [Symbol.asyncDispose]: () => stop(),
   };
@@ -151,10 +217,14 @@ export async function startServer(config: Config, options: StartOptions = {}): P
 
 // --- internal ---
 
-async function chooseDriver(config: Config, logger: ConsolaInstance): Promise<{ driver: Driver; reason: string }> {
-  if (config.driver === "docker") {
-    throw new Error("the docker driver is not built yet");
-  }
-  const reason = config.driver === "process" ? "FORGE_DRIVER=process" : "no Docker engine answered";
-  return { driver: createProcessDriver({ dataDir: config.dataDir, logger }), reason };
+function unrefDelay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref?.());
 }
+
+function connectRedis(url: string, logger: ConsolaInstance): Redis {
+  const redis = new Redis(url, { maxRetriesPerRequest: 3 });
+  // ioredis reconnects on its own; without a listener each failure would be an unhandled error.
+  redis.on("error", (err: Error) => logger.warn(`redis: ${err.message}`));
+  return redis;
+}
+

@@ -14,7 +14,14 @@ export const forge = defineCommand({
     delete: () => import("./delete.ts").then((m) => m.default as CommandDef),
     versions: () => import("./versions.ts").then((m) => m.default as CommandDef),
     rollback: () => import("./rollback.ts").then((m) => m.default as CommandDef),
+    schedule: () => import("./schedule.ts").then((m) => m.default as CommandDef),
+    schedules: () => import("./schedules.ts").then((m) => m.default as CommandDef),
+    unschedule: () => import("./unschedule.ts").then((m) => m.default as CommandDef),
     logs: () => import("./logs.ts").then((m) => m.default as CommandDef),
+    bench: () => import("./bench.ts").then((m) => m.default as CommandDef),
+    images: () => import("./images.ts").then((m) => m.default as CommandDef),
+    db: () => import("./db.ts").then((m) => m.default as CommandDef),
+    worker: () => import("./worker.ts").then((m) => m.default as CommandDef),
   },
 });
 

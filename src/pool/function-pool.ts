@@ -262,6 +262,7 @@ export class FunctionPool {
         idleMs: i.inFlight > 0 ? 0 : now - i.lastUsed,
         served: i.served,
         memoryMb: i.memoryMb,
+        ...(i.handle ? { socketPath: i.handle.endpoint.socketPath } : {}),
       })),
     };
   }

@@ -43,6 +43,8 @@ export interface InstanceSnapshot {
   idleMs: number;
   served: number;
   memoryMb: number;
+  /** Unix socket of the instance (local drivers), for tools that reach it directly (bench). */
+  socketPath?: string;
 }
 
 export interface PoolSnapshot {

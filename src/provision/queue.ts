@@ -46,9 +46,15 @@ export interface RetryPolicy {
   maxDelayMs: number;
 }
 
-export interface ConsumeOptions {
+export interface ConsumeOptions<T = unknown> {
   /** Messages handled at once by this consumer. Default 4. */
   concurrency?: number;
+  /**
+   * Called with a message about to be dead-lettered (attempts used up, a PermanentError, or its
+   * consumers kept dying), before it is moved: if this process dies in between, the message is
+   * redelivered and this runs again, so it must be idempotent. Its errors are logged, not retried.
+   */
+  onDeadLetter?: (letter: DeadLetter<T>) => Promise<void>;
 }
 
 export interface Consumer extends AsyncDisposable {
@@ -61,7 +67,7 @@ export interface Queue<T> extends AsyncDisposable {
   /** Adds a message; resolves with its id once it is durable (Redis) or queued (memory). */
   enqueue(body: T): Promise<string>;
   /** Starts handling messages; resolving acks, throwing retries (or dead-letters a PermanentError). */
-  consume(handler: (msg: QueueMessage<T>, ctx: HandlerContext) => Promise<void>, options?: ConsumeOptions): Consumer;
+  consume(handler: (msg: QueueMessage<T>, ctx: HandlerContext) => Promise<void>, options?: ConsumeOptions<T>): Consumer;
   /** Newest first. */
   deadLetters(limit?: number): Promise<DeadLetter<T>[]>;
   /** Messages waiting or in hand (for metrics and tests). */
