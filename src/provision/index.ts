@@ -1,4 +1,5 @@
 /** Provisioning: Postgres databases on demand (broker, job store, queue, worker, backends) and the Queue shared with async invocations. */
+export { StaleDelivery } from "./_queue-shared.ts";
 export { backoffDelay, PermanentError, type ConsumeOptions, type Consumer, type DeadLetter, type HandlerContext, type Queue, type QueueMessage, type RetryPolicy } from "./queue.ts";
 export { createMemoryQueue, type MemoryQueueOptions } from "./memory-queue.ts";
 export { createRedisQueue, type RedisQueueOptions } from "./redis-queue.ts";

@@ -57,8 +57,8 @@ class MemoryQueue<T> implements Queue<T> {
   private readonly maxDead: number;
   readonly logger: ConsolaInstance | undefined;
   private readonly ready: Entry<T>[] = [];
+  /** Retries waiting out their backoff. */
   private readonly delayed = new Set<ReturnType<typeof setTimeout>>();
-  private readonly delayedCount = { n: 0 };
   /** Taken messages by delivery token; a token no longer here means the delivery went stale. */
   private readonly inHand = new Map<number, Delivery<T>>();
   private readonly dead: DeadLetter<T>[] = [];
@@ -94,7 +94,7 @@ class MemoryQueue<T> implements Queue<T> {
   }
 
   async depth(): Promise<number> {
-    return this.ready.length + this.delayedCount.n + this.inHand.size;
+    return this.ready.length + this.delayed.size + this.inHand.size;
   }
 
   async close(): Promise<void> {
@@ -141,10 +141,8 @@ class MemoryQueue<T> implements Queue<T> {
 
   retryLater(entry: Entry<T>): void {
     const delay = backoffDelay(this.policy, entry.attempt);
-    this.delayedCount.n++;
     const t = setTimeout(() => {
       this.delayed.delete(t);
-      this.delayedCount.n--;
       this.push({ ...entry, attempt: entry.attempt + 1 });
     }, delay);
     this.delayed.add(t);

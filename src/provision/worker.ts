@@ -12,7 +12,7 @@
  */
 import type { ConsolaInstance } from "consola";
 import type { CreateContext, DatabaseBackend, JobRef } from "./backends/backend.ts";
-import { postgresUrl, type BackendName, type ProvisionJob } from "./job.ts";
+import { postgresUrl, type BackendName, type Connection, type ProvisionJob } from "./job.ts";
 import type { JobStore } from "./job-store.ts";
 import { StaleDelivery } from "./_queue-shared.ts";
 import { PermanentError, type Consumer, type DeadLetter, type HandlerContext, type Queue, type QueueMessage } from "./queue.ts";
@@ -123,7 +123,7 @@ export class ProvisionWorker implements AsyncDisposable {
         if (!now || now.status === "deleting" || now.status === "deleted") throw new JobCancelled(job.id);
       },
     };
-    let connection;
+    let connection: Connection;
     try {
       connection = await backend.create(job, credentials, ctx);
     } catch (err) {
