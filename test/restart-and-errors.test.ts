@@ -36,11 +36,12 @@ describe("function failures", () => {
          const p = new URL(req.url).pathname;
          if (p === "/throw") throw new Error("boom");
          if (p === "/crash") process.exit(7);
+         if (p === "/slow") await Bun.sleep(3000);
          return Response.json({ pid: process.pid });
        } };`,
     );
     await using forge = await startForge();
-    expect((await cli(forge, ["deploy", dir, "--name", "fragile"])).code).toBe(0);
+    expect((await cli(forge, ["deploy", dir, "--name", "fragile", "--timeout", "300"])).code).toBe(0);
 
     const ok1 = (await (await forge.fn("fragile", "/")).json()) as { pid: number };
     const thrown = await forge.fn("fragile", "/throw");
@@ -57,6 +58,11 @@ describe("function failures", () => {
     const ok2 = await forge.fn("fragile", "/");
     expect(ok2.status).toBe(200);
     expect(((await ok2.json()) as { pid: number }).pid).not.toBe(ok1.pid);
+
+    const slow = await forge.fn("fragile", "/slow");
+    expect(slow.status).toBe(504);
+    expect(((await slow.json()) as { error: { code: string; hint: string } }).error.code).toBe("function_timeout");
+    expect((await forge.fn("fragile", "/")).status).toBe(200);
   });
 });
 

@@ -273,9 +273,12 @@ export function createImageBuilder(options: ImageBuilderOptions): FunctionImageB
         if (tags.length === 0) continue;
         for (const tag of tags) {
           // force: a container of the function may still be stopping; the tag goes now.
+          // noprune: the untagged parents are build cache that a concurrent build of another
+          // function may be using this very moment (same bundle, same COPY layer); removing
+          // them failed that build with "failed to get digest".
           await docker
             .getImage(tag)
-            .remove({ force: true })
+            .remove({ force: true, noprune: true })
             .catch((err: unknown) => logger.warn(`could not remove ${tag}:`, err));
         }
         if (tags.length === (image.RepoTags ?? []).length) void reap(image.Id);
@@ -292,7 +295,7 @@ export function createImageBuilder(options: ImageBuilderOptions): FunctionImageB
     for (let attempt = 0, delay = 100; attempt < 8; attempt++, delay *= 2) {
       const status = await docker
         .getImage(id)
-        .remove()
+        .remove({ noprune: true })
         .then(() => 200)
         .catch((err: unknown) => (err as { statusCode?: number }).statusCode ?? 500);
       if (status !== 409) return;

@@ -38,6 +38,8 @@ export function requestIdOf(req: Request): string {
 }
 
 export class DataPlane {
+  private readonly deadlines = new Deadlines();
+
   constructor(private readonly o: DataPlaneOptions) {}
 
   async invoke(name: string, req: Request, options: InvokeOptions): Promise<Response> {
@@ -60,19 +62,22 @@ export class DataPlane {
       throw err;
     }
 
-    // One copy of the headers, the request id added; the body streams through untouched.
-    const headers = new Headers(req.headers);
+    // The incoming request's own headers go on (Bun's are mutable; nobody reads them after),
+    // with the request id set: no copy on the hot path.
+    const headers = req.headers;
     headers.set("x-forge-request-id", requestId);
     if (options.dropHeaders) for (const h of options.dropHeaders) headers.delete(h);
     const method = req.method;
     const body = method === "GET" || method === "HEAD" ? null : req.body;
-    const signal = AbortSignal.timeout(timeoutMs);
+    const deadline = this.deadlines.arm(timeoutMs);
+    const signal = deadline.signal;
     const kind = options.kind ?? "sync";
 
     let upstream: Response;
     try {
       upstream = await forwardParts(lease.instance.endpoint.socketPath, options.path, method, headers, body, signal);
     } catch (err) {
+      deadline.done();
       const timedOut = signal.aborted;
       if (timedOut) lease.release();
       else lease.fail();
@@ -101,6 +106,7 @@ export class DataPlane {
       try {
         bytes = await upstream.arrayBuffer();
       } catch (err) {
+        deadline.done();
         lease.fail();
         this.record(name, lease, requestId, createdAt, started, 502, 0, kind);
         throw new ForgeError(ErrorCode.InstanceCrashed, 502, `the instance of ${name} failed while sending its response`, {
@@ -108,12 +114,14 @@ export class DataPlane {
           cause: err,
         });
       }
+      deadline.done();
       lease.release();
       this.record(name, lease, requestId, createdAt, started, status, bytes.byteLength, kind);
       const noBody = status === 204 || status === 304 || method === "HEAD";
       return new Response(noBody ? null : bytes, { status, statusText: upstream.statusText, headers: out });
     }
     const streamed = releaseOnEnd(upstream.body, (bytes) => {
+      deadline.done();
       lease.release();
       this.record(name, lease, requestId, createdAt, started, status, bytes, kind);
     });
@@ -166,6 +174,41 @@ export class DataPlane {
       createdAt,
       updatedAt: Date.now(),
     });
+  }
+}
+
+/**
+ * Request timeouts on one coarse timer: AbortSignal.timeout arms a native timer per
+ * request, which showed in the warm path's profile; a 50 ms sweep over the requests in
+ * flight is precise enough for timeouts of 100 ms and more.
+ */
+class Deadlines {
+  private readonly live = new Set<{ at: number; ac: AbortController }>();
+  private timer: ReturnType<typeof setInterval> | undefined;
+
+  arm(ms: number): { signal: AbortSignal; done(): void } {
+    const entry = { at: Date.now() + ms, ac: new AbortController() };
+    this.live.add(entry);
+    if (!this.timer) {
+      this.timer = setInterval(() => this.sweep(), 50);
+      this.timer.unref?.();
+    }
+    return { signal: entry.ac.signal, done: () => void this.live.delete(entry) };
+  }
+
+  private sweep(): void {
+    if (this.live.size === 0) {
+      clearInterval(this.timer);
+      this.timer = undefined;
+      return;
+    }
+    const now = Date.now();
+    for (const e of this.live) {
+      if (e.at <= now) {
+        this.live.delete(e);
+        e.ac.abort(new DOMException("the function timed out", "TimeoutError"));
+      }
+    }
   }
 }
 

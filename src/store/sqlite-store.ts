@@ -29,6 +29,9 @@ import type {
 /** Resolved from this file, not the cwd, so `forge up` works from any folder. */
 const MIGRATIONS_FOLDER = join(import.meta.dir, "..", "..", "drizzle");
 
+/** Rows per multi-row INSERT of invocation records (18 columns x 64 = 1152 parameters). */
+const ROWS_PER_INSERT = 64;
+
 /** Invocation lists are for humans and dashboards; an unbounded default would scan a busy function's whole history. */
 const DEFAULT_INVOCATION_LIMIT = 100;
 const MAX_INVOCATION_LIMIT = 10_000;
@@ -45,6 +48,10 @@ export function openStore(path: string): Store {
   let closed = false;
   try {
     sqlite.run("PRAGMA journal_mode = WAL");
+    // NORMAL in WAL mode: commits survive a crash of forge, only an OS crash or power loss
+    // may roll back the last ones; FULL fsyncs every commit, and the invocation records'
+    // commit every 200 ms stalled the request path (measured under wrk).
+    sqlite.run("PRAGMA synchronous = NORMAL");
     sqlite.run("PRAGMA busy_timeout = 5000");
     const db: Db = drizzle({ client: sqlite, schema });
     // Migrations run before foreign keys are switched on: drizzle-kit rewrites a changed
@@ -243,14 +250,30 @@ function versionRepo(live: Live): VersionRepo {
  * the request itself (measured with bun --cpu-prof under wrk).
  */
 function fastInvocationInsert(sqlite: Database, isClosed: () => boolean): (records: InvocationRecord[]) => void {
-  const stmt = sqlite.prepare(
-    // OR IGNORE: a client may send the same x-forge-request-id twice; one duplicate must not lose the batch.
-    `INSERT OR IGNORE INTO invocations (id, function, version, instance, start, kind, state, status, attempts, queue_wait_ms, duration_ms, bytes_in, bytes_out, payload, result, error, created_at, updated_at)
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-  );
+  const columns =
+    "id, function, version, instance, start, kind, state, status, attempts, queue_wait_ms, duration_ms, bytes_in, bytes_out, payload, result, error, created_at, updated_at";
+  const row = `(${new Array(18).fill("?").join(", ")})`;
+  // OR IGNORE: a client may send the same x-forge-request-id twice; one duplicate must not lose the batch.
+  const statement = (rows: number) => sqlite.prepare(`INSERT OR IGNORE INTO invocations (${columns}) VALUES ${new Array(rows).fill(row).join(", ")}`);
+  // Many rows per statement: each run() is a native call with its own overhead (measured:
+  // one row per run cost ~13% of the proxy's CPU under wrk; 64 rows per run, ~2%).
+  const many = statement(ROWS_PER_INSERT);
+  const one = statement(1);
+  const params: (string | number | null)[] = [];
+  const push = (r: InvocationRecord): void => {
+    params.push(r.id, r.function, r.version, r.instance, r.start, r.kind, r.state, r.status, r.attempts, r.queueWaitMs, r.durationMs, r.bytesIn, r.bytesOut, r.payload, r.result, r.error, r.createdAt, r.updatedAt);
+  };
   const insertAll = sqlite.transaction((records: InvocationRecord[]) => {
-    for (const r of records) {
-      stmt.run(r.id, r.function, r.version, r.instance, r.start, r.kind, r.state, r.status, r.attempts, r.queueWaitMs, r.durationMs, r.bytesIn, r.bytesOut, r.payload, r.result, r.error, r.createdAt, r.updatedAt);
+    let i = 0;
+    for (; i + ROWS_PER_INSERT <= records.length; i += ROWS_PER_INSERT) {
+      params.length = 0;
+      for (let j = i; j < i + ROWS_PER_INSERT; j++) push(records[j] as InvocationRecord);
+      many.run(...params);
+    }
+    for (; i < records.length; i++) {
+      params.length = 0;
+      push(records[i] as InvocationRecord);
+      one.run(...params);
     }
   });
   return (records) => {
