@@ -62,6 +62,8 @@ export interface Config {
   asyncBackoffMs: number;
   /** FORGE_TRIGGER_SYNC: how often a node re-reads schedules and functions made by other nodes. Default 10s. */
   triggerSyncMs: number;
+  /** FORGE_TELEMETRY: on, or off to skip invocation records, metrics and function logs (to measure their cost). Default on. */
+  telemetry: boolean;
   /** FORGE_LOG_FORMAT: pretty or json. Default pretty. */
   logFormat: LogFormat;
   /** FORGE_MAX_ARCHIVE_MB: unpacked size limit of a deploy. Default 50. */
@@ -115,6 +117,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     asyncConcurrency: r.int("FORGE_ASYNC_CONCURRENCY", 4, 1, 1000),
     asyncBackoffMs: r.duration("FORGE_ASYNC_BACKOFF", 1000),
     triggerSyncMs: r.duration("FORGE_TRIGGER_SYNC", 10_000),
+    telemetry: r.oneOf("FORGE_TELEMETRY", "on", ["on", "off"] as const) === "on",
     logFormat: r.oneOf("FORGE_LOG_FORMAT", "pretty", ["pretty", "json"] as const),
     maxArchiveBytes: r.int("FORGE_MAX_ARCHIVE_MB", 50, 1, 10_000) * 1024 * 1024,
     maxArchiveFiles: r.int("FORGE_MAX_ARCHIVE_FILES", 10_000, 1, 1_000_000),

@@ -64,12 +64,14 @@ export async function startServer(config: Config, options: StartOptions = {}): P
   });
 
   // 3. services
-  const recorder = new InvocationRecorder({ repo: store.invocations, logger });
+  const recorder = new InvocationRecorder({ repo: store.invocations, logger, enabled: config.telemetry });
   const logs = new LogStore({ dir: join(config.dataDir, "logs"), logger, retentionBytes: config.logRetentionBytes });
-  driver.onLog((line) => {
-    const owner = pool.ownerOf(line.instance);
-    if (owner) logs.add({ ...line, function: owner.function, version: owner.version });
-  });
+  if (config.telemetry) {
+    driver.onLog((line) => {
+      const owner = pool.ownerOf(line.instance);
+      if (owner) logs.add({ ...line, function: owner.function, version: owner.version });
+    });
+  }
   const metrics = new Metrics({
     version: FORGE_VERSION,
     driver: driver.name,

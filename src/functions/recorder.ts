@@ -8,10 +8,12 @@ import type { InvocationRecord, InvocationRepo } from "../store/index.ts";
 export interface RecorderOptions {
   repo: InvocationRepo;
   logger: ConsolaInstance;
-  /** Flush at least this often, ms. Default 200. */
+  /** Flush at least this often, ms. Default 50: records that die young cost the GC least. */
   flushEveryMs?: number;
-  /** Flush at once past this many pending records. Default 2000. */
+  /** Flush at once past this many pending records. Default 512. */
   maxPending?: number;
+  /** false drops every record (FORGE_TELEMETRY=off). Default true. */
+  enabled?: boolean;
 }
 
 export class InvocationRecorder implements AsyncDisposable {
@@ -22,11 +24,12 @@ export class InvocationRecorder implements AsyncDisposable {
   private readonly listeners = new Set<(r: InvocationRecord) => void>();
 
   constructor(private readonly options: RecorderOptions) {
-    this.flushEveryMs = options.flushEveryMs ?? 200;
-    this.maxPending = options.maxPending ?? 2000;
+    this.flushEveryMs = options.flushEveryMs ?? 50;
+    this.maxPending = options.maxPending ?? 512;
   }
 
   record(r: InvocationRecord): void {
+    if (this.options.enabled === false) return;
     this.pending.push(r);
     for (const l of this.listeners) l(r);
     if (this.pending.length >= this.maxPending) this.flush();
