@@ -27,7 +27,8 @@ export async function firstRequests(ctx: SuiteContext, target: BenchTarget, want
     const fn = await deployFunction(target, name, { minWarm: 0 });
     try {
       const pool = target.pool;
-      if (want === "cell" && pool) await waitFor(() => pool.stats().cells > 0, "a ready stem cell");
+      // A ready cell and no refill under way: the first request of a function on an idle forge.
+      if (want === "cell" && pool) await waitFor(() => pool.stats().cells > 0 && pool.stats().cellsStarting === 0, "a ready stem cell");
       const r = await timedRequest(target, fn.host);
       if (r.status !== 200) {
         errors++;
