@@ -152,7 +152,8 @@ async function errorOf(res: Response): Promise<ForgeError> {
   return new ForgeError(ErrorCode.Internal, res.status, `forge answered ${res.status}: ${text.slice(0, 200)}`);
 }
 
-async function* lines(res: Response): AsyncGenerator<string> {
+/** The non-empty lines of an NDJSON response body, as they arrive. */
+export async function* lines(res: Response): AsyncGenerator<string> {
   if (!res.body) return;
   const dec = new TextDecoder();
   let buf = "";

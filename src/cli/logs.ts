@@ -1,5 +1,6 @@
 import { defineCommand } from "citty";
 import { client, jsonArg, ui } from "./_shared.ts";
+import { lines as ndjsonLines } from "./client.ts";
 
 interface Line {
   ts: number;
@@ -44,17 +45,7 @@ export default defineCommand({
     process.once("SIGTERM", onSignal);
     try {
       const res = await client().request("GET", `${path}?${q}`, { signal: controller.signal });
-      const dec = new TextDecoder();
-      let buf = "";
-      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-        buf += dec.decode(chunk, { stream: true });
-        let nl: number;
-        while ((nl = buf.indexOf("\n")) >= 0) {
-          const raw = buf.slice(0, nl);
-          buf = buf.slice(nl + 1);
-          if (raw.trim()) print(JSON.parse(raw) as Line);
-        }
-      }
+      for await (const raw of ndjsonLines(res)) print(JSON.parse(raw) as Line);
     } catch (err) {
       // Ctrl-C ends a follow: that is the normal way out, not an error.
       if (!controller.signal.aborted) throw err;

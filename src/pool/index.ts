@@ -6,7 +6,7 @@ export { FakeClock, realClock, type Clock, type TimerHandle } from "./clock.ts";
 export { fixedKeepAlive, type KeepAlivePolicy } from "./keep-alive.ts";
 export { FunctionPool } from "./function-pool.ts";
 export { PoolManager, type PoolManagerOptions } from "./pool-manager.ts";
-export { forward, forwardParts, health, specialize, waitReady } from "./instance-client.ts";
+export { forward, health, specialize, waitReady } from "./instance-client.ts";
 export { createProcessDriver } from "./process-driver.ts";
 export { createFakeDriver } from "./fake-driver.ts";
 export { createDockerDriver, type ActiveVersion, type DockerDriver, type DockerDriverOptions, type ReconcileReport } from "./docker-driver.ts";

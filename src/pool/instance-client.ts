@@ -209,38 +209,6 @@ export async function specialize(
 }
 
 /**
- * The data plane's forward: path, method, headers (owned by the caller, request id already
- * set) and body go to the instance as they are, with no copy. Same errors as forward().
- */
-export async function forwardParts(
-  socketPath: string,
-  path: string,
-  method: string,
-  headers: Headers,
-  body: ReadableStream<Uint8Array> | null,
-  signal?: AbortSignal,
-): Promise<Response> {
-  try {
-    return await fetch(`http://instance${path}`, {
-      method,
-      headers,
-      body,
-      duplex: "half",
-      redirect: "manual",
-      decompress: false,
-      unix: socketPath,
-      signal,
-    });
-  } catch (err) {
-    if (signal?.aborted) throw signal.reason;
-    throw new ForgeError(ErrorCode.InstanceCrashed, 502, "the function's instance did not answer", {
-      hint: "it may have crashed; see forge logs for its last lines",
-      cause: err,
-    });
-  }
-}
-
-/**
  * Proxies `request` to the instance and returns its response, both bodies streamed.
  * Method, path, query, headers (Host included) and body pass unchanged, plus the request id.
  * Rejects with the signal's reason when aborted, else with ForgeError InstanceCrashed when

@@ -6,7 +6,7 @@
 import type { ConsolaInstance } from "consola";
 import { ErrorCode, ForgeError, isForgeError } from "../errors.ts";
 import type { InvocationRecorder } from "../functions/index.ts";
-import { forwardParts, type Lease, type PoolManager } from "../pool/index.ts";
+import type { Lease, PoolManager } from "../pool/index.ts";
 import type { InvocationRecord } from "../store/index.ts";
 
 export interface DataPlaneOptions {
@@ -28,13 +28,14 @@ const BUFFER_LIMIT = 256 * 1024;
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{8,128}$/;
 let counter = 0;
-const prefix = Math.random().toString(36).slice(2, 8);
+// Unique across restarts: the process's start time and a random part, then a counter.
+const prefix = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}-`;
 
 /** A request id: the client's when it sent a valid one, else a new one. */
 export function requestIdOf(req: Request): string {
   const given = req.headers.get("x-forge-request-id");
   if (given && REQUEST_ID.test(given)) return given;
-  return `${prefix}-${Date.now().toString(36)}-${(counter++).toString(36)}`;
+  return prefix + (counter++).toString(36);
 }
 
 export class DataPlane {
@@ -55,7 +56,8 @@ export class DataPlane {
     const timeoutMs = pool.spec.timeoutMs;
     let lease: Lease;
     try {
-      const got = pool.acquire(req.signal);
+      // The warm path first: req.signal is only touched (and allocated) when the request must wait.
+      const got = pool.tryAcquire() ?? pool.acquire(req.signal);
       lease = got instanceof Promise ? await got : got;
     } catch (err) {
       this.recordFailure(name, pool.version, requestId, createdAt, started, err, options.kind ?? "sync");
@@ -75,7 +77,16 @@ export class DataPlane {
 
     let upstream: Response;
     try {
-      upstream = await forwardParts(lease.instance.endpoint.socketPath, options.path, method, headers, body, signal);
+      upstream = await fetch(`http://instance${options.path}`, {
+        method,
+        headers,
+        body,
+        duplex: "half",
+        redirect: "manual",
+        decompress: false,
+        unix: lease.instance.endpoint.socketPath,
+        signal,
+      } as RequestInit);
     } catch (err) {
       deadline.done();
       const timedOut = signal.aborted;

@@ -1,0 +1,63 @@
+/** A forge in a child process for benchmarks measured from outside it (wrk), with hello deployed. */
+import { readFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+
+const ROOT = resolve(import.meta.dir, "../..");
+const MAIN = join(ROOT, "src/cli/main.ts");
+
+export interface ForgeChild {
+  url: string;
+  port: number;
+  key: string;
+  proc: ReturnType<typeof Bun.spawn>;
+  /** Host header reaching examples/hello by subdomain. */
+  host: string;
+}
+
+/** Starts `forge up --port 0` with `env` and deploys examples/hello with `deployFlags`. */
+export async function startForgeWithHello(env: Record<string, string>, deployFlags: string[]): Promise<ForgeChild> {
+  const proc = Bun.spawn([process.execPath, MAIN, "up", "--port", "0"], {
+    env: { PATH: process.env.PATH ?? "", NO_COLOR: "1", FORGE_STEM_CELLS: "0", ...env },
+    stdout: "pipe",
+    stderr: "ignore",
+  });
+  let out = "";
+  const dec = new TextDecoder();
+  for await (const chunk of proc.stdout as unknown as AsyncIterable<Uint8Array>) {
+    out += dec.decode(chunk);
+    if (/API key[^:]*: \S+/.test(out)) break;
+  }
+  const url = /forge listening on (http:\/\/\S+)/.exec(out)?.[1];
+  const key = /API key[^:]*: (\S+)/.exec(out)?.[1];
+  if (!url || !key) {
+    proc.kill("SIGKILL");
+    throw new Error(`forge did not start:\n${out}`);
+  }
+  const deploy = Bun.spawnSync([process.execPath, MAIN, "deploy", join(ROOT, "examples/hello"), ...deployFlags], {
+    env: { PATH: process.env.PATH ?? "", FORGE_URL: url, FORGE_API_KEY: key },
+  });
+  if (deploy.exitCode !== 0) {
+    proc.kill("SIGKILL");
+    throw new Error(`deploy failed: ${deploy.stderr.toString()}`);
+  }
+  const port = Number(new URL(url).port);
+  return { url, port, key, proc, host: `hello.localhost:${port}` };
+}
+
+/** CPU time (user + system) a process has used, microseconds, from /proc. */
+export function cpuMicros(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(f[11]) + Number(f[12])) * 10_000; // utime + stime in 10 ms ticks
+}
+
+/** One wrk run against `url` with a Host header; requests/s and CPU per request of process `pid`. */
+export function wrk(url: string, host: string, connections: number, seconds: number, pid: number): { rps: number; cpuUs: number } {
+  const before = cpuMicros(pid);
+  const r = Bun.spawnSync(["wrk", "-t1", `-c${connections}`, `-d${seconds}s`, "-H", `Host: ${host}`, url]);
+  const text = r.stdout.toString();
+  const requests = Number(/(\d+) requests in/.exec(text)?.[1] ?? NaN);
+  return { rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(text)?.[1] ?? NaN), cpuUs: (cpuMicros(pid) - before) / requests };
+}
+
+export const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
