@@ -45,8 +45,12 @@ export interface ImageBuilder {
   removeImages(fn: string): Promise<void>;
 }
 
-/** Resolves database bindings into environment variables (provisioner); absent when none. */
-export type BindingResolver = (databases: string[]) => Promise<Record<string, string>>;
+/**
+ * Resolves database bindings into environment variables (provisioner); absent when none.
+ * `containers`: the instances run in containers without a network of their own (docker
+ * driver), so the answer names the networks to join and addresses on them.
+ */
+export type BindingResolver = (databases: string[], options: { containers: boolean }) => Promise<{ env: Record<string, string>; networks: string[] }>;
 
 export interface FunctionServiceOptions {
   store: Store;
@@ -272,7 +276,7 @@ export class FunctionService {
   }
 
   private async poolSpec(version: VersionRecord, config: FunctionConfig): Promise<PoolSpec> {
-    const bound = config.databases.length > 0 && this.o.bindings ? await this.o.bindings(config.databases) : {};
+    const bound = config.databases.length > 0 && this.o.bindings ? await this.o.bindings(config.databases, { containers: this.o.images !== undefined }) : { env: {}, networks: [] };
     if (config.databases.length > 0 && !this.o.bindings) {
       throw new ForgeError(ErrorCode.InvalidConfig, 400, `${config.name} binds databases, and this forge has no provisioner`, {
         hint: "remove `databases` from forge.json or run forge with the provisioner",
@@ -288,7 +292,8 @@ export class FunctionService {
       maxInstances: config.maxInstances,
       memoryMb: config.memoryMb,
       timeoutMs: config.timeoutMs,
-      env: { ...config.env, ...bound },
+      env: { ...config.env, ...bound.env },
+      ...(bound.networks.length > 0 ? { networks: bound.networks } : {}),
       ...(config.runtime === "bun" ? { bundlePath: artifactPath } : {}),
       ...(version.image ? { image: version.image } : {}),
     };

@@ -296,8 +296,10 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
           Cmd: SHIM_CMD,
           Env: toEnv(env),
           Labels: labels,
-          HostConfig: hostConfig(spec.memoryMb, { Binds: [`${dir}:${MOUNT}`], NetworkMode: opts.networkMode }),
+          HostConfig: hostConfig(spec.memoryMb, { Binds: [`${dir}:${MOUNT}`], NetworkMode: spec.networks?.[0] ?? opts.networkMode }),
         });
+        // Bound databases: the first network at create, the others joined before start.
+        for (const network of spec.networks?.slice(1) ?? []) await docker.getNetwork(network).connect({ Container: id });
         await docker.getContainer(id).start();
         follow(instance, id);
       } else {
@@ -307,8 +309,9 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
           Image: image,
           Env: toEnv({ ...spec.env, PORT: port }),
           Labels: labels,
-          HostConfig: hostConfig(spec.memoryMb, { NetworkMode: opts.networkMode }),
+          HostConfig: hostConfig(spec.memoryMb, { NetworkMode: spec.networks?.[0] ?? opts.networkMode }),
         });
+        for (const network of spec.networks?.slice(1) ?? []) await docker.getNetwork(network).connect({ Container: main });
         await docker.getContainer(main).start();
         follow(instance, main);
         const bridge = await createContainer(instance, "bridge", {

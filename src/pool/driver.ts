@@ -30,6 +30,8 @@ export interface InstanceSpec {
   env: Record<string, string>;
   /** Memory limit in MiB. */
   memoryMb: number;
+  /** Networks to join (docker driver; bound databases). Absent: no network at all. */
+  networks?: string[];
 }
 
 export interface InstanceHandle {

@@ -222,7 +222,8 @@ export class PoolManager implements PoolHost, AsyncDisposable {
 
   async startInstance(pool: FunctionPool, id: string): Promise<{ handle: InstanceHandle; origin: StartKind }> {
     const spec = pool.spec;
-    if (spec.runtime === "bun" && spec.bundlePath) {
+    // A cell has no network and cannot join one: functions bound to databases start cold.
+    if (spec.runtime === "bun" && spec.bundlePath && !spec.networks?.length) {
       const cell = this.cells.shift();
       if (cell) {
         // The cell's memory is now the function's instance memory (reserved by the pool).
@@ -262,6 +263,7 @@ export class PoolManager implements PoolHost, AsyncDisposable {
         version: spec.version,
         ...(spec.bundlePath ? { bundlePath: spec.bundlePath } : {}),
         ...(spec.image ? { image: spec.image } : {}),
+        ...(spec.networks?.length ? { networks: spec.networks } : {}),
         env: spec.env,
         memoryMb: spec.memoryMb,
       });

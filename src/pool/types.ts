@@ -19,6 +19,8 @@ export interface PoolSpec {
   bundlePath?: string;
   /** Image of this version (docker driver; runtime "docker" always). */
   image?: string;
+  /** Networks the instances join (docker driver: bound databases); none means no network at all. */
+  networks?: string[];
 }
 
 /** A slot on an instance, held for one request. */

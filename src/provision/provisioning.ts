@@ -33,7 +33,7 @@ export interface Provisioning extends AsyncDisposable {
   /** Mounts /v1/provision (for the router's `extend`). */
   routes: (v1: Hono) => void;
   /** The FunctionService's BindingResolver. */
-  bindings: (databases: string[]) => Promise<Record<string, string>>;
+  bindings: (databases: string[], options: { containers: boolean }) => Promise<{ env: Record<string, string>; networks: string[] }>;
   /** One line on what it runs on, for the start-up log. */
   summary: string;
   close(): Promise<void>;
@@ -80,7 +80,14 @@ export async function createProvisioning(config: Config, options: ProvisioningOp
   const names = Object.keys(backends) as BackendName[];
 
   // 3. broker and worker
-  const service = new ProvisionService({ store, queue, backends: names, defaultBackend: config.provisionBackend, logger });
+  const service = new ProvisionService({
+    store,
+    queue,
+    backends: names,
+    defaultBackend: config.provisionBackend,
+    logger,
+    reachFromContainers: async (job) => backends[job.backend]?.reachFromContainers?.(job),
+  });
   const concurrency = options.concurrency ?? config.provisionConcurrency;
   if (concurrency === 0 && !redis) {
     logger.warn("provisioner: FORGE_PROVISION_CONCURRENCY=0 without FORGE_REDIS_URL: no worker can reach this process's queue, so database jobs will wait");
@@ -107,7 +114,7 @@ export async function createProvisioning(config: Config, options: ProvisioningOp
     queue,
     worker,
     routes: provisionRoutes(service),
-    bindings: (databases) => service.bindings(databases),
+    bindings: (databases, options) => service.bindingsFor(databases, options),
     summary: `provisioner: ${where}, backends ${names.join(" + ")} (default ${config.provisionBackend}), ${worker ? `worker x${concurrency}` : "no worker here"}`,
     close,
     [Symbol.asyncDispose]: close,

@@ -5,7 +5,7 @@
  */
 import type { ConsolaInstance } from "consola";
 import { ErrorCode, ForgeError, NAME_PATTERN } from "../errors.ts";
-import { BACKENDS, JOB_ID_PATTERN, newJobId, type BackendName, type JobStatus, type ProvisionJob } from "./job.ts";
+import { BACKENDS, JOB_ID_PATTERN, newJobId, postgresUrl, type BackendName, type JobStatus, type ProvisionJob } from "./job.ts";
 import type { JobPage, JobStore } from "./job-store.ts";
 import type { Queue } from "./queue.ts";
 import type { ProvisionMessage } from "./worker.ts";
@@ -18,6 +18,8 @@ export interface ProvisionServiceOptions {
   /** Backend of a job that names none. */
   defaultBackend: BackendName;
   logger: ConsolaInstance;
+  /** How a container reaches a job's database (the backend's reachFromContainers); absent: it cannot. */
+  reachFromContainers?: (job: ProvisionJob) => Promise<{ host: string; port: number; network: string } | undefined>;
 }
 
 export interface CreateJobInput {
@@ -97,17 +99,37 @@ export class ProvisionService {
    * CHECKOUT_DB_DATABASE_URL). The newest ready database of that service name is bound.
    */
   async bindings(databases: string[]): Promise<Record<string, string>> {
+    return (await this.bindingsFor(databases, { containers: false })).env;
+  }
+
+  /**
+   * The same for an instance in a container (docker driver), which has no network of its
+   * own: the address of each database on an internal network the instance joins.
+   */
+  async bindingsFor(databases: string[], options: { containers: boolean }): Promise<{ env: Record<string, string>; networks: string[] }> {
     const env: Record<string, string> = {};
+    const networks: string[] = [];
     for (const [i, name] of databases.entries()) {
       const job = await this.boundJob(name);
-      const c = job.connection;
+      let c = job.connection;
       if (!c || !job.url) throw notReady(name, job);
-      env[`${name.toUpperCase().replaceAll("-", "_")}_DATABASE_URL`] = job.url;
+      if (options.containers) {
+        const reach = this.o.reachFromContainers ? await this.o.reachFromContainers(job) : undefined;
+        if (!reach) {
+          throw new ForgeError(ErrorCode.DatabaseNotReady, 400, `database ${name} (backend ${job.backend}) cannot be reached from a container`, {
+            hint: "the shared backend's server listens on the host's loopback, which docker instances cannot reach: bind a database of the docker backend (forge db create --backend docker), or run forge with FORGE_DRIVER=process",
+          });
+        }
+        c = { ...c, host: reach.host, port: reach.port };
+        networks.push(reach.network);
+      }
+      const url = options.containers ? postgresUrl(c) : job.url;
+      env[`${name.toUpperCase().replaceAll("-", "_")}_DATABASE_URL`] = url;
       if (i === 0) {
-        Object.assign(env, { DATABASE_URL: job.url, PGHOST: c.host, PGPORT: String(c.port), PGUSER: c.username, PGPASSWORD: c.password, PGDATABASE: c.database });
+        Object.assign(env, { DATABASE_URL: url, PGHOST: c.host, PGPORT: String(c.port), PGUSER: c.username, PGPASSWORD: c.password, PGDATABASE: c.database });
       }
     }
-    return env;
+    return { env, networks };
   }
 
   // --- internal ---

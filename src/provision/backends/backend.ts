@@ -25,6 +25,11 @@ export interface DatabaseBackend {
   create(job: JobRef, credentials: Credentials, ctx: CreateContext): Promise<Connection>;
   /** Removes everything `create` made for `job`; what is not there is skipped. */
   destroy(job: JobRef): Promise<void>;
+  /**
+   * How a container (a docker-driver instance, which has no network of its own) reaches the
+   * database of `job`: a network to join and the address on it. Absent: containers cannot.
+   */
+  reachFromContainers?(job: JobRef): Promise<{ host: string; port: number; network: string }>;
   close(): Promise<void>;
 }
 

@@ -43,6 +43,11 @@ export function containerName(jobId: string): string {
   return `forge-pg-${jobId}`;
 }
 
+/** The internal network (no route out) a database shares with the instances bound to it. */
+export function networkName(jobId: string): string {
+  return `forge-db-${jobId}`;
+}
+
 // --- internal ---
 
 const PG_PORT = "5432/tcp";
@@ -120,6 +125,38 @@ class DockerBackend implements DatabaseBackend {
     return conn;
   }
 
+  async reachFromContainers(job: JobRef): Promise<{ host: string; port: number; network: string }> {
+    const network = networkName(job.id);
+    const name = containerName(job.id);
+    // 1. the network, created once (internal: the instances on it reach the database and nothing else)
+    const exists = await this.docker
+      .getNetwork(network)
+      .inspect()
+      .then(
+        () => true,
+        (err: unknown) => {
+          if (statusOf(err) === 404) return false;
+          throw err;
+        },
+      );
+    if (!exists) {
+      await this.docker
+        .createNetwork({ Name: network, Internal: true, Labels: { [DATABASE_LABELS.managed]: "true", [DATABASE_LABELS.role]: "database-network", [DATABASE_LABELS.job]: job.id } })
+        .catch((err: unknown) => {
+          if (statusOf(err) !== 409) throw err; // created meanwhile by another deploy
+        });
+    }
+    // 2. the database joins it, under its container name
+    await this.docker
+      .getNetwork(network)
+      .connect({ Container: name })
+      .catch((err: unknown) => {
+        // 403: already connected
+        if (statusOf(err) !== 403 && !/already exists/i.test(messageOf(err))) throw err;
+      });
+    return { host: name, port: 5432, network };
+  }
+
   async destroy(job: JobRef): Promise<void> {
     const name = containerName(job.id);
     const found = await this.inspect(name);
@@ -144,6 +181,14 @@ class DockerBackend implements DatabaseBackend {
         if (statusOf(err) !== 404) throw err;
       });
     }
+    // Instances of functions still bound keep the network busy (409): it stays behind, empty once
+    // they stop (`docker network prune` takes it).
+    await this.docker
+      .getNetwork(networkName(job.id))
+      .remove()
+      .catch((err: unknown) => {
+        if (statusOf(err) !== 404 && statusOf(err) !== 409 && statusOf(err) !== 403) throw err;
+      });
   }
 
   async close(): Promise<void> {}
