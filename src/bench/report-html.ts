@@ -129,10 +129,12 @@ function cdfFigure(s: ScenarioResult): string {
   }
   if (ticks.length > 6) ticks = ticks.filter((v) => Math.abs(Math.log10(v) - Math.round(Math.log10(v))) < 1e-9);
   if (ticks.length < 2) ticks = [10 ** lo, 10 ** hi];
-  for (const v of ticks) {
+  ticks.forEach((v, i) => {
     const xv = x(v).toFixed(1);
-    grid.push(`<line x1="${xv}" x2="${xv}" y1="${T}" y2="${H - B}" stroke="#e3e6ef"/><text x="${xv}" y="${H - B + 14}" text-anchor="middle">${esc(fmtMs(v))}</text>`);
-  }
+    // The outermost labels hang inward so that neither is cut by the chart's edge.
+    const anchor = ticks.length > 1 && i === 0 ? "start" : ticks.length > 1 && i === ticks.length - 1 ? "end" : "middle";
+    grid.push(`<line x1="${xv}" x2="${xv}" y1="${T}" y2="${H - B}" stroke="#e3e6ef"/><text x="${xv}" y="${H - B + 14}" text-anchor="${anchor}">${esc(fmtMs(v))}</text>`);
+  });
   const axes = `<line x1="${L}" x2="${W - R}" y1="${H - B}" y2="${H - B}" stroke="#99a"/><line x1="${L}" x2="${L}" y1="${T}" y2="${H - B}" stroke="#99a"/><text x="${(L + W - R) / 2}" y="${H - 4}" text-anchor="middle">latency (log scale)</text>`;
   const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 ${W} ${H}" role="img" aria-label="latency CDF of ${esc(s.name)}">${grid.join("")}${axes}<path d="${d}" fill="none" stroke="#2f6fde" stroke-width="2"/></svg>`;
   const caption = `${s.name} — p50 ${fmtMs(s.p50)}, p99 ${fmtMs(s.p99)}, max ${fmtMs(s.max)} (${s.samples} samples)`;
