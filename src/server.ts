@@ -9,7 +9,7 @@ import { Redis } from "ioredis";
 import type { Config } from "./config.ts";
 import { FunctionService, InvocationRecorder } from "./functions/index.ts";
 import { createImageBuilder } from "./build/index.ts";
-import { fixedKeepAlive, PoolManager, selectDriver, type Driver } from "./pool/index.ts";
+import { fixedKeepAlive, PoolManager, selectDriver, UpstreamPool, type Driver } from "./pool/index.ts";
 import { LogStore, Metrics } from "./observe/index.ts";
 import { createMemoryQueue, createProvisioning, createRedisQueue } from "./provision/index.ts";
 import { createRouter, DataPlane, type ForgeApp } from "./router/index.ts";
@@ -107,7 +107,9 @@ export async function startServer(config: Config, options: StartOptions = {}): P
   });
 
   // 3b. triggers: cron ticks and async invocations go through the same pool as HTTP requests
-  const triggerPlane = new DataPlane({ pool, recorder, logger });
+  // One set of kept-alive connections to instances for HTTP requests and triggers alike.
+  const upstream = new UpstreamPool();
+  const triggerPlane = new DataPlane({ pool, recorder, logger, upstream });
   const invokeTrigger: InvokeFn = (name, req, kind) => {
     const u = new URL(req.url);
     return triggerPlane.invoke(name, req, { path: u.pathname + u.search, kind });
@@ -158,6 +160,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
     flushRecords: () => recorder.flush(),
     metrics: () => metrics.render(),
     invokeAsync: (name, request) => asyncInvoker.submit(name, request),
+    upstream,
     extend: (v1) => {
       mountTriggerRoutes(v1, { scheduler, async: asyncInvoker, assertFunction: (name) => void functions.get(name) });
       provisioning.routes(v1);
@@ -195,6 +198,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
       // Jobs in hand go back to the queue (another worker, or the next start, finishes them).
       await provisioning.close();
       await pool.shutdown(drainMs);
+      upstream.dispose();
       await server.stop(true);
       await recorder[Symbol.asyncDispose]();
       await logs[Symbol.asyncDispose]();

@@ -9,7 +9,7 @@ import { ErrorCode, ForgeError, isForgeError } from "../errors.ts";
 import type { FunctionService, InvocationRecorder } from "../functions/index.ts";
 import type { LogStore } from "../observe/index.ts";
 import { windowStats } from "../observe/index.ts";
-import type { PoolManager } from "../pool/index.ts";
+import type { PoolManager, UpstreamPool } from "../pool/index.ts";
 import { parseDuration } from "../config.ts";
 import { bearerAuth } from "./auth.ts";
 import { readBodyLimited, readJson } from "./_body.ts";
@@ -39,13 +39,15 @@ export interface RouterOptions {
   invokeAsync?: (name: string, request: { body: Uint8Array; contentType: string | null; path: string }) => Promise<{ id: string }>;
   /** More /v1 routes (provisioner, triggers), mounted behind auth. */
   extend?: (v1: Hono) => void;
+  /** Connections to instances for the data plane; default: its own. */
+  upstream?: UpstreamPool;
 }
 
 export type ForgeApp = Hono;
 
 export function createRouter(o: RouterOptions): ForgeApp {
   const app = new Hono();
-  const dataPlane = new DataPlane({ pool: o.pool, recorder: o.recorder, logger: o.logger });
+  const dataPlane = new DataPlane({ pool: o.pool, recorder: o.recorder, logger: o.logger, ...(o.upstream ? { upstream: o.upstream } : {}) });
   const hostSuffix = "." + o.domain;
 
   app.onError((err, c) => errorResponse(err, o.logger, c.req.header("x-forge-request-id")));

@@ -6,13 +6,15 @@
 import type { ConsolaInstance } from "consola";
 import { ErrorCode, ForgeError, isForgeError } from "../errors.ts";
 import type { InvocationRecorder } from "../functions/index.ts";
-import type { Lease, PoolManager } from "../pool/index.ts";
+import { Abort, UpstreamPool, type Lease, type PoolManager, type UpstreamReply } from "../pool/index.ts";
 import type { InvocationRecord } from "../store/index.ts";
 
 export interface DataPlaneOptions {
   pool: PoolManager;
   recorder: InvocationRecorder;
   logger: ConsolaInstance;
+  /** Kept-alive connections to instances, shared by the data planes of a server; default: one of its own (see dispose). */
+  upstream?: UpstreamPool;
 }
 
 export interface InvokeOptions {
@@ -40,8 +42,18 @@ export function requestIdOf(req: Request): string {
 
 export class DataPlane {
   private readonly deadlines = new Deadlines();
+  private readonly upstream: UpstreamPool;
+  private readonly ownUpstream: boolean;
 
-  constructor(private readonly o: DataPlaneOptions) {}
+  constructor(private readonly o: DataPlaneOptions) {
+    this.ownUpstream = !o.upstream;
+    this.upstream = o.upstream ?? new UpstreamPool({ bufferLimit: BUFFER_LIMIT });
+  }
+
+  /** Closes the connections to instances, when they are its own. */
+  dispose(): void {
+    if (this.ownUpstream) this.upstream.dispose();
+  }
 
   async invoke(name: string, req: Request, options: InvokeOptions): Promise<Response> {
     const started = performance.now();
@@ -70,28 +82,24 @@ export class DataPlane {
     headers.set("x-forge-request-id", requestId);
     if (options.dropHeaders) for (const h of options.dropHeaders) headers.delete(h);
     const method = req.method;
+    // Streamed (under the deadline, as a slow upload must be); content-length passed on when given.
     const body = method === "GET" || method === "HEAD" ? null : req.body;
     const deadline = this.deadlines.arm(timeoutMs);
-    const signal = deadline.signal;
+    const signal = deadline;
     const kind = options.kind ?? "sync";
 
-    let upstream: Response;
+    const socketPath = lease.instance.endpoint.socketPath;
+    let upstream: UpstreamReply;
     try {
-      upstream = await fetch(`http://instance${options.path}`, {
-        method,
-        headers,
-        body,
-        duplex: "half",
-        redirect: "manual",
-        decompress: false,
-        unix: lease.instance.endpoint.socketPath,
-        signal,
-      } as RequestInit);
+      upstream = await this.upstream.send(socketPath, { method, path: options.path, headers, body, signal });
     } catch (err) {
       deadline.done();
       const timedOut = signal.aborted;
       if (timedOut) lease.release();
-      else lease.fail();
+      else {
+        lease.fail();
+        this.upstream.closeAll(socketPath);
+      }
       const e = timedOut
         ? new ForgeError(ErrorCode.FunctionTimeout, 504, `${name} did not answer within ${timeoutMs} ms`, {
             hint: "make the function faster or raise timeoutMs (forge.json or PATCH)",
@@ -105,33 +113,19 @@ export class DataPlane {
       throw e;
     }
 
-    const out = upstream.headers; // fetch's response headers are ours to change: no copy
+    const out = upstream.headers; // the reply's headers are ours to change: no copy
     out.set("x-forge-request-id", requestId);
     out.set("x-forge-start", lease.start);
     const status = upstream.status;
-    const length = Number(out.get("content-length") ?? NaN);
-    if (length <= BUFFER_LIMIT || method === "HEAD" || status === 204 || status === 304) {
-      // A small body of known length: read it natively and give the slot back at once,
-      // cheaper than a JS stream that pulls chunk by chunk.
-      let bytes: ArrayBuffer;
-      try {
-        bytes = await upstream.arrayBuffer();
-      } catch (err) {
-        deadline.done();
-        lease.fail();
-        this.record(name, lease, requestId, createdAt, started, 502, 0, kind);
-        throw new ForgeError(ErrorCode.InstanceCrashed, 502, `the instance of ${name} failed while sending its response`, {
-          hint: `see \`forge logs ${name}\``,
-          cause: err,
-        });
-      }
+    const reply = upstream.body;
+    if (!(reply instanceof ReadableStream)) {
+      // A small body of known length (or none), already whole: the slot goes back at once.
       deadline.done();
       lease.release();
-      this.record(name, lease, requestId, createdAt, started, status, bytes.byteLength, kind);
-      const noBody = status === 204 || status === 304 || method === "HEAD";
-      return new Response(noBody ? null : bytes, { status, statusText: upstream.statusText, headers: out });
+      this.record(name, lease, requestId, createdAt, started, status, reply?.byteLength ?? 0, kind);
+      return new Response(reply, { status, statusText: upstream.statusText, headers: out });
     }
-    const streamed = releaseOnEnd(upstream.body, (bytes) => {
+    const streamed = releaseOnEnd(reply, (bytes) => {
       deadline.done();
       lease.release();
       this.record(name, lease, requestId, createdAt, started, status, bytes, kind);
@@ -194,17 +188,17 @@ export class DataPlane {
  * flight is precise enough for timeouts of 100 ms and more.
  */
 class Deadlines {
-  private readonly live = new Set<{ at: number; ac: AbortController }>();
+  private readonly live = new Set<Deadline>();
   private timer: ReturnType<typeof setInterval> | undefined;
 
-  arm(ms: number): { signal: AbortSignal; done(): void } {
-    const entry = { at: Date.now() + ms, ac: new AbortController() };
+  arm(ms: number): Deadline {
+    const entry = new Deadline(Date.now() + ms, this.live);
     this.live.add(entry);
     if (!this.timer) {
       this.timer = setInterval(() => this.sweep(), 50);
       this.timer.unref?.();
     }
-    return { signal: entry.ac.signal, done: () => void this.live.delete(entry) };
+    return entry;
   }
 
   private sweep(): void {
@@ -217,9 +211,23 @@ class Deadlines {
     for (const e of this.live) {
       if (e.at <= now) {
         this.live.delete(e);
-        e.ac.abort(new DOMException("the function timed out", "TimeoutError"));
+        e.abort(new DOMException("the function timed out", "TimeoutError"));
       }
     }
+  }
+}
+
+/** A request's deadline; an Abort (not an AbortController: cheaper) the upstream pool listens to. */
+class Deadline extends Abort {
+  constructor(
+    readonly at: number,
+    private readonly live: Set<Deadline>,
+  ) {
+    super();
+  }
+
+  done(): void {
+    this.live.delete(this);
   }
 }
 
