@@ -1,4 +1,4 @@
 /** The metadata store: functions, versions, invocations and schedules over SQLite. */
-export { openStore } from "./sqlite-store.ts";
+export { encodeRecordLine, openStore } from "./sqlite-store.ts";
 export type * from "./types.ts";
 export { API_KEY_FILE, loadOrCreateApiKey, readSavedApiKey } from "./api-key.ts";

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { Database } from "bun:sqlite";
 import type { FunctionConfig } from "../build/function-config.ts";
 import { ErrorCode, ForgeError } from "../errors.ts";
-import { openStore } from "./index.ts";
+import { encodeRecordLine, openStore } from "./index.ts";
 import type { InvocationRecord, NewVersion } from "./index.ts";
 
 let dir: string;
@@ -183,6 +183,23 @@ describe("versions", () => {
 });
 
 describe("invocations", () => {
+  test("batches of the request path come back through list() like single records, filtered and newest first", () => {
+    using store = openStore(dbPath);
+    const a = invocation("a1", { createdAt: 1_000, status: 200, durationMs: 1.5, start: "cell", error: "tab\there" });
+    const b = invocation("a2", { createdAt: 2_000, status: 500, instance: null, start: null });
+    const c = invocation("a3", { createdAt: 3_000, status: 200 });
+    store.invocations.appendBatches([{ function: "greet", firstAt: 1_000, lastAt: 2_000, count: 2, lines: [a, b].map(encodeRecordLine).join("\n") }]);
+    store.invocations.appendBatches([{ function: "greet", firstAt: 3_000, lastAt: 3_000, count: 1, lines: encodeRecordLine(c) }]);
+    store.invocations.insert(invocation("single", { createdAt: 2_500, kind: "async", state: "succeeded" }));
+    expect(store.invocations.list("greet").map((r) => r.id)).toEqual(["a3", "single", "a2", "a1"]);
+    const first = store.invocations.list("greet").at(-1);
+    expect(first).toMatchObject({ id: "a1", status: 200, durationMs: 1.5, start: "cell", error: "tab here", payload: null });
+    expect(store.invocations.list("greet", { status: 500 }).map((r) => r.id)).toEqual(["a2"]);
+    expect(store.invocations.list("greet", { since: 2_000 }).map((r) => r.id)).toEqual(["a3", "single", "a2"]);
+    expect(store.invocations.list("greet", { limit: 2 }).map((r) => r.id)).toEqual(["a3", "single"]);
+    expect(store.invocations.list("other")).toEqual([]);
+  });
+
   test("insertMany, list filters newest first with a limit, update", () => {
     using store = openStore(dbPath);
     store.invocations.insertMany([

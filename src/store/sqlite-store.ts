@@ -11,7 +11,7 @@ import { drizzle, type BunSQLiteDatabase } from "drizzle-orm/bun-sqlite";
 import { migrate } from "drizzle-orm/bun-sqlite/migrator";
 import { ErrorCode, ForgeError } from "../errors.ts";
 import * as schema from "./schema.ts";
-import { functions, invocations, schedules, versions } from "./schema.ts";
+import { functions, invocationBatches, invocations, schedules, versions } from "./schema.ts";
 import type {
   FunctionRecord,
   FunctionRepo,
@@ -19,6 +19,7 @@ import type {
   InvocationRecord,
   InvocationRepo,
   NewVersion,
+  RecordBatch,
   ScheduleRecord,
   ScheduleRepo,
   Store,
@@ -73,7 +74,7 @@ export function openStore(path: string): Store {
     return {
       functions: functionRepo(live),
       versions: versionRepo(live),
-      invocations: invocationRepo(live, fastInvocationInsert(sqlite, () => closed)),
+      invocations: invocationRepo(live, fastInvocationInsert(sqlite, () => closed), batchLines(sqlite, () => closed)),
       schedules: scheduleRepo(live),
       close,
       [Symbol.dispose]: close,
@@ -127,6 +128,7 @@ function functionRepo(live: Live): FunctionRepo {
       return live().transaction(
         (tx) => {
           tx.delete(invocations).where(eq(invocations.function, name)).run();
+          tx.delete(invocationBatches).where(eq(invocationBatches.function, name)).run();
           tx.delete(schedules).where(eq(schedules.function, name)).run();
           // Versions go by ON DELETE CASCADE; deleted explicitly anyway so a database
           // opened without foreign keys (the sqlite3 shell) cannot leave orphans behind.
@@ -282,8 +284,87 @@ function fastInvocationInsert(sqlite: Database, isClosed: () => boolean): (recor
   };
 }
 
-function invocationRepo(live: Live, insertFast: (records: InvocationRecord[]) => void): InvocationRepo {
+/** One record as a tab-separated line (the request path's compact form; payload and result are not kept). */
+export function encodeRecordLine(r: InvocationRecord): string {
+  // Durations as whole microseconds: formatting an integer is far cheaper than a float.
+  return `${r.id}\t${r.version}\t${r.instance ?? ""}\t${r.start ?? ""}\t${r.kind}\t${r.state}\t${r.status ?? ""}\t${r.attempts}\t${r.queueWaitMs === null ? "" : Math.round(r.queueWaitMs * 1000)}\t${r.durationMs === null ? "" : Math.round(r.durationMs * 1000)}\t${r.bytesIn}\t${r.bytesOut}\t${r.createdAt}\t${r.updatedAt === r.createdAt ? "" : r.updatedAt}\t${r.error === null ? "" : r.error.replace(/[\t\n\r]/g, " ")}`;
+}
+
+function decodeRecordLine(fn: string, line: string): InvocationRecord | undefined {
+  const f = line.split("\t");
+  if (f.length < 15) return undefined;
+  const num = (v: string | undefined): number | null => (v === undefined || v === "" ? null : Number(v));
+  const ms = (v: string | undefined): number | null => (v === undefined || v === "" ? null : Number(v) / 1000);
   return {
+    id: f[0] ?? "",
+    function: fn,
+    version: Number(f[1]),
+    instance: f[2] || null,
+    start: (f[3] || null) as InvocationRecord["start"],
+    kind: f[4] as InvocationRecord["kind"],
+    state: f[5] as InvocationRecord["state"],
+    status: num(f[6]),
+    attempts: Number(f[7]),
+    queueWaitMs: ms(f[8]),
+    durationMs: ms(f[9]),
+    bytesIn: Number(f[10]),
+    bytesOut: Number(f[11]),
+    payload: null,
+    result: null,
+    error: f[14] || null,
+    createdAt: Number(f[12]),
+    updatedAt: f[13] ? Number(f[13]) : Number(f[12]),
+  };
+}
+
+interface BatchLines {
+  append(batches: RecordBatch[]): void;
+  /** Records of a function from its batches, newest first, filtered, at most `limit`. */
+  read(fn: string, query: InvocationQuery, limit: number): InvocationRecord[];
+}
+
+/** Batches of encoded records: one INSERT per function per flush; reads decode the newest first. */
+function batchLines(sqlite: Database, isClosed: () => boolean): BatchLines {
+  const insert = sqlite.prepare("INSERT INTO invocation_batches (function, first_at, last_at, count, lines) VALUES (?, ?, ?, ?, ?)");
+  const insertAll = sqlite.transaction((batches: RecordBatch[]) => {
+    for (const b of batches) insert.run(b.function, b.firstAt, b.lastAt, b.count, b.lines);
+  });
+  const newest = sqlite.prepare<{ lines: string }, [string, number]>("SELECT lines FROM invocation_batches WHERE function = ? AND last_at >= ? ORDER BY seq DESC");
+  const check = (): void => {
+    if (isClosed()) throw new ForgeError(ErrorCode.Disposed, 500, "the store is closed");
+  };
+  return {
+    append(batches) {
+      check();
+      if (batches.length > 0) insertAll(batches);
+    },
+    read(fn, query, limit) {
+      check();
+      const out: InvocationRecord[] = [];
+      if (limit <= 0) return out;
+      for (const row of newest.iterate(fn, query.since ?? 0)) {
+        const lines = row.lines.split("\n");
+        for (let i = lines.length - 1; i >= 0; i--) {
+          const r = decodeRecordLine(fn, lines[i] ?? "");
+          if (!r) continue;
+          if (query.status !== undefined && r.status !== query.status) continue;
+          if (query.kind !== undefined && r.kind !== query.kind) continue;
+          if (query.state !== undefined && r.state !== query.state) continue;
+          if (query.since !== undefined && r.createdAt < query.since) continue;
+          out.push(r);
+          if (out.length >= limit) return out;
+        }
+      }
+      return out;
+    },
+  };
+}
+
+function invocationRepo(live: Live, insertFast: (records: InvocationRecord[]) => void, batches: BatchLines): InvocationRepo {
+  return {
+    appendBatches(list) {
+      batches.append(list);
+    },
     insertMany(records) {
       if (records.length === 0) return;
       insertFast(records);
@@ -307,7 +388,7 @@ function invocationRepo(live: Live, insertFast: (records: InvocationRecord[]) =>
       if (query.state !== undefined) where.push(eq(invocations.state, query.state));
       if (query.since !== undefined) where.push(gte(invocations.createdAt, query.since));
       const limit = Math.min(Math.max(Math.trunc(query.limit ?? DEFAULT_INVOCATION_LIMIT), 0), MAX_INVOCATION_LIMIT);
-      return (
+      const rows = (
         live()
           .select()
           .from(invocations)
@@ -317,6 +398,10 @@ function invocationRepo(live: Live, insertFast: (records: InvocationRecord[]) =>
           .limit(limit)
           .all() satisfies InvocationRecord[]
       );
+      // Records of proxied requests live in batches: merge both, newest first.
+      const fromBatches = batches.read(fn, query, limit);
+      if (fromBatches.length === 0) return rows;
+      return [...rows, ...fromBatches].sort((a, b) => b.createdAt - a.createdAt).slice(0, limit);
     },
   };
 }

@@ -95,8 +95,20 @@ export interface InvocationQuery {
   since?: number;
 }
 
+/** Records of one function from one flush of the request path, one encoded record a line. */
+export interface RecordBatch {
+  function: string;
+  firstAt: number;
+  lastAt: number;
+  count: number;
+  /** encodeRecordLine() of each record, joined by "\n". */
+  lines: string;
+}
+
 export interface InvocationRepo {
-  /** Inserts many records in one transaction (the request path batches). */
+  /** Appends the request path's records, one row per function (list() returns them like the rest). */
+  appendBatches(batches: RecordBatch[]): void;
+  /** Inserts many records in one transaction. */
   insertMany(records: InvocationRecord[]): void;
   insert(record: InvocationRecord): void;
   update(id: string, patch: Partial<Omit<InvocationRecord, "id">>): void;
