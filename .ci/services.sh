@@ -33,9 +33,16 @@ fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# Services an earlier run on this machine started (their ports are kept in /tmp).
+state=/tmp/forge-ci-services.env
+prev_redis=""; prev_pg=""
+if [ -f "$state" ]; then . "$state"; prev_redis=${REDIS_PORT:-}; prev_pg=${PG_PORT:-}; fi
+
 # Redis
 if redis-cli -p 6379 ping >/dev/null 2>&1; then
   redis_port=6379; echo "reused: redis on 6379"
+elif [ -n "$prev_redis" ] && redis-cli -p "$prev_redis" ping >/dev/null 2>&1; then
+  redis_port=$prev_redis; echo "reused: redis on $prev_redis"
 else
   redis_port=$(free_port)
   redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes >/dev/null
@@ -48,6 +55,8 @@ echo "FORGE_TEST_REDIS_URL=redis://127.0.0.1:$redis_port" >> "$env_file"
 pgbin=/usr/lib/postgresql/15/bin
 if pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1 && psql "postgres://postgres@127.0.0.1:5432/postgres" -tAc 'select 1' >/dev/null 2>&1; then
   pg_port=5432; echo "reused: postgres on 5432"
+elif [ -n "$prev_pg" ] && psql "postgres://postgres@127.0.0.1:$prev_pg/postgres" -tAc 'select 1' >/dev/null 2>&1; then
+  pg_port=$prev_pg; echo "reused: postgres on $prev_pg"
 else
   pg_port=$(free_port)
   pgdata=/tmp/forge-ci-pg-$pg_port
@@ -58,6 +67,7 @@ else
   echo "started: postgres on $pg_port"
 fi
 echo "FORGE_TEST_PG_URL=postgres://postgres@127.0.0.1:$pg_port/postgres" >> "$env_file"
+printf 'REDIS_PORT=%s\nPG_PORT=%s\n' "$redis_port" "$pg_port" > "$state"
 
 # Runtime images (nothing can be pulled here: built from this machine's bun and Debian packages)
 if [ -f src/cli/images.ts ]; then
