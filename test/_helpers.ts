@@ -38,25 +38,31 @@ export async function startForge(options: { dataDir?: string; env?: Record<strin
   });
   let out = "";
   const dec = new TextDecoder();
+  // Resolved by the output itself: when both lines are there, or when forge exits first.
+  const started = Promise.withResolvers<void>();
+  const check = (): void => {
+    if (/forge listening on http:\/\/\S+/.test(out) && /API key[^:]*: \S+/.test(out)) started.resolve();
+  };
   const pump = async (s: ReadableStream<Uint8Array>): Promise<void> => {
-    for await (const chunk of s as unknown as AsyncIterable<Uint8Array>) out += dec.decode(chunk);
+    for await (const chunk of s as unknown as AsyncIterable<Uint8Array>) {
+      out += dec.decode(chunk);
+      check();
+    }
   };
   void pump(proc.stdout);
   void pump(proc.stderr);
-  const deadline = Date.now() + 20_000;
-  let url: string | undefined;
-  let apiKey: string | undefined;
-  while (Date.now() < deadline) {
-    url = /forge listening on (http:\/\/\S+)/.exec(out)?.[1];
-    apiKey = /API key[^:]*: (\S+)/.exec(out)?.[1];
-    if (url && apiKey) break;
-    if (proc.exitCode !== null) throw new Error(`forge exited with ${proc.exitCode}:\n${out}`);
-    await Bun.sleep(10); // polling the child's output for a condition, not a guessed wait
-  }
-  if (!url || !apiKey) {
+  void proc.exited.then((code) => started.reject(new Error(`forge exited with ${code}:\n${out}`)));
+  const timer = setTimeout(() => started.reject(new Error(`forge did not start within 20 s:\n${out}`)), 20_000);
+  try {
+    await started.promise;
+  } catch (err) {
     proc.kill("SIGKILL");
-    throw new Error(`forge did not start within 20 s:\n${out}`);
+    throw err;
+  } finally {
+    clearTimeout(timer);
   }
+  const url = /forge listening on (http:\/\/\S+)/.exec(out)?.[1] ?? "";
+  const apiKey = /API key[^:]*: (\S+)/.exec(out)?.[1] ?? "";
   const port = Number(new URL(url).port);
   const key = apiKey;
   let stopped = false;
@@ -122,5 +128,34 @@ export async function until<T>(check: () => T | Promise<T>, timeoutMs = 10_000, 
     if (v) return v as NonNullable<T>;
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await Bun.sleep(5); // polling interval of a condition wait
+  }
+}
+
+/**
+ * Runs `forge logs <name> -f`, calls `poke` (which makes the function log) until `needle`
+ * is printed, then sends Ctrl-C; resolves with the follower's exit code.
+ */
+export async function followLogsUntil(forge: { url: string; apiKey: string }, name: string, poke: () => Promise<void>, needle: string, timeoutMs = 15_000): Promise<number> {
+  const proc = Bun.spawn([process.execPath, MAIN, "logs", name, "-f", "--since", "1s"], {
+    env: { PATH: process.env.PATH ?? "", FORGE_URL: forge.url, FORGE_API_KEY: forge.apiKey, NO_COLOR: "1" },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  let out = "";
+  const dec = new TextDecoder();
+  const reading = (async () => {
+    for await (const chunk of proc.stdout as unknown as AsyncIterable<Uint8Array>) out += dec.decode(chunk);
+  })();
+  try {
+    await until(async () => {
+      await poke();
+      return out.includes(needle);
+    }, timeoutMs, `"${needle}" followed`);
+    proc.kill("SIGINT");
+    const code = await proc.exited;
+    await reading;
+    return code;
+  } finally {
+    proc.kill("SIGKILL");
   }
 }

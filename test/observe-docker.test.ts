@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { cli, ROOT, startForge, tempDir, until, type ForgeProcess } from "./_helpers.ts";
+import { cli, followLogsUntil, startForge, tempDir, until, type ForgeProcess } from "./_helpers.ts";
 import { requireDocker } from "./_services.ts";
 
 const engine = await requireDocker();
@@ -53,27 +53,8 @@ if (!engine) {
     });
 
     test("-f shows new lines as they come and ends cleanly on Ctrl-C", async () => {
-      const proc = Bun.spawn([process.execPath, join(ROOT, "src/cli/main.ts"), "logs", "talker", "-f", "--since", "1s"], {
-        env: { PATH: process.env.PATH ?? "", FORGE_URL: forge.url, FORGE_API_KEY: forge.apiKey, NO_COLOR: "1" },
-        stdout: "pipe",
-        stderr: "pipe",
-      });
-      let out = "";
-      const dec = new TextDecoder();
-      const reading = (async () => {
-        for await (const chunk of proc.stdout as unknown as AsyncIterable<Uint8Array>) out += dec.decode(chunk);
-      })();
-      try {
-        await until(async () => {
-          await (await forge.fn("talker", "/?n=followed")).text();
-          return out.includes("docker-log followed");
-        }, 15_000, "followed line");
-        proc.kill("SIGINT");
-        expect(await proc.exited).toBe(0);
-        await reading;
-      } finally {
-        proc.kill("SIGKILL");
-      }
+      const poke = async (): Promise<void> => void (await (await forge.fn("talker", "/?n=followed")).text());
+      expect(await followLogsUntil(forge, "talker", poke, "docker-log followed")).toBe(0);
     });
   });
 }

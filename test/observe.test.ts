@@ -8,7 +8,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { isCI } from "../src/config.ts";
 import { percentile } from "../src/observe/index.ts";
-import { cli, startForge, tempDir, until, type ForgeProcess } from "./_helpers.ts";
+import { cli, followLogsUntil, startForge, tempDir, until, type ForgeProcess } from "./_helpers.ts";
 
 let forge: ForgeProcess;
 const dir = tempDir("forge-obs-");
@@ -57,28 +57,8 @@ describe("function logs", () => {
   });
 
   test("-f shows new lines as they come and ends cleanly on Ctrl-C", async () => {
-    const proc = Bun.spawn([process.execPath, join(import.meta.dir, "../src/cli/main.ts"), "logs", "chatty", "-f", "--since", "1s"], {
-      env: { PATH: process.env.PATH ?? "", FORGE_URL: forge.url, FORGE_API_KEY: forge.apiKey, NO_COLOR: "1" },
-      stdout: "pipe",
-      stderr: "pipe",
-    });
-    let out = "";
-    const dec = new TextDecoder();
-    const reading = (async () => {
-      for await (const chunk of proc.stdout as unknown as AsyncIterable<Uint8Array>) out += dec.decode(chunk);
-    })();
-    try {
-      // Requests keep coming until the follower has printed one of them.
-      await until(async () => {
-        await (await forge.fn("chatty", "/?n=followed")).text();
-        return out.includes("hello-log followed");
-      }, 10_000, "followed line");
-      proc.kill("SIGINT");
-      expect(await proc.exited).toBe(0);
-      await reading;
-    } finally {
-      proc.kill("SIGKILL");
-    }
+    const poke = async (): Promise<void> => void (await (await forge.fn("chatty", "/?n=followed")).text());
+    expect(await followLogsUntil(forge, "chatty", poke, "hello-log followed")).toBe(0);
   });
 
   test("a function printing 100 MB is capped by retention, and forge keeps serving", async () => {

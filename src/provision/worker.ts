@@ -57,7 +57,7 @@ export class ProvisionWorker implements AsyncDisposable {
   // --- internal ---
 
   private async handle(msg: QueueMessage<ProvisionMessage>, queued: HandlerContext): Promise<void> {
-    const { job: id, op } = msg.body;
+    const { job: id } = msg.body;
     // Heartbeats run on a timer, whatever step the backend is in (pulling, starting, waiting): the
     // visibility timeout is there to notice a dead worker, not a slow Docker. When another worker
     // took the message over meanwhile, this one stops.
