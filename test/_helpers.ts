@@ -1,5 +1,5 @@
 /** Test helpers: a real forge server in a child process on port 0, and the real CLI. */
-import { mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -24,6 +24,16 @@ export interface ForgeProcess extends AsyncDisposable {
 export function tempDir(prefix = "forge-test-"): string & Disposable {
   const dir = mkdtempSync(join(tmpdir(), prefix));
   return Object.assign(dir, { [Symbol.dispose]: () => rmSync(dir, { recursive: true, force: true }) }) as string & Disposable;
+}
+
+/**
+ * A temp folder a function may write to: when forge runs as root, process-driver instances
+ * run as uids of their own, so the folder is open to all (tests only).
+ */
+export function sharedDir(prefix = "forge-shared-"): string & Disposable {
+  const dir = tempDir(prefix);
+  chmodSync(dir, 0o777);
+  return dir;
 }
 
 /** Starts `forge up --port 0` with its own data dir; waits for the listening line. */

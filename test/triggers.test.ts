@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { cli, startForge, tempDir, until, type ForgeProcess } from "./_helpers.ts";
+import { cli, sharedDir, startForge, tempDir, until, type ForgeProcess } from "./_helpers.ts";
 
 /** A function that appends what it was sent to $OUT and answers per $MODE. */
 const RECORDER = `
@@ -73,7 +73,7 @@ describe("cron schedules", () => {
   let root: string & Disposable;
   let forge: ForgeProcess;
   beforeAll(async () => {
-    root = tempDir("forge-triggers-");
+    root = sharedDir("forge-triggers-");
     forge = await startForge({ env: { FORGE_ASYNC_BACKOFF: "20ms" } });
   });
   afterAll(async () => {
@@ -165,7 +165,7 @@ describe("async invocations (in-process queue)", () => {
   let root: string & Disposable;
   let forge: ForgeProcess;
   beforeAll(async () => {
-    root = tempDir("forge-async-");
+    root = sharedDir("forge-async-");
     forge = await startForge({ env: { FORGE_ASYNC_BACKOFF: "20ms", FORGE_MAX_BODY_MB: "1" } });
   });
   afterAll(async () => {
@@ -241,7 +241,7 @@ describe("async invocations (in-process queue)", () => {
 describe("restart", () => {
   test("schedules survive a restart and fire again", async () => {
     using data = tempDir("forge-sched-restart-");
-    using root = tempDir("forge-sched-fn-");
+    using root = sharedDir("forge-sched-fn-");
     const out = join(root, "ticks.jsonl");
     const first = await startForge({ dataDir: data });
     let id: string;

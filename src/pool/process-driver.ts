@@ -6,7 +6,8 @@
  * It only keeps forge's environment and other functions' folders out of the function's way.
  */
 import { randomUUID } from "node:crypto";
-import { copyFile, mkdir, mkdtemp, rm } from "node:fs/promises";
+import { statSync } from "node:fs";
+import { chmod, chown, copyFile, mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -42,7 +43,29 @@ export interface ProcessDriverOptions {
   logLines?: number;
   /** PATH given to instances (never forge's own). Default /usr/local/bin:/usr/bin:/bin. */
   path?: string;
+  /**
+   * Run each instance as a uid of its own (from 200000 up), so that no function reads
+   * another's folder, forge's database or its key. Needs root. Default: on when forge runs
+   * as root.
+   */
+  isolateUsers?: boolean;
 }
+
+/** True when others may pass through `dir` and every folder above it. */
+function traversable(dir: string): boolean {
+  for (let d = dir; ; d = dirname(d)) {
+    try {
+      if ((statSync(d).mode & 0o001) === 0) return false;
+    } catch {
+      return false;
+    }
+    if (dirname(d) === d) return true;
+  }
+}
+
+/** First uid given to instances when isolateUsers is on; far above any real account. */
+const INSTANCE_UID_BASE = 200_000;
+const INSTANCE_UID_SPAN = 60_000;
 
 const DEFAULT_SHIM = resolve(dirname(fileURLToPath(import.meta.url)), "../../runtimes/bun/shim.ts");
 
@@ -81,6 +104,10 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
   };
   const dataDir = resolve(opts.dataDir);
   const logger = opts.logger.withTag("process-driver");
+  const isolate = opts.isolateUsers ?? process.getuid?.() === 0;
+  let nextUid = 0;
+  // Can another uid pass through every folder above the data dir (o+x)?
+  const ancestorsOpen = isolate && traversable(dirname(dataDir));
   // Children of this run only: a process carries no labels, so after a restart of forge
   // there is nothing to find or adopt. Nor is there anything to clean: each shim exits when
   // its stdin (a pipe from this process) closes, so children die with forge, even by SIGKILL.
@@ -103,12 +130,15 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
 
   async function instanceDir(id: string): Promise<string> {
     const dir = join(dataDir, "instances", id);
-    if (Buffer.byteLength(join(dir, "s.sock")) <= MAX_SOCKET_PATH) {
+    if (Buffer.byteLength(join(dir, "s.sock")) <= MAX_SOCKET_PATH && (!isolate || ancestorsOpen)) {
       await mkdir(dir, { recursive: true, mode: 0o700 });
+      // An instance of its own uid must pass through (not list) the data dir to its folder.
+      if (isolate) await Promise.all([chmod(dataDir, 0o711), chmod(join(dataDir, "instances"), 0o711)]);
       return dir;
     }
-    // A deep data dir would push the socket past the sun_path limit: use a short private
-    // folder under the temp dir instead (mkdtemp makes it 0700).
+    // A deep data dir would push the socket past the sun_path limit, and a data dir inside a
+    // closed folder cannot be reached by an instance's own uid: use a short private folder
+    // under the temp dir instead (mkdtemp makes it 0700; launch() hands it to the instance).
     return mkdtemp(join(tmpdir(), `forge-${id.slice(0, 12)}-`));
   }
 
@@ -148,11 +178,16 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
     // 1. Create its folder; the bundle is copied in so the instance never reads another folder.
     const dir = await instanceDir(spec.id);
     const socketPath = join(dir, "s.sock");
+    const uid = isolate ? INSTANCE_UID_BASE + (nextUid++ % INSTANCE_UID_SPAN) : undefined;
     let bundle: string | undefined;
     try {
       if (spec.bundlePath) {
         bundle = join(dir, "fn.mjs");
         await copyFile(spec.bundlePath, bundle);
+      }
+      if (uid !== undefined) {
+        await chown(dir, uid, uid);
+        if (bundle) await chown(bundle, uid, uid);
       }
     } catch (err) {
       await rm(dir, { recursive: true, force: true });
@@ -191,6 +226,7 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
       proc = Bun.spawn([opts.bunPath, ...flags, opts.shimPath], {
         cwd: dir,
         env,
+        ...(uid !== undefined ? { uid, gid: uid } : {}),
         // Never written: the shim exits when it closes, i.e. when forge dies.
         stdin: "pipe",
         stdout: "pipe",

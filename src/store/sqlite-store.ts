@@ -4,7 +4,7 @@
  * another request's writes inside this process.
  */
 import { Database } from "bun:sqlite";
-import { mkdirSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { and, desc, eq, gte, ne, sql, type SQL } from "drizzle-orm";
 import { drizzle, type BunSQLiteDatabase } from "drizzle-orm/bun-sqlite";
@@ -48,6 +48,9 @@ export function openStore(path: string): Store {
   const sqlite = new Database(path, { create: true, readwrite: true });
   let closed = false;
   try {
+    // Owner only: it holds every function's env. SQLite gives its -wal and -shm files the
+    // database's mode; earlier runs may have left them readable.
+    if (path !== ":memory:") for (const f of [path, `${path}-wal`, `${path}-shm`]) if (existsSync(f)) chmodSync(f, 0o600);
     sqlite.run("PRAGMA journal_mode = WAL");
     // NORMAL in WAL mode: commits survive a crash of forge, only an OS crash or power loss
     // may roll back the last ones; FULL fsyncs every commit, and the invocation records'
