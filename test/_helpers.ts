@@ -1,5 +1,5 @@
 /** Test helpers: a real forge server in a child process on port 0, and the real CLI. */
-import { chmodSync, mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -34,6 +34,14 @@ export function sharedDir(prefix = "forge-shared-"): string & Disposable {
   const dir = tempDir(prefix);
   chmodSync(dir, 0o777);
   return dir;
+}
+
+/** An empty file in a shared folder that instances of any uid may append to (tests only). */
+export function sharedFile(dir: string, name: string): string {
+  const path = join(dir, name);
+  writeFileSync(path, "");
+  chmodSync(path, 0o666);
+  return path;
 }
 
 /** Starts `forge up --port 0` with its own data dir; waits for the listening line. */

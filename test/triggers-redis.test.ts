@@ -8,7 +8,7 @@ import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Redis } from "ioredis";
-import { cli, sharedDir, startForge, tempDir, until, type ForgeProcess } from "./_helpers.ts";
+import { cli, sharedDir, sharedFile, startForge, tempDir, until, type ForgeProcess } from "./_helpers.ts";
 import { requireServices } from "./_services.ts";
 
 const services = requireServices("redisUrl");
@@ -86,7 +86,7 @@ describe.skipIf(!services)("triggers on Redis", () => {
   test("kill -9 with queued and running async invocations, restart: all of them complete", async () => {
     using data = tempDir("forge-redis-kill-");
     using root = sharedDir("forge-redis-kill-fn-");
-    const out = join(root, "calls.jsonl");
+    const out = sharedFile(root, "calls.jsonl");
     const env = redisEnv({ FORGE_ASYNC_CONCURRENCY: "1", FORGE_QUEUE_VISIBILITY: "1s" });
     const first = await startForge({ dataDir: data, env });
     let ids: string[] = [];
@@ -120,7 +120,7 @@ describe.skipIf(!services)("triggers on Redis", () => {
   test("two forge processes on one Redis: a per-second schedule runs once per tick; each async invocation runs once", async () => {
     using data = tempDir("forge-redis-two-");
     using root = sharedDir("forge-redis-two-fn-");
-    const out = join(root, "calls.jsonl");
+    const out = sharedFile(root, "calls.jsonl");
     const env = redisEnv({ FORGE_TRIGGER_SYNC: "200ms" });
     await using a = await startForge({ dataDir: data, env });
     await deployFn(a, root, "shared", { OUT: out });

@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { cli, sharedDir, startForge, tempDir, until, type ForgeProcess } from "./_helpers.ts";
+import { cli, sharedDir, sharedFile, startForge, tempDir, until, type ForgeProcess } from "./_helpers.ts";
 
 /** A function that appends what it was sent to $OUT and answers per $MODE. */
 const RECORDER = `
@@ -82,7 +82,7 @@ describe("cron schedules", () => {
   });
 
   test("a per-second schedule made with the CLI fires into the function every second, with its payload", async () => {
-    const out = join(root, "ticks.jsonl");
+    const out = sharedFile(root, "ticks.jsonl");
     await deploy(forge, fnDir(root, "ticker"), "ticker", { OUT: out });
     const made = await cli(forge, ["schedule", "ticker", "--cron", "* * * * * *", "--data", '{"job":"sync"}', "--json"]);
     expect(made.code).toBe(0);
@@ -174,7 +174,7 @@ describe("async invocations (in-process queue)", () => {
   });
 
   test("failing twice then succeeding ends succeeded with attempts 3 and the result", async () => {
-    const out = join(root, "flaky.jsonl");
+    const out = sharedFile(root, "flaky.jsonl");
     await deploy(forge, fnDir(root, "flaky"), "flaky", { OUT: out, MODE: "flaky" });
     const inv = await cli(forge, ["invoke", "flaky", "--async", "--data", '{"n":7}']);
     expect(inv.code).toBe(0);
@@ -242,7 +242,7 @@ describe("restart", () => {
   test("schedules survive a restart and fire again", async () => {
     using data = tempDir("forge-sched-restart-");
     using root = sharedDir("forge-sched-fn-");
-    const out = join(root, "ticks.jsonl");
+    const out = sharedFile(root, "ticks.jsonl");
     const first = await startForge({ dataDir: data });
     let id: string;
     try {
