@@ -127,6 +127,9 @@ describe("metrics and invocation records", () => {
     expect(s.p50Ms).toBe(percentile(durations, 0.5) ?? -1);
     expect(s.p99Ms).toBe(percentile(durations, 0.99) ?? -1);
     expect(s.p50Ms).toBeGreaterThanOrEqual(40);
+    const human = await cli(forge, ["info", "timed"]);
+    expect(human.stdout).toContain(`last 5m: 10 requests, p50 ${s.p50Ms.toFixed(1)} ms`);
+    expect(human.stdout).toContain("errors 10.0%, cold starts 10.0%");
     const onlyErrors = (await (await forge.api("/v1/functions/timed/invocations?status=500")).json()) as { invocations: unknown[] };
     expect(onlyErrors.invocations.length).toBe(1);
   });

@@ -20,8 +20,19 @@ export interface InstanceView {
   memoryMb: number;
 }
 
+export interface WindowStatsView {
+  windowMinutes: number;
+  count: number;
+  p50Ms: number | null;
+  p95Ms: number | null;
+  p99Ms: number | null;
+  errorRate: number;
+  coldStartRate: number;
+}
+
 export interface FunctionInfo extends FunctionSummary {
   createdAt: number;
+  stats?: { last5m: WindowStatsView; last60m: WindowStatsView };
   pool: null | {
     version: number;
     inFlight: number;

@@ -10,6 +10,13 @@ export default defineCommand({
       const c = f.config;
       ui.log(`${f.name}  v${f.version}  ${f.url}`);
       ui.log(`config: concurrency ${c.concurrency}, minWarm ${c.minWarm}, maxInstances ${c.maxInstances}, memory ${c.memoryMb} MiB, timeout ${c.timeoutMs} ms`);
+      for (const w of [f.stats?.last5m, f.stats?.last60m]) {
+        if (!w) continue;
+        const ms = (v: number | null): string => (v === null ? "-" : `${v.toFixed(1)} ms`);
+        ui.log(
+          `last ${w.windowMinutes}m: ${w.count} requests, p50 ${ms(w.p50Ms)}, p95 ${ms(w.p95Ms)}, p99 ${ms(w.p99Ms)}, errors ${(w.errorRate * 100).toFixed(1)}%, cold starts ${(w.coldStartRate * 100).toFixed(1)}%`,
+        );
+      }
       const p = f.pool;
       if (!p) return;
       ui.log(`pool: ${p.instances.length} instances, ${p.inFlight} in flight, ${p.queued} queued; starts: ${p.starts.warm} warm, ${p.starts.cell} cell, ${p.starts.cold} cold`);
