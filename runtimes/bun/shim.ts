@@ -461,6 +461,18 @@ if (settings.exitWithParent) {
         // forge never writes; any bytes are ignored
       }
     } finally {
+      // forge died without stopping this instance: nobody else will remove its folder.
+      // (Imported here, not up front: node:fs costs start-up time every instance pays.)
+      // Only the instance's own folder: the one its socket lives in, named by forge.
+      const own = settings.socket !== undefined && settings.socket === `${settings.workDir}/s.sock`;
+      if (own) {
+        const { rmSync } = await import("node:fs");
+        try {
+          rmSync(settings.workDir, { recursive: true, force: true });
+        } catch {
+          // best effort
+        }
+      }
       process.exit(0);
     }
   })();
