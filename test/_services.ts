@@ -29,19 +29,24 @@ export function requireServices<K extends keyof TestServices>(...names: K[]): { 
   return undefined;
 }
 
+/** The engine at DOCKER_HOST (or the default socket), or undefined to skip (never under CI: there it throws). */
+async function engine(dockerHost: string | undefined): Promise<Dockerode | undefined> {
+  const docker = connectDocker(dockerHost);
+  const problem = await pingDocker(docker);
+  if (problem === undefined) return docker;
+  if (isCI()) throw new Error(`no Docker engine answers under CI (${problem}): run .ci/services.sh`);
+  console.warn(`skipping: no Docker engine answers (${problem}); run .ci/services.sh`);
+  return undefined;
+}
+
 /**
  * The Docker engine (DOCKER_HOST or the default socket) with forge's bun runtime image
  * built, or undefined to skip when none answers (never under CI: there it throws).
  */
 export async function requireDocker(): Promise<{ docker: Dockerode; runtimeImage: string } | undefined> {
   const config = loadConfig();
-  const docker = connectDocker(config.dockerHost);
-  const problem = await pingDocker(docker);
-  if (problem !== undefined) {
-    if (isCI()) throw new Error(`no Docker engine answers under CI (${problem}): run .ci/services.sh`);
-    console.warn(`skipping: no Docker engine answers (${problem}); run .ci/services.sh`);
-    return undefined;
-  }
+  const docker = await engine(config.dockerHost);
+  if (!docker) return undefined;
   await buildRuntimeImage(docker, "bun", { image: config.runtimeImage });
   return { docker, runtimeImage: config.runtimeImage };
 }
@@ -52,13 +57,8 @@ export async function requireDocker(): Promise<{ docker: Dockerode; runtimeImage
  */
 export async function requirePostgresImage(): Promise<{ docker: Dockerode; image: string } | undefined> {
   const config = loadConfig();
-  const docker = connectDocker(config.dockerHost);
-  const problem = await pingDocker(docker);
-  if (problem !== undefined) {
-    if (isCI()) throw new Error(`no Docker engine answers under CI (${problem}): run .ci/services.sh`);
-    console.warn(`skipping: no Docker engine answers (${problem}); run .ci/services.sh`);
-    return undefined;
-  }
+  const docker = await engine(config.dockerHost);
+  if (!docker) return undefined;
   const override = process.env.FORGE_TEST_POSTGRES_IMAGE;
   if (override) return { docker, image: override };
   const built = await buildRuntimeImage(docker, "postgres", { image: config.postgresImage });

@@ -1,5 +1,6 @@
 /** A typed client for forge's control API, used by the CLI (and by tests and bench). */
 import { ErrorCode, ForgeError, type ErrorCode as Code } from "../errors.ts";
+import type { WindowStats } from "../observe/index.ts";
 
 export interface FunctionSummary {
   name: string;
@@ -20,19 +21,9 @@ export interface InstanceView {
   memoryMb: number;
 }
 
-export interface WindowStatsView {
-  windowMinutes: number;
-  count: number;
-  p50Ms: number | null;
-  p95Ms: number | null;
-  p99Ms: number | null;
-  errorRate: number;
-  coldStartRate: number;
-}
-
 export interface FunctionInfo extends FunctionSummary {
   createdAt: number;
-  stats?: { last5m: WindowStatsView; last60m: WindowStatsView };
+  stats?: { last5m: WindowStats; last60m: WindowStats };
   pool: null | {
     version: number;
     inFlight: number;

@@ -4,6 +4,7 @@ import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createConsola } from "consola";
+import { until } from "../../test/_helpers.ts";
 import { ErrorCode, ForgeError } from "../errors.ts";
 import { LogRing, MAX_LINE_CHARS, parseLogLine, readLines } from "./_log-parse.ts";
 import { CONTRACT_BUNDLE, driverContract } from "./driver.case.ts";
@@ -21,15 +22,6 @@ function alive(pid: number): boolean {
     return state !== "Z" && state !== "X";
   } catch {
     return false;
-  }
-}
-
-/** Waits for a condition by polling it (for what sends no event, like another process's end). */
-async function until(condition: () => boolean, what: string, timeoutMs = 4_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(5);
   }
 }
 
@@ -173,7 +165,7 @@ describe("process driver", () => {
       const pid = Number(first);
       expect(alive(pid)).toBe(true);
       forge.kill("SIGKILL");
-      await until(() => !alive(pid), "the orphaned instance to exit");
+      await until(() => !alive(pid), 4_000, "the orphaned instance to exit");
     } finally {
       forge.kill("SIGKILL");
     }

@@ -5,6 +5,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import { createConsola } from "consola";
+import { until } from "../../test/_helpers.ts";
 import type { CreateContext, DatabaseBackend, JobRef } from "./backends/backend.ts";
 import { publicJob, type Connection, type Credentials, type ProvisionJob } from "./job.ts";
 import { createMemoryJobStore } from "./job-store.ts";
@@ -49,13 +50,10 @@ async function setup(backend: DatabaseBackend, maxAttempts = 3) {
     queue,
     service,
     async waitFor(id: string, status: ProvisionJob["status"]): Promise<ProvisionJob> {
-      const deadline = Date.now() + 5000;
-      for (;;) {
+      return until(async () => {
         const job = await store.get(id);
-        if (job?.status === status) return job;
-        if (Date.now() > deadline) throw new Error(`job ${id} is ${job?.status}, never ${status}`);
-        await Bun.sleep(2); // polling the job's status
-      }
+        return job?.status === status ? job : undefined;
+      }, 5000, `job ${id} to be ${status}`);
     },
     async [Symbol.asyncDispose]() {
       await worker.close();
@@ -147,8 +145,7 @@ describe("provision worker", () => {
     await s.waitFor(job.id, "deleted");
     release.resolve(); // the create finishes after the delete: it must not win
     await s.waitFor(job.id, "deleted");
-    const deadline = Date.now() + 5000;
-    while (backend.destroyed.filter((id) => id === job.id).length < 2 && Date.now() < deadline) await Bun.sleep(2); // polling
+    await until(() => backend.destroyed.filter((id) => id === job.id).length >= 2, 5000, "a second destroy");
     expect(backend.destroyed.filter((id) => id === job.id)).toHaveLength(2);
     expect((await s.store.get(job.id))?.status).toBe("deleted");
     expect((await s.service.delete(job.id)).accepted).toBe(false);
@@ -168,8 +165,7 @@ describe("provision worker", () => {
     await s.waitFor(job.id, "provisioning");
     await s.service.delete(job.id);
     await s.waitFor(job.id, "deleted");
-    const deadline = Date.now() + 5000;
-    while (backend.destroyed.filter((id) => id === job.id).length < 2 && Date.now() < deadline) await Bun.sleep(2); // polling
+    await until(() => backend.destroyed.filter((id) => id === job.id).length >= 2, 5000, "a second destroy");
     expect(backend.destroyed.filter((id) => id === job.id)).toHaveLength(2);
   });
 
@@ -183,8 +179,7 @@ describe("provision worker", () => {
     await service.delete(job.id);
     await using worker = new ProvisionWorker({ store, queue, backends: { shared: backend }, logger });
     worker.start();
-    const deadline = Date.now() + 5000;
-    while ((await store.get(job.id))?.status !== "deleted" && Date.now() < deadline) await Bun.sleep(2); // polling
+    await until(async () => (await store.get(job.id))?.status === "deleted", 5000, "the job deleted");
     expect((await store.get(job.id))?.status).toBe("deleted");
     expect(backend.creates).toHaveLength(0);
     await queue.close();
