@@ -2,7 +2,8 @@
  * The composition root: builds the store, the driver, the pool, the services and the
  * router from a Config, and hands app.fetch to Bun.serve. Nothing else wires modules.
  */
-import { mkdirSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createConsola, type ConsolaInstance } from "consola";
 import { Redis } from "ioredis";
@@ -12,7 +13,7 @@ import { createImageBuilder } from "./build/index.ts";
 import { fixedKeepAlive, PoolManager, selectDriver, UpstreamPool, type Driver } from "./pool/index.ts";
 import { LogStore, Metrics } from "./observe/index.ts";
 import { createMemoryQueue, createProvisioning, createRedisQueue } from "./provision/index.ts";
-import { createRouter, DataPlane, type ForgeApp } from "./router/index.ts";
+import { createRouter, DataPlane, Gateway, type ForgeApp } from "./router/index.ts";
 import { loadOrCreateApiKey, openStore } from "./store/index.ts";
 import { AsyncInvoker, mountTriggerRoutes, redisCronLeases, Scheduler, type AsyncJob, type InvokeFn } from "./triggers/index.ts";
 
@@ -170,15 +171,25 @@ export async function startServer(config: Config, options: StartOptions = {}): P
     logs.remove(name);
     metrics.forget(name);
   });
+  // The public port is the gateway's: it proxies plain requests for functions itself and
+  // tunnels every other connection to this Bun.serve, on a private Unix socket.
+  const backend = backendSocketPath(config.dataDir);
+  rmSync(backend, { force: true });
   const server = Bun.serve({
-    port: config.port,
-    hostname: config.host,
+    unix: backend,
     fetch: app.fetch,
     maxRequestBodySize: Math.max(config.maxArchiveBytes, config.maxBodyBytes) + 1024 * 1024,
-    // Functions may stream for as long as their timeout allows.
-    idleTimeout: 0,
+    // Functions may stream for as long as their timeout allows (the types leave idleTimeout
+    // out for Unix sockets; Bun applies it to them all the same).
+    ...({ idleTimeout: 0 } as object),
   });
-  port = server.port ?? config.port;
+  const gateway = new Gateway({ pool, recorder, logger, domain: config.domain, maxBodyBytes: config.maxBodyBytes, backend });
+  try {
+    port = gateway.listen(config.host, config.port);
+  } catch (err) {
+    await server.stop(true);
+    throw err;
+  }
 
   // 5. restore pools of active versions, then warm the stem cells
   pool.start();
@@ -199,7 +210,9 @@ export async function startServer(config: Config, options: StartOptions = {}): P
       await provisioning.close();
       await pool.shutdown(drainMs);
       upstream.dispose();
+      gateway.stop();
       await server.stop(true);
+      rmSync(backend, { force: true });
       await recorder[Symbol.asyncDispose]();
       await logs[Symbol.asyncDispose]();
       await driver.dispose();
@@ -222,6 +235,13 @@ export async function startServer(config: Config, options: StartOptions = {}): P
 }
 
 // --- internal ---
+
+/** The private socket of Bun.serve: in the data dir (0700) when the path fits a socket address, else in a private temp dir. */
+function backendSocketPath(dataDir: string): string {
+  const inData = join(dataDir, "api.sock");
+  if (Buffer.byteLength(inData) < 100) return inData;
+  return join(mkdtempSync(join(tmpdir(), "forge-")), "api.sock");
+}
 
 function unrefDelay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref?.());

@@ -35,7 +35,7 @@ export async function readJson(req: Request, limit: number, fallback: unknown = 
   }
 }
 
-function tooLarge(what: string, limit: number): ForgeError {
+export function tooLarge(what: string, limit: number): ForgeError {
   return new ForgeError(ErrorCode.BodyTooLarge, 413, `the ${what} is larger than ${Math.round(limit / 1024 / 1024)} MB`, {
     hint: "send less, or raise the limit (FORGE_MAX_BODY_MB for requests, FORGE_MAX_ARCHIVE_MB for deploys)",
   });

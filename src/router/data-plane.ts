@@ -35,9 +35,100 @@ const prefix = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2,
 
 /** A request id: the client's when it sent a valid one, else a new one. */
 export function requestIdOf(req: Request): string {
-  const given = req.headers.get("x-forge-request-id");
+  return requestIdFrom(req.headers.get("x-forge-request-id"));
+}
+
+/** The id a request goes by, from the x-forge-request-id it came with (if any). */
+export function requestIdFrom(given: string | null | undefined): string {
   if (given && REQUEST_ID.test(given)) return given;
   return prefix + (counter++).toString(36);
+}
+
+export function functionNotFound(name: string): ForgeError {
+  return new ForgeError(ErrorCode.FunctionNotFound, 404, `function ${name} not found`, {
+    hint: "deploy it with `forge deploy`, or check the name with `forge list`",
+  });
+}
+
+export function functionTimedOut(name: string, timeoutMs: number, cause?: unknown): ForgeError {
+  return new ForgeError(ErrorCode.FunctionTimeout, 504, `${name} did not answer within ${timeoutMs} ms`, {
+    hint: "make the function faster or raise timeoutMs (forge.json or PATCH)",
+    cause,
+  });
+}
+
+export function instanceFailed(name: string, cause?: unknown): ForgeError {
+  return new ForgeError(ErrorCode.InstanceCrashed, 502, `the instance of ${name} failed while serving the request`, {
+    hint: `see \`forge logs ${name}\`; the next request gets a fresh instance`,
+    cause,
+  });
+}
+
+/** Records a request that got a lease (answered, timed out or failed on its instance). */
+export function recordLeased(
+  recorder: InvocationRecorder,
+  name: string,
+  lease: Lease,
+  id: string,
+  createdAt: number,
+  started: number,
+  status: number,
+  bytesOut: number,
+  kind: InvocationRecord["kind"],
+): void {
+  recorder.record({
+    id,
+    function: name,
+    version: lease.version,
+    instance: lease.instance.id,
+    start: lease.start,
+    kind,
+    state: "done",
+    status,
+    attempts: 1,
+    queueWaitMs: lease.queueWaitMs,
+    durationMs: performance.now() - started,
+    bytesIn: 0,
+    bytesOut,
+    payload: null,
+    result: null,
+    error: null,
+    createdAt,
+    updatedAt: Date.now(),
+  });
+}
+
+/** Records a request that never got a lease (429, 503, aborted while queued). */
+export function recordUnleased(
+  recorder: InvocationRecorder,
+  name: string,
+  version: number,
+  id: string,
+  createdAt: number,
+  started: number,
+  err: unknown,
+  kind: InvocationRecord["kind"],
+): void {
+  recorder.record({
+    id,
+    function: name,
+    version,
+    instance: null,
+    start: null,
+    kind,
+    state: "done",
+    status: isForgeError(err) ? err.status : 500,
+    attempts: 1,
+    queueWaitMs: performance.now() - started,
+    durationMs: performance.now() - started,
+    bytesIn: 0,
+    bytesOut: 0,
+    payload: null,
+    result: null,
+    error: err instanceof Error ? err.message : String(err),
+    createdAt,
+    updatedAt: Date.now(),
+  });
 }
 
 export class DataPlane {
@@ -60,11 +151,7 @@ export class DataPlane {
     const createdAt = Date.now();
     const requestId = requestIdOf(req);
     const pool = this.o.pool.pool(name);
-    if (!pool) {
-      throw new ForgeError(ErrorCode.FunctionNotFound, 404, `function ${name} not found`, {
-        hint: "deploy it with `forge deploy`, or check the name with `forge list`",
-      });
-    }
+    if (!pool) throw functionNotFound(name);
     const timeoutMs = pool.spec.timeoutMs;
     let lease: Lease;
     try {
@@ -100,15 +187,7 @@ export class DataPlane {
         lease.fail();
         this.upstream.closeAll(socketPath);
       }
-      const e = timedOut
-        ? new ForgeError(ErrorCode.FunctionTimeout, 504, `${name} did not answer within ${timeoutMs} ms`, {
-            hint: "make the function faster or raise timeoutMs (forge.json or PATCH)",
-            cause: err,
-          })
-        : new ForgeError(ErrorCode.InstanceCrashed, 502, `the instance of ${name} failed while serving the request`, {
-            hint: `see \`forge logs ${name}\`; the next request gets a fresh instance`,
-            cause: err,
-          });
+      const e = timedOut ? functionTimedOut(name, timeoutMs, err) : instanceFailed(name, err);
       this.record(name, lease, requestId, createdAt, started, e.status, 0, kind);
       throw e;
     }
@@ -136,49 +215,11 @@ export class DataPlane {
   // --- internal ---
 
   private record(name: string, lease: Lease, id: string, createdAt: number, started: number, status: number, bytesOut: number, kind: InvocationRecord["kind"]): void {
-    this.o.recorder.record({
-      id,
-      function: name,
-      version: lease.version,
-      instance: lease.instance.id,
-      start: lease.start,
-      kind,
-      state: "done",
-      status,
-      attempts: 1,
-      queueWaitMs: lease.queueWaitMs,
-      durationMs: performance.now() - started,
-      bytesIn: 0,
-      bytesOut,
-      payload: null,
-      result: null,
-      error: null,
-      createdAt,
-      updatedAt: Date.now(),
-    });
+    recordLeased(this.o.recorder, name, lease, id, createdAt, started, status, bytesOut, kind);
   }
 
   private recordFailure(name: string, version: number, id: string, createdAt: number, started: number, err: unknown, kind: InvocationRecord["kind"]): void {
-    this.o.recorder.record({
-      id,
-      function: name,
-      version,
-      instance: null,
-      start: null,
-      kind,
-      state: "done",
-      status: isForgeError(err) ? err.status : 500,
-      attempts: 1,
-      queueWaitMs: performance.now() - started,
-      durationMs: performance.now() - started,
-      bytesIn: 0,
-      bytesOut: 0,
-      payload: null,
-      result: null,
-      error: err instanceof Error ? err.message : String(err),
-      createdAt,
-      updatedAt: Date.now(),
-    });
+    recordUnleased(this.o.recorder, name, version, id, createdAt, started, err, kind);
   }
 }
 
@@ -187,7 +228,7 @@ export class DataPlane {
  * request, which showed in the warm path's profile; a 50 ms sweep over the requests in
  * flight is precise enough for timeouts of 100 ms and more.
  */
-class Deadlines {
+export class Deadlines {
   private readonly live = new Set<Deadline>();
   private timer: ReturnType<typeof setInterval> | undefined;
 
@@ -218,7 +259,7 @@ class Deadlines {
 }
 
 /** A request's deadline; an Abort (not an AbortController: cheaper) the upstream pool listens to. */
-class Deadline extends Abort {
+export class Deadline extends Abort {
   constructor(
     readonly at: number,
     private readonly live: Set<Deadline>,

@@ -2,3 +2,4 @@
 export { createRouter, functionOfHost, toForgeError, type ForgeApp, type RouterOptions } from "./app.ts";
 export { DataPlane, requestIdOf, type DataPlaneOptions, type InvokeOptions } from "./data-plane.ts";
 export { readBodyLimited, readJson } from "./_body.ts";
+export { Gateway, type GatewayOptions } from "./gateway.ts";

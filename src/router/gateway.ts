@@ -1,0 +1,989 @@
+/**
+ * The front door: forge's public port is a raw TCP listener (Bun.listen) that proxies
+ * plain HTTP/1.1 requests for `<name>.<domain>` straight to an instance's Unix socket,
+ * and hands every other connection, whole, to the Hono app (Bun.serve on a private Unix
+ * socket) through a byte tunnel.
+ *
+ * Why: Bun.serve and a Request/Response pair per proxied call cost ~35 us of CPU a request,
+ * twice nginx's proxy (bench: gateway-vs-nginx). Here a warm request is one read, one head
+ * rewritten as a string, one write each way: the bytes of the body and of the response
+ * framing (content-length or chunked) are passed on as they are, only tracked to find the end.
+ *
+ * The fast path takes only what it parses strictly: HTTP/1.1, origin-form target, no
+ * Transfer-Encoding, Upgrade or Expect, at most one Content-Length and one Host, no folded
+ * or malformed header lines. Anything else, at a request boundary, turns the connection
+ * into a tunnel to Bun.serve, whose parser then answers it (so a smuggling attempt meets
+ * Bun's parser, never a lenient one). Responses carry x-forge-request-id and x-forge-start
+ * and are recorded like those of the Request-based DataPlane.
+ */
+import type { Socket, TCPSocketListener } from "bun";
+import type { ConsolaInstance } from "consola";
+import { isForgeError, type ForgeError } from "../errors.ts";
+import type { InvocationRecorder } from "../functions/index.ts";
+import type { FunctionPool, Lease, PoolManager } from "../pool/index.ts";
+import { tooLarge } from "./_body.ts";
+import { toForgeError } from "./app.ts";
+import { Deadlines, functionNotFound, functionTimedOut, instanceFailed, recordLeased, recordUnleased, requestIdFrom, type Deadline } from "./data-plane.ts";
+
+export interface GatewayOptions {
+  pool: PoolManager;
+  recorder: InvocationRecorder;
+  logger: ConsolaInstance;
+  /** Functions answer at <name>.<domain>. */
+  domain: string;
+  /** Request body limit, bytes (413 past it). */
+  maxBodyBytes: number;
+  /** Unix socket of the Bun.serve that answers everything the fast path does not take. */
+  backend: string;
+}
+
+/** Longest request or response head taken by the fast path. */
+const MAX_HEAD = 64 * 1024;
+/** Bytes of pipelined requests buffered before the client is paused. */
+const MAX_BUFFERED = 1024 * 1024;
+const CRLFCRLF = Buffer.from("\r\n\r\n");
+const NON_ASCII = /[^\x00-\x7f]/;
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const DIGITS = /^\d{1,15}$/;
+
+export class Gateway {
+  private listener: TCPSocketListener<Client> | undefined;
+  /** @internal */ readonly deadlines = new Deadlines();
+  /** @internal */ readonly upstream = new Upstreams();
+  /** @internal */ readonly suffix: string;
+  /** @internal */ readonly clients = new Set<Client>();
+
+  constructor(/** @internal */ readonly o: GatewayOptions) {
+    this.suffix = "." + o.domain.toLowerCase();
+  }
+
+  /** Starts listening; returns the port (the one given, or the one chosen for 0). */
+  listen(hostname: string, port: number): number {
+    const gateway = this;
+    this.listener = Bun.listen<Client>({
+      hostname,
+      port,
+      socket: {
+        open(socket) {
+          socket.data = new Client(gateway, socket);
+          gateway.clients.add(socket.data);
+        },
+        data(socket, chunk) {
+          socket.data.onData(chunk);
+        },
+        drain(socket) {
+          socket.data.onDrain();
+        },
+        close(socket) {
+          socket.data.onClose();
+        },
+        error(socket) {
+          socket.data.onClose();
+        },
+      },
+    });
+    return this.listener.port;
+  }
+
+  /** Stops accepting and closes every connection (requests in flight were drained by the pool before). */
+  stop(): void {
+    this.listener?.stop(true);
+    this.listener = undefined;
+    for (const c of [...this.clients]) c.destroy();
+    this.upstream.dispose();
+  }
+}
+
+// --- internal ---
+
+/** A parsed request head the fast path can take. */
+interface Head {
+  name: string;
+  /** Head to send upstream, CRLFCRLF included. */
+  out: string;
+  method: string;
+  length: number;
+  close: boolean;
+  requestId: string;
+}
+
+/** Parses a request head (latin1 text without the final CRLFCRLF); undefined: not for the fast path. */
+function parseRequest(head: string, suffix: string): Head | undefined {
+  const lineEnd = head.indexOf("\r\n");
+  if (lineEnd < 0) return undefined;
+  const sp1 = head.indexOf(" ");
+  const sp2 = head.indexOf(" ", sp1 + 1);
+  if (sp1 <= 0 || sp2 < 0 || sp2 > lineEnd || lineEnd - sp2 !== 9 || head.slice(sp2 + 1, lineEnd) !== "HTTP/1.1") return undefined;
+  const method = head.slice(0, sp1);
+  if (!TOKEN.test(method) || head.charCodeAt(sp1 + 1) !== 47 /* / */) return undefined;
+  let host: string | undefined;
+  let length = -1;
+  let close = false;
+  let given: string | undefined;
+  // Header lines left out upstream, as [start, end) ranges of `head` (rarely any).
+  let cut: number[] | undefined;
+  let p = lineEnd + 2;
+  while (p < head.length) {
+    let e = head.indexOf("\r\n", p);
+    if (e < 0) e = head.length;
+    const colon = head.indexOf(":", p);
+    if (colon <= p || colon > e) return undefined;
+    const field = head.slice(p, colon);
+    if (!TOKEN.test(field)) return undefined; // folded lines, spaces before the colon
+    const lower = field.toLowerCase();
+    switch (lower) {
+      case "host":
+        if (host !== undefined) return undefined;
+        host = head.slice(colon + 1, e).trim();
+        break;
+      case "content-length": {
+        const v = head.slice(colon + 1, e).trim();
+        if (length >= 0 || !DIGITS.test(v)) return undefined;
+        length = Number(v);
+        break;
+      }
+      case "transfer-encoding":
+      case "upgrade":
+      case "expect":
+      case "http2-settings":
+        return undefined;
+      case "connection": {
+        const v = head.slice(colon + 1, e).toLowerCase();
+        if (v.includes("upgrade")) return undefined;
+        if (v.includes("close")) close = true;
+        (cut ??= []).push(p, e + 2);
+        break;
+      }
+      case "x-forge-request-id":
+        given = head.slice(colon + 1, e).trim();
+        (cut ??= []).push(p, e + 2);
+        break;
+      case "keep-alive":
+      case "proxy-connection":
+      case "te":
+        (cut ??= []).push(p, e + 2);
+        break;
+    }
+    p = e + 2;
+  }
+  if (host === undefined) return undefined;
+  const name = functionOf(host, suffix);
+  if (name === undefined) return undefined;
+  const requestId = requestIdFrom(given);
+  let out: string;
+  if (!cut) out = head;
+  else {
+    out = head.slice(0, cut[0]);
+    for (let i = 1; i < cut.length; i += 2) out += head.slice(cut[i], i + 1 < cut.length ? cut[i + 1] : head.length);
+  }
+  if (out.charCodeAt(out.length - 1) !== 10) out += "\r\n";
+  out += "x-forge-request-id: " + requestId + "\r\n";
+  if (length < 0 && (method === "POST" || method === "PUT" || method === "PATCH")) out += "content-length: 0\r\n";
+  out += "\r\n";
+  return { name, out, method, length: Math.max(0, length), close, requestId };
+}
+
+/** The function a Host value names, lowercased and without the port; undefined for any other host. */
+function functionOf(host: string, suffix: string): string | undefined {
+  const colon = host.lastIndexOf(":");
+  const bare = (colon > host.lastIndexOf("]") ? host.slice(0, colon) : host).toLowerCase();
+  if (!bare.endsWith(suffix)) return undefined;
+  const label = bare.slice(0, bare.length - suffix.length);
+  return label.length > 0 ? label : undefined;
+}
+
+/** A raw HTTP error response with forge's JSON error body. */
+function errorBytes(err: ForgeError, requestId: string, close: boolean): Buffer {
+  const body = JSON.stringify(err.toJSON());
+  const head =
+    `HTTP/1.1 ${err.status} ${STATUS_TEXT[err.status] ?? "Error"}\r\ncontent-type: application/json; charset=utf-8\r\n` +
+    `content-length: ${Buffer.byteLength(body)}\r\nx-forge-request-id: ${requestId}\r\n${close ? "connection: close\r\n" : ""}\r\n`;
+  return Buffer.concat([Buffer.from(head, "latin1"), Buffer.from(body, "utf8")]);
+}
+
+const STATUS_TEXT: Record<number, string> = {
+  404: "Not Found",
+  413: "Payload Too Large",
+  429: "Too Many Requests",
+  500: "Internal Server Error",
+  502: "Bad Gateway",
+  503: "Service Unavailable",
+  504: "Gateway Timeout",
+};
+
+/** Where a response body ends, tracked over the raw bytes passed on. */
+export class Framing {
+  /** 0 done, 1 by length, 2 chunked, 3 until the upstream closes. */
+  mode = 0;
+  remaining = 0;
+  /** Chunked: 0 size line, 1 data, 2 CRLF after data, 3 trailer lines. */
+  private step = 0;
+  private line = "";
+
+  get done(): boolean {
+    return this.mode === 0;
+  }
+
+  byLength(n: number): void {
+    this.mode = n > 0 ? 1 : 0;
+    this.remaining = n;
+  }
+
+  chunked(): void {
+    this.mode = 2;
+    this.step = 0;
+    this.line = "";
+  }
+
+  untilClose(): void {
+    this.mode = 3;
+  }
+
+  /** Takes body bytes of buf from pos; returns where the body (or buf) ends. Throws on broken chunk framing. */
+  feed(buf: Uint8Array, pos: number): number {
+    const n = buf.length;
+    if (this.mode === 1) {
+      const take = Math.min(this.remaining, n - pos);
+      this.remaining -= take;
+      if (this.remaining === 0) this.mode = 0;
+      return pos + take;
+    }
+    if (this.mode === 3) return n;
+    while (this.mode === 2 && pos < n) {
+      if (this.step === 1 || this.step === 2) {
+        const take = Math.min(this.remaining, n - pos);
+        pos += take;
+        this.remaining -= take;
+        if (this.remaining > 0) break;
+        if (this.step === 1) {
+          this.step = 2;
+          this.remaining = 2;
+        } else this.step = 0;
+        continue;
+      }
+      const e = buf.indexOf(10, pos);
+      this.line += Buffer.from(buf.buffer, buf.byteOffset + pos, (e < 0 ? n : e) - pos).toString("latin1");
+      if (this.line.length > 4096) throw new Error("a chunk size or trailer line is longer than 4096 bytes");
+      if (e < 0) return n;
+      pos = e + 1;
+      const line = this.line.endsWith("\r") ? this.line.slice(0, -1) : this.line;
+      this.line = "";
+      if (this.step === 3) {
+        if (line === "") this.mode = 0;
+        continue;
+      }
+      const hex = /^[0-9a-fA-F]{1,15}/.exec(line)?.[0];
+      if (hex === undefined) throw new Error(`bad chunk size line ${JSON.stringify(line.slice(0, 20))}`);
+      const size = Number.parseInt(hex, 16);
+      if (size === 0) this.step = 3;
+      else {
+        this.step = 1;
+        this.remaining = size;
+      }
+    }
+    return pos;
+  }
+}
+
+/** Kept-alive connections to instances, per socket path. */
+class Upstreams {
+  private readonly idle = new Map<string, Up[]>();
+  private readonly live = new Set<Up>();
+  private disposed = false;
+
+  /** A connection for `client`, reused when one is idle. */
+  take(socketPath: string, client: Client): Up {
+    const up = this.idle.get(socketPath)?.pop() ?? this.open(socketPath);
+    up.client = client;
+    return up;
+  }
+
+  open(socketPath: string): Up {
+    const up = new Up(this, socketPath);
+    this.live.add(up);
+    Bun.connect<Up>({ unix: socketPath, socket: UP_HANDLERS, data: up }).then(
+      (socket) => {
+        if (up.closed || this.disposed) {
+          socket.terminate();
+          return;
+        }
+        up.connected(socket);
+      },
+      (err: unknown) => up.onClose(err instanceof Error ? err : new Error(String(err))),
+    );
+    return up;
+  }
+
+  release(up: Up): void {
+    up.client = undefined;
+    if (this.disposed || up.closed) return up.destroy();
+    let list = this.idle.get(up.socketPath);
+    if (!list) this.idle.set(up.socketPath, (list = []));
+    if (list.length >= 1024) return up.destroy();
+    list.push(up);
+  }
+
+  /** Closes the idle connections to a socket path (its instance failed). */
+  closeAll(socketPath: string): void {
+    const list = this.idle.get(socketPath);
+    this.idle.delete(socketPath);
+    for (const up of list ?? []) up.destroy();
+  }
+
+  forget(up: Up): void {
+    this.live.delete(up);
+    const list = this.idle.get(up.socketPath);
+    const i = list?.indexOf(up) ?? -1;
+    if (list && i >= 0) list.splice(i, 1);
+  }
+
+  dispose(): void {
+    this.disposed = true;
+    for (const up of [...this.live]) up.destroy();
+    this.idle.clear();
+  }
+}
+
+/** One connection to an instance; serves one client request at a time. */
+class Up {
+  socket: Socket<Up> | undefined;
+  client: Client | undefined;
+  closed = false;
+  /** Responses completed on it. */
+  served = 0;
+  /** Writes made before the socket connected. */
+  private queued: (string | Uint8Array)[] | undefined = [];
+  private unsent: Uint8Array | undefined;
+  paused = false;
+
+  constructor(
+    readonly pool: Upstreams,
+    readonly socketPath: string,
+  ) {}
+
+  connected(socket: Socket<Up>): void {
+    this.socket = socket;
+    const q = this.queued;
+    this.queued = undefined;
+    for (const d of q ?? []) this.write(d);
+    if (this.paused) socket.pause();
+  }
+
+  /** Writes all of data, keeping what the socket does not take for drain; false when something waits. */
+  write(data: string | Uint8Array): boolean {
+    if (this.closed) return false;
+    if (this.queued) {
+      this.queued.push(data);
+      return false;
+    }
+    if (this.unsent) {
+      this.unsent = concat(this.unsent, typeof data === "string" ? Buffer.from(data, "latin1") : data);
+      return false;
+    }
+    const socket = this.socket;
+    if (!socket) return false;
+    const size = typeof data === "string" ? data.length : data.byteLength;
+    const written = socket.write(data);
+    if (written >= size) return true;
+    const bytes = typeof data === "string" ? Buffer.from(data, "latin1") : data;
+    this.unsent = bytes.subarray(Math.max(0, written));
+    return false;
+  }
+
+  onDrain(): void {
+    const rest = this.unsent;
+    if (!rest || !this.socket) return;
+    this.unsent = undefined;
+    if (this.write(rest)) this.client?.upstreamDrained();
+  }
+
+  pause(): void {
+    this.paused = true;
+    this.socket?.pause();
+  }
+
+  resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    this.socket?.resume();
+  }
+
+  onData(chunk: Buffer): void {
+    const client = this.client;
+    if (!client) return this.destroy(); // bytes nobody asked for: out of step
+    client.fromUpstream(this, chunk);
+  }
+
+  onClose(err?: Error): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.pool.forget(this);
+    const client = this.client;
+    this.client = undefined;
+    client?.upstreamClosed(this, err);
+  }
+
+  destroy(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.client = undefined;
+    this.pool.forget(this);
+    this.socket?.terminate();
+  }
+}
+
+const UP_HANDLERS = {
+  data(socket: Socket<Up>, chunk: Buffer) {
+    socket.data.onData(chunk);
+  },
+  drain(socket: Socket<Up>) {
+    socket.data.onDrain();
+  },
+  close(socket: Socket<Up>, error?: Error) {
+    socket.data.onClose(error);
+  },
+  error(socket: Socket<Up>, error: Error) {
+    socket.data.onClose(error);
+  },
+  connectError() {
+    // Bun.connect rejects as well; Upstreams.open handles that.
+  },
+};
+
+/** The tunnel to Bun.serve a connection becomes when the fast path does not take a request. */
+class Tunnel {
+  socket: Socket<Tunnel> | undefined;
+  private queued: Uint8Array[] | undefined = [];
+  private unsent: Uint8Array | undefined;
+  closed = false;
+
+  constructor(readonly client: Client) {}
+
+  write(data: Uint8Array): boolean {
+    if (this.closed) return false;
+    if (this.queued) {
+      this.queued.push(data);
+      return false;
+    }
+    if (this.unsent) {
+      this.unsent = concat(this.unsent, data);
+      return false;
+    }
+    const written = this.socket?.write(data) ?? -1;
+    if (written >= data.byteLength) return true;
+    this.unsent = data.subarray(Math.max(0, written));
+    return false;
+  }
+
+  connected(socket: Socket<Tunnel>): void {
+    this.socket = socket;
+    const q = this.queued;
+    this.queued = undefined;
+    let all = true;
+    for (const d of q ?? []) all = this.write(d) && all;
+    if (all) this.client.tunnelDrained();
+  }
+
+  onDrain(): void {
+    const rest = this.unsent;
+    if (!rest) return;
+    this.unsent = undefined;
+    if (this.write(rest)) this.client.tunnelDrained();
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.socket?.end();
+  }
+}
+
+const TUNNEL_HANDLERS = {
+  data(socket: Socket<Tunnel>, chunk: Buffer) {
+    socket.data.client.fromTunnel(chunk);
+  },
+  drain(socket: Socket<Tunnel>) {
+    socket.data.onDrain();
+  },
+  close(socket: Socket<Tunnel>) {
+    socket.data.closed = true;
+    socket.data.client.tunnelClosed();
+  },
+  error(socket: Socket<Tunnel>) {
+    socket.data.closed = true;
+    socket.data.client.tunnelClosed();
+  },
+  connectError() {
+    // Bun.connect rejects as well; Client.toTunnel handles that.
+  },
+};
+
+/** A client connection: HTTP requests one at a time on the fast path, or a tunnel. */
+class Client {
+  private buf: Uint8Array | undefined;
+  private closed = false;
+  private tunnel: Tunnel | undefined;
+  /** Close once the current response is out. */
+  private closeAfter = false;
+  private unsent: Uint8Array | undefined;
+  private paused = false;
+
+  // The request in flight (one at a time; pipelined ones wait in buf).
+  private busy = false;
+  private name = "";
+  private requestId = "";
+  private isHead = false;
+  private createdAt = 0;
+  private started = 0;
+  private lease: Lease | undefined;
+  private deadline: Deadline | undefined;
+  private waiting: AbortController | undefined;
+  private up: Up | undefined;
+  /** Body bytes of the request still to pass on. */
+  private bodyLeft = 0;
+  /** Head and body when they went upstream in one piece (safe to send again on a fresh connection). */
+  private whole: string | Uint8Array | undefined;
+  private retried = false;
+  // The response.
+  private respHead: Uint8Array | undefined;
+  private headSent = false;
+  private status = 0;
+  private bytesOut = 0;
+  private upKeepAlive = true;
+  private readonly framing = new Framing();
+
+  constructor(
+    private readonly g: Gateway,
+    private readonly socket: Socket<Client>,
+  ) {}
+
+  // --- client socket events ---
+
+  onData(chunk: Buffer): void {
+    if (this.closed) return;
+    if (this.tunnel) {
+      if (!this.tunnel.write(chunk)) this.pauseSelf();
+      return;
+    }
+    if (this.busy && this.bodyLeft > 0) {
+      const take = Math.min(this.bodyLeft, chunk.length);
+      this.bodyLeft -= take;
+      const part = take === chunk.length ? chunk : chunk.subarray(0, take);
+      if (this.up && !this.up.write(part)) this.pauseSelf();
+      if (take === chunk.length) return;
+      chunk = chunk.subarray(take);
+    }
+    this.buf = this.buf ? concat(this.buf, chunk) : chunk;
+    if (!this.busy) this.next();
+    else if (this.buf.length > MAX_BUFFERED) this.pauseSelf();
+  }
+
+  onDrain(): void {
+    const rest = this.unsent;
+    if (!rest) return;
+    this.unsent = undefined;
+    if (!this.write(rest)) return;
+    if (this.closeAfter && !this.busy) return this.end();
+    this.up?.resume();
+    this.tunnelResume();
+  }
+
+  onClose(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.g.clients.delete(this);
+    this.tunnel?.close();
+    if (this.waiting) this.waiting.abort(new Error("the client went away"));
+    const up = this.up;
+    this.up = undefined;
+    up?.destroy();
+    if (this.busy) this.finish(this.status || 499, false);
+  }
+
+  destroy(): void {
+    this.socket.terminate();
+    this.onClose();
+  }
+
+  // --- the fast path ---
+
+  /** Starts the next buffered request, if its head is complete. */
+  private next(): void {
+    const buf = this.buf;
+    if (!buf || this.closed) return;
+    const end = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength).indexOf(CRLFCRLF);
+    if (end < 0) {
+      if (buf.length > MAX_HEAD) this.toTunnel();
+      return;
+    }
+    const text = Buffer.from(buf.buffer, buf.byteOffset, end).toString("latin1");
+    const head = parseRequest(text, this.g.suffix);
+    if (!head) return this.toTunnel();
+    const pool = this.g.o.pool.pool(head.name);
+    this.busy = true;
+    this.name = head.name;
+    this.requestId = head.requestId;
+    this.isHead = head.method === "HEAD";
+    this.createdAt = Date.now();
+    this.started = performance.now();
+    this.closeAfter = head.close;
+    this.headSent = false;
+    this.status = 0;
+    this.bytesOut = 0;
+    this.retried = false;
+    this.upKeepAlive = true;
+    const rest = end + 4 < buf.length ? buf.subarray(end + 4) : undefined;
+    const inHand = rest ? Math.min(rest.length, head.length) : 0;
+    const body = rest && inHand > 0 ? rest.subarray(0, inHand) : undefined;
+    this.buf = rest && inHand < rest.length ? rest.subarray(inHand) : undefined;
+    this.bodyLeft = head.length - inHand;
+    if (!pool) return this.fail(functionNotFound(head.name), undefined);
+    if (head.length > this.g.o.maxBodyBytes) return this.fail(tooLarge("request body", this.g.o.maxBodyBytes), pool);
+    let out: string | Uint8Array = head.out;
+    if (NON_ASCII.test(out) || body) {
+      const h = Buffer.from(out, "latin1");
+      out = body ? concat(h, body) : h;
+    }
+    this.whole = this.bodyLeft === 0 ? out : undefined;
+    let got: Lease | Promise<Lease>;
+    try {
+      got = pool.tryAcquire() ?? pool.acquire((this.waiting = new AbortController()).signal);
+    } catch (err) {
+      this.waiting = undefined;
+      return this.fail(err, pool);
+    }
+    if (!(got instanceof Promise)) return this.send(got, pool, out);
+    // Queued: stop reading the body until an instance is free.
+    this.pauseSelf();
+    got.then(
+      (lease) => {
+        this.waiting = undefined;
+        if (this.closed) return lease.release();
+        this.resumeSelf();
+        this.send(lease, pool, out);
+      },
+      (err: unknown) => {
+        this.waiting = undefined;
+        if (this.closed) return;
+        this.resumeSelf();
+        this.fail(err, pool);
+      },
+    );
+  }
+
+  private send(lease: Lease, pool: FunctionPool, out: string | Uint8Array): void {
+    this.lease = lease;
+    const deadline = this.g.deadlines.arm(pool.spec.timeoutMs);
+    deadline.handler = () => this.timedOut(pool.spec.timeoutMs);
+    this.deadline = deadline;
+    const up = this.g.upstream.take(lease.instance.endpoint.socketPath, this);
+    this.up = up;
+    this.framing.mode = 0;
+    this.respHead = undefined;
+    if (!up.write(out)) this.pauseSelf();
+  }
+
+  /** A response chunk from the instance. */
+  fromUpstream(up: Up, chunk: Buffer): void {
+    if (up !== this.up) return up.destroy();
+    let data: Uint8Array = chunk;
+    let pos = 0;
+    try {
+      if (!this.respHead) {
+        if (this.buffered) {
+          data = concat(this.buffered, chunk);
+          this.buffered = undefined;
+        }
+        pos = this.readHead(data);
+        if (pos < 0) return; // head incomplete
+      }
+      const end = this.framing.feed(data, pos);
+      const bodyPart = end > pos ? data.subarray(pos, end) : undefined;
+      if (bodyPart) this.bytesOut += bodyPart.length;
+      let out: Uint8Array | undefined = bodyPart;
+      if (!this.headSent && this.respHead) {
+        out = bodyPart ? concat(this.respHead, bodyPart) : this.respHead;
+        this.headSent = true;
+      }
+      if (out && !this.write(out)) up.pause();
+      if (this.framing.done) {
+        if (end < data.length) this.upKeepAlive = false; // extra bytes: out of step
+        this.complete();
+      }
+    } catch (err) {
+      this.upKeepAlive = false;
+      this.upstreamFailed(err);
+    }
+  }
+
+  private buffered: Uint8Array | undefined;
+
+  /** Parses the response head at the start of data; returns where the body starts, or -1 when the head is incomplete. */
+  private readHead(data: Uint8Array): number {
+    const b = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    const end = b.indexOf(CRLFCRLF);
+    if (end < 0) {
+      if (data.length > MAX_HEAD) throw new Error(`a response head longer than ${MAX_HEAD} bytes`);
+      this.buffered = data;
+      return -1;
+    }
+    const head = b.toString("latin1", 0, end);
+    if (!head.startsWith("HTTP/1.") || head.length < 12) throw new Error(`not an HTTP/1 response: ${JSON.stringify(head.slice(0, 40))}`);
+    const status = Number(head.slice(9, 12));
+    if (!Number.isInteger(status) || status < 100) throw new Error(`bad status line ${JSON.stringify(head.slice(0, 40))}`);
+    if (status < 200) {
+      // An interim response (we never send Expect): skip it, the real head follows.
+      const rest = data.subarray(end + 4);
+      if (rest.length === 0) return -1;
+      return this.readHead(rest);
+    }
+    const lineEnd = head.indexOf("\r\n");
+    let out = lineEnd < 0 ? head + "\r\n" : head.slice(0, lineEnd + 2);
+    let length = -1;
+    let chunked = false;
+    let connection = "";
+    let p = lineEnd < 0 ? head.length : lineEnd + 2;
+    while (p < head.length) {
+      let e = head.indexOf("\r\n", p);
+      if (e < 0) e = head.length;
+      const colon = head.indexOf(":", p);
+      let keep = true;
+      if (colon > p && colon < e) {
+        const field = head.slice(p, colon).toLowerCase();
+        switch (field) {
+          case "content-length": {
+            const v = head.slice(colon + 1, e).trim();
+            if (!DIGITS.test(v) || (length >= 0 && Number(v) !== length)) throw new Error("bad content-length in the response");
+            length = Number(v);
+            break;
+          }
+          case "transfer-encoding":
+            chunked = head.slice(colon + 1, e).toLowerCase().trim().endsWith("chunked");
+            break;
+          case "connection":
+            connection = head.slice(colon + 1, e).toLowerCase();
+            keep = false;
+            break;
+          case "keep-alive":
+          case "proxy-connection":
+          case "x-forge-request-id":
+          case "x-forge-start":
+            keep = false;
+            break;
+        }
+      }
+      if (keep) out += head.slice(p, e + 2 <= head.length ? e + 2 : e) + (e + 2 <= head.length ? "" : "\r\n");
+      p = e + 2;
+    }
+    this.status = status;
+    this.upKeepAlive = head.charCodeAt(7) === 49 /* HTTP/1.1 */ ? !connection.includes("close") : connection.includes("keep-alive");
+    const noBody = this.isHead || status === 204 || status === 304;
+    if (noBody) this.framing.byLength(0);
+    else if (chunked) this.framing.chunked();
+    else if (length >= 0) this.framing.byLength(length);
+    else {
+      // No framing: the body ends when the instance closes; so must the client's connection.
+      this.framing.untilClose();
+      this.upKeepAlive = false;
+      this.closeAfter = true;
+    }
+    // The rest of a request body the instance did not wait for cannot be skipped safely.
+    if (this.bodyLeft > 0) this.closeAfter = true;
+    out += "x-forge-request-id: " + this.requestId + "\r\nx-forge-start: " + (this.lease?.start ?? "warm") + "\r\n";
+    if (this.closeAfter) out += "connection: close\r\n";
+    out += "\r\n";
+    this.respHead = Buffer.from(out, "latin1");
+    return end + 4;
+  }
+
+  /** The instance closed or broke the connection. */
+  upstreamClosed(up: Up, err?: Error): void {
+    if (up !== this.up) return;
+    if (this.respHead && this.framing.mode === 3 && !err) {
+      // A body framed by the close: complete (the client's connection closes after it).
+      this.upKeepAlive = false;
+      return this.complete();
+    }
+    this.upstreamFailed(err ?? new Error("the instance closed the connection before the response was complete"));
+  }
+
+  private upstreamFailed(err: unknown): void {
+    const up = this.up;
+    const lease = this.lease;
+    if (!up || !lease) return;
+    this.up = undefined;
+    up.destroy();
+    if (!this.respHead && !this.buffered && !this.retried && this.whole !== undefined && up.served > 0) {
+      // A kept-alive connection the instance had closed: nothing was acted on; once more on a fresh one.
+      this.retried = true;
+      const fresh = this.g.upstream.open(lease.instance.endpoint.socketPath);
+      fresh.client = this;
+      this.up = fresh;
+      fresh.write(this.whole);
+      return;
+    }
+    this.g.upstream.closeAll(up.socketPath);
+    if (this.headSent) {
+      // The response is half sent: only closing tells the client it is cut short.
+      this.finish(this.status, false);
+      return this.destroy();
+    }
+    lease.fail();
+    this.lease = undefined;
+    this.fail(instanceFailed(this.name, err), undefined, lease);
+  }
+
+  private timedOut(timeoutMs: number): void {
+    const up = this.up;
+    this.up = undefined;
+    up?.destroy();
+    if (this.headSent) {
+      this.finish(this.status, false);
+      return this.destroy();
+    }
+    const lease = this.lease;
+    this.lease = undefined;
+    lease?.release();
+    this.fail(functionTimedOut(this.name, timeoutMs), undefined, lease);
+  }
+
+  /** The response is whole: the slot and the connection go back, the next request starts. */
+  private complete(): void {
+    const up = this.up;
+    this.up = undefined;
+    if (up) {
+      up.served++;
+      up.resume();
+      if (this.upKeepAlive && this.bodyLeft === 0) this.g.upstream.release(up);
+      else up.destroy();
+    }
+    this.finish(this.status, true);
+  }
+
+  /** Ends the request in flight: lease back, record written; then the next one or the close. */
+  private finish(status: number, ok: boolean): void {
+    if (!this.busy) return;
+    this.busy = false;
+    this.deadline?.done();
+    this.deadline = undefined;
+    const lease = this.lease;
+    this.lease = undefined;
+    this.whole = undefined;
+    this.respHead = undefined;
+    this.buffered = undefined;
+    if (lease) {
+      lease.release();
+      recordLeased(this.g.o.recorder, this.name, lease, this.requestId, this.createdAt, this.started, status, this.bytesOut, "sync");
+    }
+    if (!ok || this.closed) return;
+    if (this.closeAfter) {
+      if (!this.unsent) this.end();
+      return;
+    }
+    this.resumeSelf();
+    if (this.buf) this.next();
+  }
+
+  /** Answers the request in flight with an error (no instance reached, or none answered in time). */
+  private fail(err: unknown, pool: FunctionPool | undefined, lease?: Lease): void {
+    const e = isForgeError(err) ? err : toForgeError(err, this.g.o.logger);
+    const recorder = this.g.o.recorder;
+    if (lease) recordLeased(recorder, this.name, lease, this.requestId, this.createdAt, this.started, e.status, 0, "sync");
+    else if (pool) recordUnleased(recorder, this.name, pool.version, this.requestId, this.createdAt, this.started, e, "sync");
+    if (this.bodyLeft > 0) this.closeAfter = true; // the rest of the body is not read
+    this.write(errorBytes(e, this.requestId, this.closeAfter));
+    this.busy = false;
+    this.deadline?.done();
+    this.deadline = undefined;
+    this.whole = undefined;
+    this.respHead = undefined;
+    this.buffered = undefined;
+    if (this.closeAfter) {
+      if (!this.unsent) this.end();
+      return;
+    }
+    this.resumeSelf();
+    if (this.buf) this.next();
+  }
+
+  // --- the tunnel ---
+
+  /** From here on, the connection's bytes go to Bun.serve and back, as they are. */
+  private toTunnel(): void {
+    const tunnel = new Tunnel(this);
+    this.tunnel = tunnel;
+    const pending = this.buf;
+    this.buf = undefined;
+    if (pending) tunnel.write(pending);
+    this.pauseSelf();
+    Bun.connect<Tunnel>({ unix: this.g.o.backend, socket: TUNNEL_HANDLERS, data: tunnel }).then(
+      (socket) => {
+        if (this.closed) return socket.end();
+        tunnel.connected(socket);
+      },
+      (err: unknown) => {
+        this.g.o.logger.error("the gateway could not reach the API server:", err);
+        this.destroy();
+      },
+    );
+  }
+
+  fromTunnel(chunk: Buffer): void {
+    if (!this.write(chunk)) this.tunnel?.socket?.pause();
+  }
+
+  tunnelDrained(): void {
+    this.resumeSelf();
+  }
+
+  tunnelClosed(): void {
+    if (this.unsent) this.closeAfter = true;
+    else this.end();
+  }
+
+  private tunnelResume(): void {
+    this.tunnel?.socket?.resume();
+  }
+
+  upstreamDrained(): void {
+    this.resumeSelf();
+  }
+
+  // --- writing and flow control ---
+
+  private write(data: Uint8Array): boolean {
+    if (this.closed) return false;
+    if (this.unsent) {
+      this.unsent = concat(this.unsent, data);
+      return false;
+    }
+    const written = this.socket.write(data);
+    if (written >= data.byteLength) return true;
+    this.unsent = data.subarray(Math.max(0, written));
+    return false;
+  }
+
+  private pauseSelf(): void {
+    if (this.paused) return;
+    this.paused = true;
+    this.socket.pause();
+  }
+
+  private resumeSelf(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    this.socket.resume();
+  }
+
+  private end(): void {
+    if (this.closed) return;
+    this.socket.end();
+  }
+}
+
+function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a, 0);
+  out.set(b, a.length);
+  return out;
+}

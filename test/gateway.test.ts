@@ -1,0 +1,288 @@
+/**
+ * The gateway (the raw HTTP/1.1 front door) against real sockets: the fast path's framing
+ * (lengths, chunked, HEAD, pipelining, keep-alive and close), what it hands to Bun.serve
+ * (chunked uploads, smuggling attempts, the control API on a used connection), and the
+ * limits (413). Bytes are written and read raw, so nothing in between fixes them up.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { Framing } from "../src/router/gateway.ts";
+import { cli, startForge, tempDir, type ForgeProcess } from "./_helpers.ts";
+
+let forge: ForgeProcess;
+const dir = tempDir("forge-gw-");
+
+beforeAll(async () => {
+  forge = await startForge({ env: { FORGE_MAX_BODY_MB: "1" } });
+  writeFileSync(
+    join(dir, "index.ts"),
+    `export default { async fetch(req: Request) {
+       const url = new URL(req.url);
+       if (url.pathname === "/stream") {
+         const enc = new TextEncoder();
+         let i = 0;
+         return new Response(new ReadableStream({ async pull(c) {
+           if (i === 3) return c.close();
+           c.enqueue(enc.encode("part" + i++ + ";"));
+           await Bun.sleep(5); // separate writes, so the chunks arrive apart
+         } }));
+       }
+       if (url.pathname === "/slow") { await Bun.sleep(3000); return new Response("late"); }
+       const body = new Uint8Array(await req.arrayBuffer());
+       let sum = 0;
+       for (const b of body) sum = (sum + b) % 65521;
+       return Response.json({ method: req.method, path: url.pathname + url.search, length: body.length, sum,
+         id: req.headers.get("x-forge-request-id"), te: req.headers.get("transfer-encoding"), connection: req.headers.get("connection") });
+     } };`,
+  );
+  writeFileSync(join(dir, "forge.json"), JSON.stringify({ timeoutMs: 1000 }));
+  expect((await cli(forge, ["deploy", dir, "--name", "gw"])).code).toBe(0);
+});
+afterAll(async () => {
+  await forge?.[Symbol.asyncDispose]();
+  dir[Symbol.dispose]();
+});
+
+const host = (): string => `gw.localhost:${forge.port}`;
+
+interface RawResponse {
+  status: number;
+  headers: Map<string, string>;
+  body: Buffer;
+}
+
+/** Parses whole HTTP/1.1 responses out of bytes (content-length, chunked, or until the end when `closed`). */
+function parseResponses(data: Buffer, closed: boolean, heads: boolean[] = []): { responses: RawResponse[]; complete: boolean } {
+  const responses: RawResponse[] = [];
+  let pos = 0;
+  while (pos < data.length) {
+    const end = data.indexOf("\r\n\r\n", pos);
+    if (end < 0) return { responses, complete: false };
+    const lines = data.toString("latin1", pos, end).split("\r\n");
+    const status = Number(lines[0]?.split(" ")[1]);
+    const headers = new Map<string, string>();
+    for (const l of lines.slice(1)) {
+      const c = l.indexOf(":");
+      headers.set(l.slice(0, c).toLowerCase(), l.slice(c + 1).trim());
+    }
+    pos = end + 4;
+    const isHead = heads[responses.length] ?? false;
+    if (isHead) responses.push({ status, headers, body: Buffer.alloc(0) });
+    else if (headers.has("content-length")) {
+      const n = Number(headers.get("content-length"));
+      if (data.length < pos + n) return { responses, complete: false };
+      responses.push({ status, headers, body: data.subarray(pos, pos + n) });
+      pos += n;
+    } else if (headers.get("transfer-encoding") === "chunked") {
+      const parts: Buffer[] = [];
+      for (;;) {
+        const le = data.indexOf("\r\n", pos);
+        if (le < 0) return { responses, complete: false };
+        const size = Number.parseInt(data.toString("latin1", pos, le), 16);
+        if (data.length < le + 2 + size + 2) return { responses, complete: false };
+        pos = le + 2 + size + 2;
+        if (size === 0) break;
+        parts.push(data.subarray(le + 2, le + 2 + size));
+      }
+      responses.push({ status, headers, body: Buffer.concat(parts) });
+    } else {
+      if (!closed) return { responses, complete: false };
+      responses.push({ status, headers, body: data.subarray(pos) });
+      pos = data.length;
+    }
+  }
+  return { responses, complete: true };
+}
+
+/** Writes `parts` (one write each) on a fresh connection and collects `expected` responses, or all of them until the server closes. */
+async function exchange(parts: (string | Uint8Array)[], expected: number, heads: boolean[] = []): Promise<{ responses: RawResponse[]; closed: boolean }> {
+  let data = Buffer.alloc(0);
+  let closed = false;
+  const done = Promise.withResolvers<void>();
+  const check = (): void => {
+    const r = parseResponses(data, closed, heads);
+    if ((r.complete && r.responses.length >= expected) || closed) done.resolve();
+  };
+  const socket = await Bun.connect({
+    hostname: "127.0.0.1",
+    port: forge.port,
+    socket: {
+      data(_s, chunk) {
+        data = Buffer.concat([data, chunk]);
+        check();
+      },
+      close() {
+        closed = true;
+        check();
+      },
+      error() {
+        closed = true;
+        check();
+      },
+    },
+  });
+  try {
+    for (const p of parts) {
+      socket.write(p);
+      socket.flush();
+    }
+    const timer = setTimeout(() => done.reject(new Error(`no ${expected} responses within 10 s; got ${JSON.stringify(data.toString("latin1").slice(0, 400))}`)), 10_000);
+    await done.promise.finally(() => clearTimeout(timer));
+    return { responses: parseResponses(data, closed, heads).responses, closed };
+  } finally {
+    socket.end();
+  }
+}
+
+const get = (path: string, extra = ""): string => `GET ${path} HTTP/1.1\r\nHost: ${host()}\r\n${extra}\r\n`;
+const json = (r: RawResponse | undefined): Record<string, unknown> => JSON.parse(r?.body.toString() ?? "null") as Record<string, unknown>;
+
+describe("the gateway's fast path", () => {
+  test("a GET is answered with the request id and start kind, and the connection stays open", async () => {
+    const { responses, closed } = await exchange([get("/a?x=1")], 1);
+    expect(closed).toBe(false);
+    const r = responses[0];
+    expect(r?.status).toBe(200);
+    expect(json(r)).toMatchObject({ method: "GET", path: "/a?x=1", length: 0 });
+    expect(r?.headers.get("x-forge-start")).toMatch(/^(warm|cell|cold)$/);
+    expect(r?.headers.get("x-forge-request-id")).toBe(String(json(r).id));
+  });
+
+  test("pipelined requests are answered in order on one connection", async () => {
+    const three = get("/1") + get("/2") + `POST /3 HTTP/1.1\r\nHost: ${host()}\r\nContent-Length: 5\r\n\r\nhello`;
+    const { responses } = await exchange([three], 3);
+    expect(responses.map((r) => json(r).path)).toEqual(["/1", "/2", "/3"]);
+    expect(json(responses[2])).toMatchObject({ method: "POST", length: 5 });
+    const ids = new Set(responses.map((r) => r.headers.get("x-forge-request-id")));
+    expect(ids.size).toBe(3);
+  });
+
+  test("a head split across writes, and a body sent in pieces, arrive whole", async () => {
+    const body = Buffer.alloc(300_000, 7);
+    const head = `PUT /big HTTP/1.1\r\nHost: ${host()}\r\nContent-Length: ${body.length}\r\n\r\n`;
+    const { responses } = await exchange([head.slice(0, 10), head.slice(10), body.subarray(0, 1000), body.subarray(1000, 200_000), body.subarray(200_000)], 1);
+    expect(json(responses[0])).toMatchObject({ method: "PUT", length: body.length, sum: (7 * body.length) % 65521 });
+  });
+
+  test("a streamed response passes chunk by chunk with its framing", async () => {
+    const { responses } = await exchange([get("/stream")], 1);
+    expect(responses[0]?.headers.get("transfer-encoding")).toBe("chunked");
+    expect(responses[0]?.body.toString()).toBe("part0;part1;part2;");
+    expect(responses[0]?.headers.get("x-forge-request-id")).toBeTruthy();
+  });
+
+  test("HEAD gets the head only, and the next request on the connection still works", async () => {
+    const { responses } = await exchange([`HEAD /h HTTP/1.1\r\nHost: ${host()}\r\n\r\n` + get("/after")], 2, [true, false]);
+    expect(responses[0]?.status).toBe(200);
+    expect(responses[0]?.body.length).toBe(0);
+    expect(json(responses[1]).path).toBe("/after");
+  });
+
+  test("Connection: close is honoured and not passed to the instance", async () => {
+    // Asking for two responses: exchange() then returns when the server closes.
+    const { responses, closed } = await exchange([get("/bye", "Connection: close\r\n") + get("/never")], 2);
+    expect(closed).toBe(true);
+    expect(responses.length).toBe(1);
+    expect(responses[0]?.headers.get("connection")).toBe("close");
+    expect(json(responses[0]).connection).not.toBe("close");
+  });
+
+  test("a valid client request id is kept, an invalid one replaced", async () => {
+    const { responses } = await exchange([get("/k", "X-Forge-Request-Id: my-trace-0001\r\n") + get("/k", "X-Forge-Request-Id: bad id!\r\n")], 2);
+    expect(responses[0]?.headers.get("x-forge-request-id")).toBe("my-trace-0001");
+    expect(json(responses[0]).id).toBe("my-trace-0001");
+    expect(responses[1]?.headers.get("x-forge-request-id")).not.toBe("bad id!");
+    expect(String(json(responses[1]).id)).toMatch(/^[A-Za-z0-9._:-]{8,}$/);
+  });
+
+  test("a body over the limit is a 413 with a hint, and the connection closes", async () => {
+    const { responses } = await exchange([`POST / HTTP/1.1\r\nHost: ${host()}\r\nContent-Length: ${2 * 1024 * 1024}\r\n\r\nabc`], 1);
+    expect(responses[0]?.status).toBe(413);
+    expect(responses[0]?.headers.get("connection")).toBe("close");
+    expect((json(responses[0]).error as { hint: string }).hint).toContain("FORGE_MAX_BODY_MB");
+  });
+
+  test("an unknown function is a 404 JSON error", async () => {
+    const { responses } = await exchange([`GET / HTTP/1.1\r\nHost: nope.localhost:${forge.port}\r\n\r\n`], 1);
+    expect(responses[0]?.status).toBe(404);
+    expect((json(responses[0]).error as { code: string }).code).toBe("function_not_found");
+  });
+
+  test("a function over its timeout is a 504 and the connection serves the next request", async () => {
+    const { responses } = await exchange([get("/slow") + get("/next")], 2);
+    expect(responses[0]?.status).toBe(504);
+    expect(responses[0]?.headers.get("x-forge-request-id")).toBeTruthy();
+    expect(json(responses[1]).path).toBe("/next");
+  });
+});
+
+describe("what the gateway hands to Bun.serve", () => {
+  test("a chunked upload reaches the function through the tunnel", async () => {
+    const req = `POST /up HTTP/1.1\r\nHost: ${host()}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n`;
+    const { responses } = await exchange([req], 1);
+    expect(json(responses[0])).toMatchObject({ method: "POST", length: 11 });
+  });
+
+  test("Content-Length with Transfer-Encoding (a smuggling attempt) never reaches the fast path's parser", async () => {
+    const smuggle = `POST / HTTP/1.1\r\nHost: ${host()}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: ${host()}\r\n\r\n`;
+    // Two asked for: exchange() returns when Bun.serve, having refused the message, closes.
+    const { responses, closed } = await exchange([smuggle], 2);
+    expect(closed).toBe(true);
+    expect(responses.map((r) => r.status)).toEqual([400]);
+  });
+
+  test("two Content-Length headers are refused", async () => {
+    const { responses } = await exchange([`POST / HTTP/1.1\r\nHost: ${host()}\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab`], 1);
+    expect(responses[0]?.status).toBe(400);
+  });
+
+  test("the control API works on a connection that first called a function", async () => {
+    const { responses } = await exchange([get("/first") + `GET /v1/functions/gw HTTP/1.1\r\nHost: 127.0.0.1:${forge.port}\r\nAuthorization: Bearer ${forge.apiKey}\r\n\r\n`], 2);
+    expect(json(responses[0]).path).toBe("/first");
+    expect(responses[1]?.status).toBe(200);
+    expect(json(responses[1]).name).toBe("gw");
+  });
+
+  test("an HTTP/1.0 request is answered", async () => {
+    const { responses } = await exchange([`GET /old HTTP/1.0\r\nHost: ${host()}\r\n\r\n`], 1);
+    expect(json(responses[0]).path).toBe("/old");
+  });
+});
+
+describe("response framing", () => {
+  const feedAll = (f: Framing, bytes: Buffer, step: number): number => {
+    let used = 0;
+    for (let i = 0; i < bytes.length && !f.done; i += step) {
+      const piece = bytes.subarray(i, Math.min(bytes.length, i + step));
+      const end = f.feed(piece, 0);
+      used = i + end;
+    }
+    return used;
+  };
+
+  test("a chunked body's end is found however the bytes are split", () => {
+    const body = Buffer.from("4\r\nWiki\r\n5;ext=1\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nTrailer: x\r\n\r\nNEXT");
+    for (let step = 1; step <= body.length; step++) {
+      const f = new Framing();
+      f.chunked();
+      expect(feedAll(f, body, step)).toBe(body.length - 4);
+      expect(f.done).toBe(true);
+    }
+  });
+
+  test("a length-framed body ends at its length", () => {
+    const f = new Framing();
+    f.byLength(5);
+    expect(f.feed(Buffer.from("abc"), 0)).toBe(3);
+    expect(f.done).toBe(false);
+    expect(f.feed(Buffer.from("deXYZ"), 0)).toBe(2);
+    expect(f.done).toBe(true);
+  });
+
+  test("a broken chunk size throws", () => {
+    const f = new Framing();
+    f.chunked();
+    expect(() => f.feed(Buffer.from("zz\r\n"), 0)).toThrow(/chunk size/);
+  });
+});
