@@ -1,12 +1,12 @@
 /**
- * Invocation records are written in batches off the request path. The hot path encodes a
- * record into one tab-separated line at once (the object dies young, which the GC likes)
- * and appends it to its function's buffer; every 50 ms the buffers are stored as one row
- * per function. Measured under wrk: a SQLite row per request cost ~3 us of the request
- * path; a row per function per flush costs next to nothing.
+ * Invocation records are written in batches off the request path. The hot path copies a
+ * record's fields into its function's columns (store/record-batch.ts); every 50 ms the
+ * columns are compressed and stored as one row per function. Measured under wrk: a SQLite
+ * row per request cost ~3 us of the request path, a tab-separated line per record ~3 us
+ * (formatting and SQLite writing 2 MB/s); columns cost well under 1 us.
  */
 import type { ConsolaInstance } from "consola";
-import { encodeRecordLine, type InvocationRecord, type InvocationRepo, type RecordBatch } from "../store/index.ts";
+import { RecordColumns, type InvocationRecord, type InvocationRepo, type RecordBatch } from "../store/index.ts";
 
 export interface RecorderOptions {
   repo: InvocationRepo;
@@ -19,15 +19,8 @@ export interface RecorderOptions {
   enabled?: boolean;
 }
 
-interface Pending {
-  lines: string;
-  count: number;
-  firstAt: number;
-  lastAt: number;
-}
-
 export class InvocationRecorder implements AsyncDisposable {
-  private pending = new Map<string, Pending>();
+  private pending = new Map<string, RecordColumns>();
   private total = 0;
   private timer: ReturnType<typeof setTimeout> | undefined;
   private readonly flushEveryMs: number;
@@ -42,15 +35,9 @@ export class InvocationRecorder implements AsyncDisposable {
   record(r: InvocationRecord): void {
     if (this.options.enabled === false) return;
     for (const l of this.listeners) l(r);
-    const line = encodeRecordLine(r);
-    const p = this.pending.get(r.function);
-    if (p) {
-      p.lines += "\n" + line;
-      p.count++;
-      p.lastAt = r.createdAt;
-    } else {
-      this.pending.set(r.function, { lines: line, count: 1, firstAt: r.createdAt, lastAt: r.createdAt });
-    }
+    let columns = this.pending.get(r.function);
+    if (!columns) this.pending.set(r.function, (columns = new RecordColumns()));
+    columns.add(r);
     if (++this.total >= this.maxPending) this.flush();
     else if (!this.timer) {
       this.timer = setTimeout(() => this.flush(), this.flushEveryMs);
@@ -68,12 +55,13 @@ export class InvocationRecorder implements AsyncDisposable {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     if (this.total === 0) return;
-    const batches: RecordBatch[] = [];
-    for (const [fn, p] of this.pending) batches.push({ function: fn, firstAt: p.firstAt, lastAt: p.lastAt, count: p.count, lines: p.lines });
+    const pending = this.pending;
     this.pending = new Map();
     const n = this.total;
     this.total = 0;
     try {
+      const batches: RecordBatch[] = [];
+      for (const [fn, c] of pending) batches.push({ function: fn, firstAt: c.firstAt, lastAt: c.lastAt, count: c.count, data: c.encode() });
       this.options.repo.appendBatches(batches);
     } catch (err) {
       // Records are telemetry: losing a batch must not take the request path down.

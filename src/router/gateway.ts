@@ -51,6 +51,8 @@ export class Gateway {
   /** @internal */ readonly deadlines = new Deadlines();
   /** @internal */ readonly upstream = new Upstreams();
   /** @internal */ readonly suffix: string;
+  /** @internal Host values seen lately and the function each names (clients send the same few again and again). */
+  readonly hosts = new Map<string, string | undefined>();
   /** @internal */ readonly clients = new Set<Client>();
 
   constructor(/** @internal */ readonly o: GatewayOptions) {
@@ -108,7 +110,7 @@ interface Head {
 }
 
 /** Parses a request head (latin1 text without the final CRLFCRLF); undefined: not for the fast path. */
-function parseRequest(head: string, suffix: string): Head | undefined {
+function parseRequest(head: string, suffix: string, seen: Map<string, string | undefined>): Head | undefined {
   const lineEnd = head.indexOf("\r\n");
   if (lineEnd < 0) return undefined;
   const sp1 = head.indexOf(" ");
@@ -167,7 +169,7 @@ function parseRequest(head: string, suffix: string): Head | undefined {
     p = e + 2;
   }
   if (host === undefined) return undefined;
-  const name = functionOf(host, suffix);
+  const name = functionOf(host, suffix, seen);
   if (name === undefined) return undefined;
   const requestId = requestIdFrom(given);
   let out: string;
@@ -184,7 +186,16 @@ function parseRequest(head: string, suffix: string): Head | undefined {
 }
 
 /** The function a Host value names, lowercased and without the port; undefined for any other host. */
-function functionOf(host: string, suffix: string): string | undefined {
+function functionOf(host: string, suffix: string, seen: Map<string, string | undefined>): string | undefined {
+  const known = seen.get(host);
+  if (known !== undefined || seen.has(host)) return known;
+  if (seen.size >= 1024) seen.clear();
+  const name = nameOfHost(host, suffix);
+  seen.set(host, name);
+  return name;
+}
+
+function nameOfHost(host: string, suffix: string): string | undefined {
   const colon = host.lastIndexOf(":");
   const bare = (colon > host.lastIndexOf("]") ? host.slice(0, colon) : host).toLowerCase();
   if (!bare.endsWith(suffix)) return undefined;
@@ -240,7 +251,7 @@ export class Framing {
   }
 
   /** Takes body bytes of buf from pos; returns where the body (or buf) ends. Throws on broken chunk framing. */
-  feed(buf: Uint8Array, pos: number): number {
+  feed(buf: Buffer, pos: number): number {
     const n = buf.length;
     if (this.mode === 1) {
       const take = Math.min(this.remaining, n - pos);
@@ -262,7 +273,7 @@ export class Framing {
         continue;
       }
       const e = buf.indexOf(10, pos);
-      this.line += Buffer.from(buf.buffer, buf.byteOffset + pos, (e < 0 ? n : e) - pos).toString("latin1");
+      this.line += buf.toString("latin1", pos, e < 0 ? n : e);
       if (this.line.length > 4096) throw new Error("a chunk size or trailer line is longer than 4096 bytes");
       if (e < 0) return n;
       pos = e + 1;
@@ -520,7 +531,7 @@ const TUNNEL_HANDLERS = {
 
 /** A client connection: HTTP requests one at a time on the fast path, or a tunnel. */
 class Client {
-  private buf: Uint8Array | undefined;
+  private buf: Buffer | undefined;
   private closed = false;
   private tunnel: Tunnel | undefined;
   /** Close once the current response is out. */
@@ -611,13 +622,13 @@ class Client {
   private next(): void {
     const buf = this.buf;
     if (!buf || this.closed) return;
-    const end = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength).indexOf(CRLFCRLF);
+    const end = buf.indexOf(CRLFCRLF);
     if (end < 0) {
       if (buf.length > MAX_HEAD) this.toTunnel();
       return;
     }
-    const text = Buffer.from(buf.buffer, buf.byteOffset, end).toString("latin1");
-    const head = parseRequest(text, this.g.suffix);
+    const text = buf.toString("latin1", 0, end);
+    const head = parseRequest(text, this.g.suffix, this.g.hosts);
     if (!head) return this.toTunnel();
     const pool = this.g.o.pool.pool(head.name);
     this.busy = true;
@@ -686,7 +697,7 @@ class Client {
   /** A response chunk from the instance. */
   fromUpstream(up: Up, chunk: Buffer): void {
     if (up !== this.up) return up.destroy();
-    let data: Uint8Array = chunk;
+    let data = chunk;
     let pos = 0;
     try {
       if (!this.respHead) {
@@ -716,18 +727,17 @@ class Client {
     }
   }
 
-  private buffered: Uint8Array | undefined;
+  private buffered: Buffer | undefined;
 
   /** Parses the response head at the start of data; returns where the body starts, or -1 when the head is incomplete. */
-  private readHead(data: Uint8Array): number {
-    const b = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-    const end = b.indexOf(CRLFCRLF);
+  private readHead(data: Buffer): number {
+    const end = data.indexOf(CRLFCRLF);
     if (end < 0) {
       if (data.length > MAX_HEAD) throw new Error(`a response head longer than ${MAX_HEAD} bytes`);
       this.buffered = data;
       return -1;
     }
-    const head = b.toString("latin1", 0, end);
+    const head = data.toString("latin1", 0, end);
     if (!head.startsWith("HTTP/1.") || head.length < 12) throw new Error(`not an HTTP/1 response: ${JSON.stringify(head.slice(0, 40))}`);
     const status = Number(head.slice(9, 12));
     if (!Number.isInteger(status) || status < 100) throw new Error(`bad status line ${JSON.stringify(head.slice(0, 40))}`);
@@ -981,9 +991,6 @@ class Client {
   }
 }
 
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a, 0);
-  out.set(b, a.length);
-  return out;
+function concat(a: Uint8Array, b: Uint8Array): Buffer {
+  return Buffer.concat([a, b], a.length + b.length);
 }

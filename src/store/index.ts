@@ -1,4 +1,5 @@
 /** The metadata store: functions, versions, invocations and schedules over SQLite. */
-export { encodeRecordLine, openStore } from "./sqlite-store.ts";
+export { openStore } from "./sqlite-store.ts";
+export { RecordColumns } from "./record-batch.ts";
 export type * from "./types.ts";
 export { API_KEY_FILE, loadOrCreateApiKey, readSavedApiKey } from "./api-key.ts";

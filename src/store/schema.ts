@@ -6,7 +6,7 @@
  * Timestamps are integer epoch milliseconds (not drizzle's Date modes) because the
  * records carry numbers and the request path should not allocate Dates per row.
  */
-import { foreignKey, index, integer, primaryKey, sqliteTable, text } from "drizzle-orm/sqlite-core";
+import { blob, foreignKey, index, integer, primaryKey, sqliteTable, text } from "drizzle-orm/sqlite-core";
 import type { FunctionConfig } from "../build/function-config.ts";
 import type { InvocationRecord, ScheduleRecord, StartKind } from "./types.ts";
 
@@ -71,8 +71,9 @@ export const invocations = sqliteTable(
 );
 
 // Records of proxied requests, written as one row per function per flush (a few per
-// second): a row per request cost the warm path ~3 us of SQLite a request. `lines` holds
-// one tab-separated record a line (see encodeRecordLine in sqlite-store.ts).
+// second): a row per request cost the warm path ~3 us of SQLite a request. `data` holds
+// the records as compressed columns (record-batch.ts); rows written before it existed
+// hold one tab-separated record a line in `lines` (read still, never written).
 export const invocationBatches = sqliteTable(
   "invocation_batches",
   {
@@ -82,6 +83,7 @@ export const invocationBatches = sqliteTable(
     lastAt: integer("last_at").notNull(),
     count: integer("count").notNull(),
     lines: text("lines").notNull(),
+    data: blob("data", { mode: "buffer" }),
   },
   (t) => [index("invocation_batches_function_last_at_idx").on(t.function, t.lastAt)],
 );

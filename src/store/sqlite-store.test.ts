@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { Database } from "bun:sqlite";
 import type { FunctionConfig } from "../build/function-config.ts";
 import { ErrorCode, ForgeError } from "../errors.ts";
-import { encodeRecordLine, openStore } from "./index.ts";
+import { openStore, RecordColumns } from "./index.ts";
 import type { InvocationRecord, NewVersion } from "./index.ts";
 
 let dir: string;
@@ -188,16 +188,65 @@ describe("invocations", () => {
     const a = invocation("a1", { createdAt: 1_000, status: 200, durationMs: 1.5, start: "cell", error: "tab\there" });
     const b = invocation("a2", { createdAt: 2_000, status: 500, instance: null, start: null });
     const c = invocation("a3", { createdAt: 3_000, status: 200 });
-    store.invocations.appendBatches([{ function: "greet", firstAt: 1_000, lastAt: 2_000, count: 2, lines: [a, b].map(encodeRecordLine).join("\n") }]);
-    store.invocations.appendBatches([{ function: "greet", firstAt: 3_000, lastAt: 3_000, count: 1, lines: encodeRecordLine(c) }]);
+    const batch = (...records: InvocationRecord[]) => {
+      const columns = new RecordColumns();
+      for (const r of records) columns.add(r);
+      return { function: "greet", firstAt: columns.firstAt, lastAt: columns.lastAt, count: columns.count, data: columns.encode() };
+    };
+    store.invocations.appendBatches([batch(a, b)]);
+    store.invocations.appendBatches([batch(c)]);
     store.invocations.insert(invocation("single", { createdAt: 2_500, kind: "async", state: "succeeded" }));
     expect(store.invocations.list("greet").map((r) => r.id)).toEqual(["a3", "single", "a2", "a1"]);
-    const first = store.invocations.list("greet").at(-1);
-    expect(first).toMatchObject({ id: "a1", status: 200, durationMs: 1.5, start: "cell", error: "tab here", payload: null });
+    // Every field comes back as it went in (payload and result are not kept for batched records).
+    expect(store.invocations.list("greet").at(-1)).toEqual(a);
+    expect(store.invocations.list("greet").at(-2)).toEqual(b);
     expect(store.invocations.list("greet", { status: 500 }).map((r) => r.id)).toEqual(["a2"]);
     expect(store.invocations.list("greet", { since: 2_000 }).map((r) => r.id)).toEqual(["a3", "single", "a2"]);
     expect(store.invocations.list("greet", { limit: 2 }).map((r) => r.id)).toEqual(["a3", "single"]);
     expect(store.invocations.list("other")).toEqual([]);
+  });
+
+  test("a batch of many records, with every start, kind and state, round-trips", () => {
+    using store = openStore(dbPath);
+    const starts = ["warm", "cell", "cold", null] as const;
+    const kinds = ["sync", "async", "schedule"] as const;
+    const states = ["done", "queued", "running", "succeeded", "failed", "dead"] as const;
+    const records = Array.from({ length: 1000 }, (_, i) =>
+      invocation(`r${i}`, {
+        createdAt: 10_000 + i,
+        updatedAt: 10_000 + i + (i % 3),
+        start: starts[i % 4] ?? null,
+        kind: kinds[i % 3] ?? "sync",
+        state: states[i % 6] ?? "done",
+        instance: i % 5 === 0 ? null : `i-${i % 7}`,
+        status: i % 11 === 0 ? null : 200 + (i % 4),
+        queueWaitMs: i % 13 === 0 ? null : i / 7,
+        durationMs: i / 3,
+        bytesOut: i * 1000,
+        error: i % 17 === 0 ? `oops ${i}\nline two` : null,
+      }),
+    );
+    const columns = new RecordColumns();
+    for (const r of records) columns.add(r);
+    store.invocations.appendBatches([{ function: "greet", firstAt: columns.firstAt, lastAt: columns.lastAt, count: columns.count, data: columns.encode() }]);
+    expect(store.invocations.list("greet", { limit: 1000 })).toEqual(records.reverse());
+  });
+
+  test("batches written as tab-separated lines by earlier versions are still read", () => {
+    {
+      using store = openStore(dbPath);
+      store.functions.ensure("greet", config("greet"));
+    }
+    const db = new Database(dbPath);
+    db.run("INSERT INTO invocation_batches (function, first_at, last_at, count, lines) VALUES ('greet', 500, 600, 2, ?)", [
+      "old1\t1\ti-1\twarm\tsync\tdone\t200\t1\t0\t3000\t10\t20\t500\t\t\nold2\t1\t\t\tsync\tdone\t429\t1\t\t1500\t0\t0\t600\t\tsaturated",
+    ]);
+    db.close();
+    using store = openStore(dbPath);
+    expect(store.invocations.list("greet")).toEqual([
+      invocation("old2", { instance: null, start: null, status: 429, queueWaitMs: null, durationMs: 1.5, bytesIn: 0, bytesOut: 0, error: "saturated", createdAt: 600, updatedAt: 600 }),
+      invocation("old1", { createdAt: 500, updatedAt: 500 }),
+    ]);
   });
 
   test("insertMany, list filters newest first with a limit, update", () => {

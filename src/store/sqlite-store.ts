@@ -11,6 +11,7 @@ import { drizzle, type BunSQLiteDatabase } from "drizzle-orm/bun-sqlite";
 import { migrate } from "drizzle-orm/bun-sqlite/migrator";
 import { ErrorCode, ForgeError } from "../errors.ts";
 import * as schema from "./schema.ts";
+import { decodeRecordColumns } from "./record-batch.ts";
 import { functions, invocationBatches, invocations, schedules, versions } from "./schema.ts";
 import type {
   FunctionRecord,
@@ -287,12 +288,7 @@ function fastInvocationInsert(sqlite: Database, isClosed: () => boolean): (recor
   };
 }
 
-/** One record as a tab-separated line (the request path's compact form; payload and result are not kept). */
-export function encodeRecordLine(r: InvocationRecord): string {
-  // Durations as whole microseconds: formatting an integer is far cheaper than a float.
-  return `${r.id}\t${r.version}\t${r.instance ?? ""}\t${r.start ?? ""}\t${r.kind}\t${r.state}\t${r.status ?? ""}\t${r.attempts}\t${r.queueWaitMs === null ? "" : Math.round(r.queueWaitMs * 1000)}\t${r.durationMs === null ? "" : Math.round(r.durationMs * 1000)}\t${r.bytesIn}\t${r.bytesOut}\t${r.createdAt}\t${r.updatedAt === r.createdAt ? "" : r.updatedAt}\t${r.error === null ? "" : r.error.replace(/[\t\n\r]/g, " ")}`;
-}
-
+/** A record of the tab-separated lines that batches held before they held columns (read only). */
 function decodeRecordLine(fn: string, line: string): InvocationRecord | undefined {
   const f = line.split("\t");
   if (f.length < 15) return undefined;
@@ -328,11 +324,13 @@ interface BatchLines {
 
 /** Batches of encoded records: one INSERT per function per flush; reads decode the newest first. */
 function batchLines(sqlite: Database, isClosed: () => boolean): BatchLines {
-  const insert = sqlite.prepare("INSERT INTO invocation_batches (function, first_at, last_at, count, lines) VALUES (?, ?, ?, ?, ?)");
+  const insert = sqlite.prepare("INSERT INTO invocation_batches (function, first_at, last_at, count, lines, data) VALUES (?, ?, ?, ?, '', ?)");
   const insertAll = sqlite.transaction((batches: RecordBatch[]) => {
-    for (const b of batches) insert.run(b.function, b.firstAt, b.lastAt, b.count, b.lines);
+    for (const b of batches) insert.run(b.function, b.firstAt, b.lastAt, b.count, b.data);
   });
-  const newest = sqlite.prepare<{ lines: string }, [string, number]>("SELECT lines FROM invocation_batches WHERE function = ? AND last_at >= ? ORDER BY seq DESC");
+  const newest = sqlite.prepare<{ lines: string; data: Uint8Array | null }, [string, number]>(
+    "SELECT lines, data FROM invocation_batches WHERE function = ? AND last_at >= ? ORDER BY seq DESC",
+  );
   const check = (): void => {
     if (isClosed()) throw new ForgeError(ErrorCode.Disposed, 500, "the store is closed");
   };
@@ -346,9 +344,9 @@ function batchLines(sqlite: Database, isClosed: () => boolean): BatchLines {
       const out: InvocationRecord[] = [];
       if (limit <= 0) return out;
       for (const row of newest.iterate(fn, query.since ?? 0)) {
-        const lines = row.lines.split("\n");
-        for (let i = lines.length - 1; i >= 0; i--) {
-          const r = decodeRecordLine(fn, lines[i] ?? "");
+        const records = row.data ? decodeRecordColumns(fn, row.data) : row.lines.split("\n").map((line) => decodeRecordLine(fn, line));
+        for (let i = records.length - 1; i >= 0; i--) {
+          const r = records[i];
           if (!r) continue;
           if (query.status !== undefined && r.status !== query.status) continue;
           if (query.kind !== undefined && r.kind !== query.kind) continue;

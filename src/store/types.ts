@@ -101,8 +101,8 @@ export interface RecordBatch {
   firstAt: number;
   lastAt: number;
   count: number;
-  /** encodeRecordLine() of each record, joined by "\n". */
-  lines: string;
+  /** RecordColumns.encode() of the records. */
+  data: Uint8Array;
 }
 
 export interface InvocationRepo {

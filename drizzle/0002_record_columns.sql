@@ -1,0 +1,1 @@
+ALTER TABLE `invocation_batches` ADD `data` blob;
