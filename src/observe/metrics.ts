@@ -42,40 +42,47 @@ export interface MetricsOptions {
   gauges: Gauges;
 }
 
+/** A function's series: counters by status and start kind, and its two histograms. */
+class FunctionSeries {
+  /** Keyed by status * 8 + start kind code: no string is built per request. */
+  readonly counts = new Map<number, GaugeSample>();
+  readonly duration = new Histogram();
+  readonly queueWait = new Histogram();
+}
+
+const START_CODES: Record<string, number> = { warm: 1, cell: 2, cold: 3 };
+
 export class Metrics {
-  private readonly invocations = new Map<string, { labels: Record<string, string>; value: number }>();
-  private readonly durations = new Map<string, Histogram>();
-  private readonly queueWaits = new Map<string, Histogram>();
+  private readonly series = new Map<string, FunctionSeries>();
   private readonly startedAt = Date.now() / 1000;
 
   constructor(private readonly o: MetricsOptions) {}
 
   /** Counts one finished invocation. */
   observe(r: InvocationRecord): void {
-    const status = String(r.status ?? 0);
-    const start = r.start ?? "none";
-    const key = `${r.function}\u0000${status}\u0000${start}`;
-    const c = this.invocations.get(key);
+    let s = this.series.get(r.function);
+    if (!s) this.series.set(r.function, (s = new FunctionSeries()));
+    const key = (r.status ?? 0) * 8 + (r.start === null ? 0 : (START_CODES[r.start] ?? 0));
+    const c = s.counts.get(key);
     if (c) c.value++;
-    else this.invocations.set(key, { labels: { function: r.function, status, start }, value: 1 });
-    if (r.durationMs !== null) histogramFor(this.durations, r.function).observe(r.durationMs / 1000);
-    if (r.queueWaitMs !== null) histogramFor(this.queueWaits, r.function).observe(r.queueWaitMs / 1000);
+    else s.counts.set(key, { labels: { function: r.function, status: String(r.status ?? 0), start: r.start ?? "none" }, value: 1 });
+    if (r.durationMs !== null) s.duration.observe(r.durationMs / 1000);
+    if (r.queueWaitMs !== null) s.queueWait.observe(r.queueWaitMs / 1000);
   }
 
   /** Forgets a deleted function's series. */
   forget(fn: string): void {
-    for (const [k, v] of this.invocations) if (v.labels.function === fn) this.invocations.delete(k);
-    this.durations.delete(fn);
-    this.queueWaits.delete(fn);
+    this.series.delete(fn);
   }
 
   async render(): Promise<string> {
     const out: string[] = [];
     const g = this.o.gauges;
     family(out, "forge_build_info", "gauge", "forge's version and runtime", [{ labels: { version: this.o.version, bun: Bun.version, driver: this.o.driver }, value: 1 }]);
-    family(out, "forge_invocations_total", "counter", "finished invocations by function, HTTP status and start kind", [...this.invocations.values()]);
-    histogramFamily(out, "forge_invocation_duration_seconds", "time from request to the end of the response body", this.durations);
-    histogramFamily(out, "forge_queue_wait_seconds", "time a request waited for a free instance slot", this.queueWaits);
+    const series = [...this.series];
+    family(out, "forge_invocations_total", "counter", "finished invocations by function, HTTP status and start kind", series.flatMap(([, s]) => [...s.counts.values()]));
+    histogramFamily(out, "forge_invocation_duration_seconds", "time from request to the end of the response body", series.map(([fn, s]) => [fn, s.duration]));
+    histogramFamily(out, "forge_queue_wait_seconds", "time a request waited for a free instance slot", series.map(([fn, s]) => [fn, s.queueWait]));
     family(out, "forge_instances", "gauge", "instances by function and state", g.instances());
     family(out, "forge_stem_cells", "gauge", "generic warm instances ready to be specialized", [{ labels: {}, value: g.stemCells() }]);
     family(out, "forge_queue_depth", "gauge", "requests waiting for a free slot", g.queueDepth());
@@ -90,12 +97,6 @@ export class Metrics {
 }
 
 // --- internal ---
-
-function histogramFor(map: Map<string, Histogram>, fn: string): Histogram {
-  let h = map.get(fn);
-  if (!h) map.set(fn, (h = new Histogram()));
-  return h;
-}
 
 function escapeLabel(v: string): string {
   return v.replace(/\\/g, "\\\\").replace(/\n/g, "\\n").replace(/"/g, '\\"');
@@ -116,9 +117,9 @@ function family(out: string[], name: string, type: string, help: string, samples
   for (const s of samples) out.push(`${name}${labelText(s.labels)} ${num(s.value)}`);
 }
 
-function histogramFamily(out: string[], name: string, help: string, map: Map<string, Histogram>): void {
+function histogramFamily(out: string[], name: string, help: string, histograms: [string, Histogram][]): void {
   out.push(`# HELP ${name} ${help}`, `# TYPE ${name} histogram`);
-  for (const [fn, h] of map) {
+  for (const [fn, h] of histograms) {
     let cumulative = 0;
     DURATION_BUCKETS.forEach((le, i) => {
       cumulative += h.counts[i] ?? 0;
