@@ -237,6 +237,13 @@ describe("what the gateway hands to Bun.serve", () => {
     expect(responses[0]?.status).toBe(400);
   });
 
+  test("a space before a header's colon, or a folded header line, is refused by Bun's parser", async () => {
+    for (const bad of [`GET / HTTP/1.1\r\nHost: ${host()}\r\nContent-Length : 3\r\n\r\nabc`, `GET / HTTP/1.1\r\nHost: ${host()}\r\nX-A: 1\r\n  folded\r\n\r\n`]) {
+      const { responses } = await exchange([bad], 1);
+      expect(responses[0]?.status).toBe(400);
+    }
+  });
+
   test("the control API works on a connection that first called a function", async () => {
     const { responses } = await exchange([get("/first") + `GET /v1/functions/gw HTTP/1.1\r\nHost: 127.0.0.1:${forge.port}\r\nAuthorization: Bearer ${forge.apiKey}\r\n\r\n`], 2);
     expect(json(responses[0]).path).toBe("/first");

@@ -43,7 +43,6 @@ const MAX_HEAD = 64 * 1024;
 const MAX_BUFFERED = 1024 * 1024;
 const CRLFCRLF = Buffer.from("\r\n\r\n");
 const NON_ASCII = /[^\x00-\x7f]/;
-const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const DIGITS = /^\d{1,15}$/;
 
 export class Gateway {
@@ -109,77 +108,72 @@ interface Head {
   requestId: string;
 }
 
-/** Parses a request head (latin1 text without the final CRLFCRLF); undefined: not for the fast path. */
-function parseRequest(head: string, suffix: string, seen: Map<string, string | undefined>): Head | undefined {
-  const lineEnd = head.indexOf("\r\n");
-  if (lineEnd < 0) return undefined;
-  const sp1 = head.indexOf(" ");
-  const sp2 = head.indexOf(" ", sp1 + 1);
-  if (sp1 <= 0 || sp2 < 0 || sp2 > lineEnd || lineEnd - sp2 !== 9 || head.slice(sp2 + 1, lineEnd) !== "HTTP/1.1") return undefined;
-  const method = head.slice(0, sp1);
-  if (!TOKEN.test(method) || head.charCodeAt(sp1 + 1) !== 47 /* / */) return undefined;
-  let host: string | undefined;
-  let length = -1;
-  let close = false;
-  let given: string | undefined;
-  // Header lines left out upstream, as [start, end) ranges of `head` (rarely any).
-  let cut: number[] | undefined;
-  let p = lineEnd + 2;
+/**
+ * A whole request head the fast path takes, checked in one pass: method token, an
+ * origin-form target, HTTP/1.1, then lines of token ":" value, where a value has no control
+ * character but tab (so no folded lines, no bare CR or LF, no space before a colon).
+ */
+const REQUEST_HEAD = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+ \/[!-~]* HTTP\/1\.1(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~\x80-\xff]*)*$/;
+/** Headers that send a request to Bun.serve: framing or protocol changes the fast path does not do. */
+const NOT_FAST = /\r\n(?:transfer-encoding|upgrade|expect|http2-settings):/;
+/** Request headers not passed on (hop-by-hop, and the id forge sets). */
+const REQUEST_CUT = /\r\n(?:connection|keep-alive|proxy-connection|te|x-forge-request-id):/;
+/** Response headers not passed on. */
+const RESPONSE_CUT = /\r\n(?:connection|keep-alive|proxy-connection|x-forge-request-id|x-forge-start):/;
+
+/** The value of the one header `name` ("\r\nname:") in a head and its lowercase copy; null when absent, undefined when repeated. */
+function single(head: string, lower: string, name: string): string | null | undefined {
+  const at = lower.indexOf(name);
+  if (at < 0) return null;
+  if (lower.indexOf(name, at + name.length) >= 0) return undefined;
+  const end = head.indexOf("\r\n", at + name.length);
+  return head.slice(at + name.length, end < 0 ? head.length : end).trim();
+}
+
+/** Removes the header lines matching `cut` from a head; calls `seen` with each removed line's lowercase name and value. */
+function cutLines(head: string, cut: RegExp, seen: (name: string, value: string) => void): string {
+  let out = "";
+  let p = 0;
   while (p < head.length) {
     let e = head.indexOf("\r\n", p);
     if (e < 0) e = head.length;
-    const colon = head.indexOf(":", p);
-    if (colon <= p || colon > e) return undefined;
-    const field = head.slice(p, colon);
-    if (!TOKEN.test(field)) return undefined; // folded lines, spaces before the colon
-    const lower = field.toLowerCase();
-    switch (lower) {
-      case "host":
-        if (host !== undefined) return undefined;
-        host = head.slice(colon + 1, e).trim();
-        break;
-      case "content-length": {
-        const v = head.slice(colon + 1, e).trim();
-        if (length >= 0 || !DIGITS.test(v)) return undefined;
-        length = Number(v);
-        break;
-      }
-      case "transfer-encoding":
-      case "upgrade":
-      case "expect":
-      case "http2-settings":
-        return undefined;
-      case "connection": {
-        const v = head.slice(colon + 1, e).toLowerCase();
-        if (v.includes("upgrade")) return undefined;
-        if (v.includes("close")) close = true;
-        (cut ??= []).push(p, e + 2);
-        break;
-      }
-      case "x-forge-request-id":
-        given = head.slice(colon + 1, e).trim();
-        (cut ??= []).push(p, e + 2);
-        break;
-      case "keep-alive":
-      case "proxy-connection":
-      case "te":
-        (cut ??= []).push(p, e + 2);
-        break;
-    }
+    const colon = p === 0 ? -1 : head.indexOf(":", p);
+    if (colon > p && colon < e && cut.test("\r\n" + head.slice(p, colon + 1).toLowerCase())) seen(head.slice(p, colon).toLowerCase(), head.slice(colon + 1, e).trim());
+    else out += (p === 0 ? "" : "\r\n") + head.slice(p, e);
     p = e + 2;
   }
-  if (host === undefined) return undefined;
+  return out;
+}
+
+/** Parses a request head (latin1 text without the final CRLFCRLF); undefined: not for the fast path. */
+function parseRequest(head: string, suffix: string, seen: Map<string, string | undefined>): Head | undefined {
+  if (!REQUEST_HEAD.test(head)) return undefined;
+  const lower = head.toLowerCase();
+  if (NOT_FAST.test(lower)) return undefined;
+  const host = single(head, lower, "\r\nhost:");
+  if (!host) return undefined;
   const name = functionOf(host, suffix, seen);
   if (name === undefined) return undefined;
-  const requestId = requestIdFrom(given);
-  let out: string;
-  if (!cut) out = head;
-  else {
-    out = head.slice(0, cut[0]);
-    for (let i = 1; i < cut.length; i += 2) out += head.slice(cut[i], i + 1 < cut.length ? cut[i + 1] : head.length);
+  const declared = single(head, lower, "\r\ncontent-length:");
+  if (declared === undefined || (declared !== null && !DIGITS.test(declared))) return undefined;
+  const length = declared === null ? -1 : Number(declared);
+  let close = false;
+  let upgrade = false;
+  let given: string | undefined;
+  let out = head;
+  if (REQUEST_CUT.test(lower)) {
+    out = cutLines(head, REQUEST_CUT, (field, value) => {
+      if (field === "connection") {
+        const v = value.toLowerCase();
+        if (v.includes("close")) close = true;
+        if (v.includes("upgrade")) upgrade = true;
+      } else if (field === "x-forge-request-id") given = value;
+    });
+    if (upgrade) return undefined;
   }
-  if (out.charCodeAt(out.length - 1) !== 10) out += "\r\n";
-  out += "x-forge-request-id: " + requestId + "\r\n";
+  const method = head.slice(0, head.indexOf(" "));
+  const requestId = requestIdFrom(given);
+  out += "\r\nx-forge-request-id: " + requestId + "\r\n";
   if (length < 0 && (method === "POST" || method === "PUT" || method === "PATCH")) out += "content-length: 0\r\n";
   out += "\r\n";
   return { name, out, method, length: Math.max(0, length), close, requestId };
@@ -556,7 +550,8 @@ class Client {
   private whole: string | Uint8Array | undefined;
   private retried = false;
   // The response.
-  private respHead: Uint8Array | undefined;
+  /** The head to send the client (latin1 text), once the instance's is in. */
+  private respHead: string | undefined;
   private headSent = false;
   private status = 0;
   private bytesOut = 0;
@@ -709,11 +704,15 @@ class Client {
         if (pos < 0) return; // head incomplete
       }
       const end = this.framing.feed(data, pos);
-      const bodyPart = end > pos ? data.subarray(pos, end) : undefined;
-      if (bodyPart) this.bytesOut += bodyPart.length;
-      let out: Uint8Array | undefined = bodyPart;
-      if (!this.headSent && this.respHead) {
-        out = bodyPart ? concat(this.respHead, bodyPart) : this.respHead;
+      this.bytesOut += end - pos;
+      let out: Uint8Array | undefined = end > pos ? data.subarray(pos, end) : undefined;
+      const head = this.respHead;
+      if (!this.headSent && head !== undefined) {
+        // Head and body in one write: one allocation, one syscall.
+        const whole = Buffer.allocUnsafe(head.length + end - pos);
+        whole.write(head, 0, "latin1");
+        if (out) whole.set(out, head.length);
+        out = whole;
         this.headSent = true;
       }
       if (out && !this.write(out)) up.pause();
@@ -747,43 +746,19 @@ class Client {
       if (rest.length === 0) return -1;
       return this.readHead(rest);
     }
-    const lineEnd = head.indexOf("\r\n");
-    let out = lineEnd < 0 ? head + "\r\n" : head.slice(0, lineEnd + 2);
-    let length = -1;
-    let chunked = false;
+    const lower = head.toLowerCase();
+    const declared = single(head, lower, "\r\ncontent-length:");
+    if (declared === undefined || (declared !== null && !DIGITS.test(declared))) throw new Error("a repeated or bad content-length in the response");
+    const length = declared === null ? -1 : Number(declared);
+    const coding = single(lower, lower, "\r\ntransfer-encoding:");
+    if (coding === undefined) throw new Error("a repeated transfer-encoding in the response");
+    const chunked = coding !== null && coding.endsWith("chunked");
     let connection = "";
-    let p = lineEnd < 0 ? head.length : lineEnd + 2;
-    while (p < head.length) {
-      let e = head.indexOf("\r\n", p);
-      if (e < 0) e = head.length;
-      const colon = head.indexOf(":", p);
-      let keep = true;
-      if (colon > p && colon < e) {
-        const field = head.slice(p, colon).toLowerCase();
-        switch (field) {
-          case "content-length": {
-            const v = head.slice(colon + 1, e).trim();
-            if (!DIGITS.test(v) || (length >= 0 && Number(v) !== length)) throw new Error("bad content-length in the response");
-            length = Number(v);
-            break;
-          }
-          case "transfer-encoding":
-            chunked = head.slice(colon + 1, e).toLowerCase().trim().endsWith("chunked");
-            break;
-          case "connection":
-            connection = head.slice(colon + 1, e).toLowerCase();
-            keep = false;
-            break;
-          case "keep-alive":
-          case "proxy-connection":
-          case "x-forge-request-id":
-          case "x-forge-start":
-            keep = false;
-            break;
-        }
-      }
-      if (keep) out += head.slice(p, e + 2 <= head.length ? e + 2 : e) + (e + 2 <= head.length ? "" : "\r\n");
-      p = e + 2;
+    let out = head;
+    if (RESPONSE_CUT.test(lower)) {
+      out = cutLines(head, RESPONSE_CUT, (field, value) => {
+        if (field === "connection") connection = value.toLowerCase();
+      });
     }
     this.status = status;
     this.upKeepAlive = head.charCodeAt(7) === 49 /* HTTP/1.1 */ ? !connection.includes("close") : connection.includes("keep-alive");
@@ -799,10 +774,9 @@ class Client {
     }
     // The rest of a request body the instance did not wait for cannot be skipped safely.
     if (this.bodyLeft > 0) this.closeAfter = true;
-    out += "x-forge-request-id: " + this.requestId + "\r\nx-forge-start: " + (this.lease?.start ?? "warm") + "\r\n";
+    out += "\r\nx-forge-request-id: " + this.requestId + "\r\nx-forge-start: " + (this.lease?.start ?? "warm") + "\r\n";
     if (this.closeAfter) out += "connection: close\r\n";
-    out += "\r\n";
-    this.respHead = Buffer.from(out, "latin1");
+    this.respHead = out + "\r\n";
     return end + 4;
   }
 
