@@ -21,6 +21,8 @@ export interface RecorderOptions {
 
 export class InvocationRecorder implements AsyncDisposable {
   private pending = new Map<string, RecordColumns>();
+  /** Records in each function's last batch: the next one's likely size. */
+  private readonly lastCounts = new Map<string, number>();
   private total = 0;
   private timer: ReturnType<typeof setTimeout> | undefined;
   private readonly flushEveryMs: number;
@@ -36,7 +38,7 @@ export class InvocationRecorder implements AsyncDisposable {
     if (this.options.enabled === false) return;
     for (const l of this.listeners) l(r);
     let columns = this.pending.get(r.function);
-    if (!columns) this.pending.set(r.function, (columns = new RecordColumns()));
+    if (!columns) this.pending.set(r.function, (columns = new RecordColumns(this.lastCounts.get(r.function))));
     columns.add(r);
     if (++this.total >= this.maxPending) this.flush();
     else if (!this.timer) {
@@ -61,6 +63,8 @@ export class InvocationRecorder implements AsyncDisposable {
     this.total = 0;
     try {
       const batches: RecordBatch[] = [];
+      this.lastCounts.clear();
+      for (const [fn, c] of pending) this.lastCounts.set(fn, Math.ceil(c.count * 1.25));
       for (const [fn, c] of pending) batches.push({ function: fn, firstAt: c.firstAt, lastAt: c.lastAt, count: c.count, data: c.encode() });
       this.options.repo.appendBatches(batches);
     } catch (err) {

@@ -43,14 +43,20 @@ interface Header {
 /** Collects records column by column; `encode` makes the stored bytes. */
 export class RecordColumns {
   private n = 0;
-  private cap = 256;
-  private cols = new Float64Array(256 * COLUMNS);
+  private cap: number;
+  private cols: Float64Array;
   private readonly ids: string[] = [];
   private readonly instances: string[] = [];
   private readonly instanceIndex = new Map<string, number>();
   private errors: Record<number, string> | undefined;
   firstAt = 0;
   lastAt = 0;
+
+  /** `expected`: about how many records will come (the last batch's count), to allocate once. */
+  constructor(expected = 256) {
+    this.cap = Math.max(16, expected);
+    this.cols = new Float64Array(this.cap * COLUMNS);
+  }
 
   get count(): number {
     return this.n;
