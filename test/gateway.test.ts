@@ -14,7 +14,7 @@ let forge: ForgeProcess;
 const dir = tempDir("forge-gw-");
 
 beforeAll(async () => {
-  forge = await startForge({ env: { FORGE_MAX_BODY_MB: "1" } });
+  forge = await startForge({ env: { FORGE_MAX_BODY_MB: "1", FORGE_IDLE_TIMEOUT: "1s" } });
   writeFileSync(
     join(dir, "index.ts"),
     `export default { async fetch(req: Request) {
@@ -28,7 +28,8 @@ beforeAll(async () => {
            await Bun.sleep(5); // separate writes, so the chunks arrive apart
          } }));
        }
-       if (url.pathname === "/slow") { await Bun.sleep(3000); return new Response("late"); }
+       if (url.pathname === "/slow") { await Bun.sleep(5000); return new Response("late"); }
+       if (url.pathname === "/wait") { await Bun.sleep(1500); return new Response("waited"); }
        const body = new Uint8Array(await req.arrayBuffer());
        let sum = 0;
        for (const b of body) sum = (sum + b) % 65521;
@@ -36,7 +37,7 @@ beforeAll(async () => {
          id: req.headers.get("x-forge-request-id"), te: req.headers.get("transfer-encoding"), connection: req.headers.get("connection") });
      } };`,
   );
-  writeFileSync(join(dir, "forge.json"), JSON.stringify({ timeoutMs: 1000 }));
+  writeFileSync(join(dir, "forge.json"), JSON.stringify({ timeoutMs: 2500 }));
   expect((await cli(forge, ["deploy", dir, "--name", "gw"])).code).toBe(0);
 });
 afterAll(async () => {
@@ -165,6 +166,14 @@ describe("the gateway's fast path", () => {
     expect(json(responses[0])).toMatchObject({ method: "PUT", length: body.length, sum: (7 * body.length) % 65521 });
   });
 
+  test("uploads in pieces on new connections to the instance are not stalled", async () => {
+    // Four at once: the instance gets connections it never had before this request.
+    const body = Buffer.alloc(100_000, 3);
+    const head = `POST /fresh HTTP/1.1\r\nHost: ${host()}\r\nContent-Length: ${body.length}\r\n\r\n`;
+    const all = await Promise.all(Array.from({ length: 4 }, () => exchange([head, body.subarray(0, 10), body.subarray(10, 50_000), body.subarray(50_000)], 1)));
+    for (const { responses } of all) expect(json(responses[0])).toMatchObject({ method: "POST", length: body.length, sum: (3 * body.length) % 65521 });
+  });
+
   test("a streamed response passes chunk by chunk with its framing", async () => {
     const { responses } = await exchange([get("/stream")], 1);
     expect(responses[0]?.headers.get("transfer-encoding")).toBe("chunked");
@@ -214,6 +223,26 @@ describe("the gateway's fast path", () => {
     expect(responses[0]?.status).toBe(504);
     expect(responses[0]?.headers.get("x-forge-request-id")).toBeTruthy();
     expect(json(responses[1]).path).toBe("/next");
+  });
+});
+
+describe("idle connections", () => {
+  test("a head that never completes, and a kept-alive connection left idle, are closed after FORGE_IDLE_TIMEOUT", async () => {
+    const started = Date.now();
+    // Two responses asked for: exchange() returns when the server closes the connection.
+    const slow = await exchange([`GET / HTTP/1.1\r\nHo`], 2);
+    expect(slow.closed).toBe(true);
+    expect(slow.responses).toEqual([]);
+    const idle = await exchange([get("/once")], 2);
+    expect(idle.closed).toBe(true);
+    expect(idle.responses.map((r) => json(r).path)).toEqual(["/once"]);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(2000);
+  });
+
+  test("a request that takes longer than the idle timeout is not cut", async () => {
+    const { responses } = await exchange([get("/wait")], 1);
+    expect(responses[0]?.status).toBe(200);
+    expect(responses[0]?.body.toString()).toBe("waited");
   });
 });
 

@@ -35,6 +35,8 @@ export interface GatewayOptions {
   maxBodyBytes: number;
   /** Unix socket of the Bun.serve that answers everything the fast path does not take. */
   backend: string;
+  /** Closes a connection with no request in flight after this long, ms (idle keep-alive, slow heads). Default 75 s. */
+  idleTimeoutMs?: number;
 }
 
 /** Longest request or response head taken by the fast path. */
@@ -51,12 +53,14 @@ export class Gateway {
   private sweeper: ReturnType<typeof setInterval> | undefined;
   /** @internal */ readonly upstream = new Upstreams();
   /** @internal */ readonly suffix: string;
+  /** @internal */ readonly idleTimeoutMs: number;
   /** @internal Host values seen lately and the function each names (clients send the same few again and again). */
   readonly hosts = new Map<string, string | undefined>();
   /** @internal */ readonly clients = new Set<Client>();
 
   constructor(/** @internal */ readonly o: GatewayOptions) {
     this.suffix = "." + o.domain.toLowerCase();
+    this.idleTimeoutMs = o.idleTimeoutMs ?? 75_000;
   }
 
   /** Starts listening; returns the port (the one given, or the one chosen for 0). */
@@ -389,8 +393,11 @@ class Up {
     this.socket = socket;
     const q = this.queued;
     this.queued = undefined;
-    for (const d of q ?? []) this.write(d);
+    let all = true;
+    for (const d of q ?? []) all = this.write(d) && all;
     if (this.paused) socket.pause();
+    // The client stopped reading while the connection opened: more of its body may come now.
+    if (all) this.client?.upstreamDrained();
   }
 
   /** Writes all of data, keeping what the socket does not take for drain; false when something waits. */
@@ -560,6 +567,8 @@ class Client {
   private createdAt = 0;
   private started = 0;
   private lease: Lease | undefined;
+  /** When the connection opened or last started or ended a request (epoch ms). */
+  private lastActive = Date.now();
   /** When the request in flight times out (epoch ms); 0: no deadline running. */
   private deadlineAt = 0;
   private timeoutMs = 0;
@@ -651,7 +660,7 @@ class Client {
     this.name = head.name;
     this.requestId = head.requestId;
     this.isHead = head.method === "HEAD";
-    this.createdAt = Date.now();
+    this.createdAt = this.lastActive = Date.now();
     this.started = performance.now();
     this.closeAfter = head.close;
     this.headSent = false;
@@ -725,17 +734,17 @@ class Client {
       }
       const end = this.framing.feed(data, pos);
       this.bytesOut += end - pos;
-      let out: Uint8Array | undefined = end > pos ? data.subarray(pos, end) : undefined;
       const head = this.respHead;
+      let sent = true;
       if (!this.headSent && head !== undefined) {
         // Head and body in one write: one allocation, one syscall.
         const whole = Buffer.allocUnsafe(head.length + end - pos);
         whole.write(head, 0, "latin1");
-        if (out) whole.set(out, head.length);
-        out = whole;
+        if (end > pos) data.copy(whole, head.length, pos, end);
         this.headSent = true;
-      }
-      if (out && !this.write(out)) up.pause();
+        sent = this.write(whole, 0, whole.length);
+      } else if (end > pos) sent = this.write(data, pos, end - pos);
+      if (!sent) up.pause();
       if (this.framing.done) {
         if (end < data.length) this.upKeepAlive = false; // extra bytes: out of step
         this.complete();
@@ -838,8 +847,9 @@ class Client {
     this.fail(instanceFailed(this.name, err), undefined, lease);
   }
 
-  /** Called by the gateway's sweep. */
+  /** Called by the gateway's sweep: the request's timeout, or the idle connection's. */
   checkDeadline(now: number): void {
+    if (!this.busy && !this.tunnel && now - this.lastActive > this.g.idleTimeoutMs) return this.destroy();
     if (this.deadlineAt === 0 || this.deadlineAt > now) return;
     this.deadlineAt = 0;
     this.timedOut(this.timeoutMs);
@@ -877,6 +887,7 @@ class Client {
     if (!this.busy) return;
     this.busy = false;
     this.deadlineAt = 0;
+    this.lastActive = Date.now();
     const lease = this.lease;
     this.lease = undefined;
     this.whole = undefined;
@@ -904,6 +915,7 @@ class Client {
     if (this.bodyLeft > 0) this.closeAfter = true; // the rest of the body is not read
     this.write(errorBytes(e, this.requestId, this.closeAfter));
     this.busy = false;
+    this.lastActive = Date.now();
     this.deadlineAt = 0;
     this.whole = undefined;
     this.respHead = undefined;
@@ -961,15 +973,16 @@ class Client {
 
   // --- writing and flow control ---
 
-  private write(data: Uint8Array): boolean {
+  /** Writes data (or `length` bytes of it from `offset`), keeping what the socket does not take for drain. */
+  private write(data: Uint8Array, offset = 0, length = data.byteLength - offset): boolean {
     if (this.closed) return false;
     if (this.unsent) {
-      this.unsent = concat(this.unsent, data);
+      this.unsent = concat(this.unsent, data.subarray(offset, offset + length));
       return false;
     }
-    const written = this.socket.write(data);
-    if (written >= data.byteLength) return true;
-    this.unsent = data.subarray(Math.max(0, written));
+    const written = this.socket.write(data, offset, length);
+    if (written >= length) return true;
+    this.unsent = data.subarray(offset + Math.max(0, written), offset + length);
     return false;
   }
 
