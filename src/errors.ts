@@ -24,6 +24,8 @@ export const ErrorCode = {
   JobNotFound: "job_not_found",
   DatabaseNotFound: "database_not_found",
   DatabaseNotReady: "database_not_ready",
+  /** The client went away before its answer (recorded as 499, never sent). */
+  ClientClosed: "client_closed",
   // system errors
   QueueTimeout: "queue_timeout",
   FunctionTimeout: "function_timeout",

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Framing } from "../src/router/gateway.ts";
-import { cli, startForge, tempDir, type ForgeProcess } from "./_helpers.ts";
+import { cli, startForge, tempDir, until, type ForgeProcess } from "./_helpers.ts";
 
 let forge: ForgeProcess;
 const dir = tempDir("forge-gw-");
@@ -29,6 +29,7 @@ beforeAll(async () => {
          } }));
        }
        if (url.pathname === "/slow") { await Bun.sleep(5000); return new Response("late"); }
+       if (url.pathname === "/bytes") return new Response("x".repeat(Number(url.searchParams.get("n") ?? "0")));
        if (url.pathname === "/wait") { await Bun.sleep(1500); return new Response("waited"); }
        const body = new Uint8Array(await req.arrayBuffer());
        let sum = 0;
@@ -97,10 +98,17 @@ function parseResponses(data: Buffer, closed: boolean, heads: boolean[] = []): {
 }
 
 /** Writes `parts` (one write each) on a fresh connection and collects `expected` responses, or all of them until the server closes. */
-async function exchange(parts: (string | Uint8Array)[], expected: number, heads: boolean[] = []): Promise<{ responses: RawResponse[]; closed: boolean }> {
+async function exchange(
+  parts: (string | Uint8Array)[],
+  expected: number,
+  heads: boolean[] = [],
+  options: { pauseFirst?: boolean; beforePart?: (index: number) => Promise<void> } = {},
+): Promise<{ responses: RawResponse[]; closed: boolean }> {
+  const chunks: Buffer[] = [];
   let data = Buffer.alloc(0);
   let closed = false;
   const done = Promise.withResolvers<void>();
+  const drained = { resolve: (): void => {} };
   const check = (): void => {
     const r = parseResponses(data, closed, heads);
     if ((r.complete && r.responses.length >= expected) || closed) done.resolve();
@@ -110,8 +118,14 @@ async function exchange(parts: (string | Uint8Array)[], expected: number, heads:
     port: forge.port,
     socket: {
       data(_s, chunk) {
-        data = Buffer.concat([data, chunk]);
+        chunks.push(Buffer.from(chunk));
+        data = Buffer.concat(chunks);
+        chunks.length = 0;
+        chunks.push(data);
         check();
+      },
+      drain() {
+        drained.resolve();
       },
       close() {
         closed = true;
@@ -124,10 +138,20 @@ async function exchange(parts: (string | Uint8Array)[], expected: number, heads:
     },
   });
   try {
-    for (const p of parts) {
-      socket.write(p);
+    // With pauseFirst the client reads nothing until all of its bytes are written.
+    if (options.pauseFirst) socket.pause();
+    for (const [index, p] of parts.entries()) {
+      await options.beforePart?.(index);
+      let bytes = typeof p === "string" ? Buffer.from(p, "latin1") : p;
+      for (;;) {
+        const written = socket.write(bytes);
+        if (written >= bytes.length) break;
+        bytes = bytes.subarray(Math.max(0, written));
+        await new Promise<void>((resolve) => (drained.resolve = resolve));
+      }
       socket.flush();
     }
+    if (options.pauseFirst) socket.resume();
     const timer = setTimeout(() => done.reject(new Error(`no ${expected} responses within 10 s; got ${JSON.stringify(data.toString("latin1").slice(0, 400))}`)), 10_000);
     await done.promise.finally(() => clearTimeout(timer));
     return { responses: parseResponses(data, closed, heads).responses, closed };
@@ -223,6 +247,58 @@ describe("the gateway's fast path", () => {
     expect(responses[0]?.status).toBe(504);
     expect(responses[0]?.headers.get("x-forge-request-id")).toBeTruthy();
     expect(json(responses[1]).path).toBe("/next");
+  });
+});
+
+describe("clients that pipeline", () => {
+  test("a client that pipelines without reading gets every answer in order, and the body of a refused request is never read as a request", async () => {
+    // 300 answers of 64 KiB (far more than the socket buffers hold) while the client does not
+    // read, then a request refused with 413 whose "body" is another request.
+    let pipeline = "";
+    for (let i = 0; i < 300; i++) pipeline += get(`/bytes?n=65536&i=${i}`);
+    pipeline += `POST /refused HTTP/1.1\r\nHost: ${host()}\r\nContent-Length: ${2 * 1024 * 1024}\r\n\r\n`;
+    const { responses, closed } = await exchange([pipeline + get("/smuggled")], 302, [], { pauseFirst: true });
+    expect(closed).toBe(true);
+    expect(responses.length).toBe(301);
+    expect(responses.slice(0, 300).every((r) => r.status === 200 && r.body.length === 65536)).toBe(true);
+    expect(responses[300]?.status).toBe(413);
+  });
+
+  test("after Connection: close, bytes the client sends while its answer is still unread are not served", async () => {
+    const served = async (): Promise<number> => {
+      const text = await (await fetch(`${forge.url}/metrics`)).text();
+      let sum = 0;
+      for (const m of text.matchAll(/forge_invocations_total\{function="gw",status="200",start="\w+"\} (\d+)/g)) sum += Number(m[1]);
+      return sum;
+    };
+    const before = await served();
+    // 200 kB the paused client does not read; the next request is written once the gateway has
+    // finished the first (seen in /metrics), so it arrives after the close was decided.
+    const { responses, closed } = await exchange([get("/bytes?n=200000", "Connection: close\r\n"), get("/smuggled")], 2, [], {
+      pauseFirst: true,
+      beforePart: async (index) => {
+        if (index === 1) await until(async () => (await served()) > before || undefined, 10_000, "the first answer");
+      },
+    });
+    expect(closed).toBe(true);
+    expect(responses.map((r) => [r.status, r.body.length])).toEqual([[200, 200000]]);
+  });
+
+  test("thousands of pipelined requests answered at once (404s) are all answered, and the connection still serves", async () => {
+    const n = 50_000;
+    const { responses, closed } = await exchange([`GET / HTTP/1.1\r\nHost: nope.localhost\r\n\r\n`.repeat(n) + get("/last")], n + 1);
+    expect(closed).toBe(false);
+    expect(responses.length).toBe(n + 1);
+    expect(responses.slice(0, n).every((r) => r.status === 404)).toBe(true);
+    expect(json(responses[n]).path).toBe("/last");
+  });
+
+  test("an error answer to HEAD has no body, so the next response is read right", async () => {
+    const { responses } = await exchange([`HEAD / HTTP/1.1\r\nHost: nope.localhost:${forge.port}\r\n\r\n` + get("/after-head")], 2, [true, false]);
+    expect(responses[0]?.status).toBe(404);
+    expect(Number(responses[0]?.headers.get("content-length"))).toBeGreaterThan(0);
+    expect(responses[1]?.status).toBe(200);
+    expect(json(responses[1]).path).toBe("/after-head");
   });
 });
 

@@ -18,7 +18,7 @@
  */
 import type { Socket, TCPSocketListener } from "bun";
 import type { ConsolaInstance } from "consola";
-import { isForgeError, type ForgeError } from "../errors.ts";
+import { ErrorCode, ForgeError, isForgeError } from "../errors.ts";
 import type { InvocationRecorder } from "../functions/index.ts";
 import type { FunctionPool, Lease, PoolManager } from "../pool/index.ts";
 import { tooLarge } from "./_body.ts";
@@ -41,6 +41,10 @@ export interface GatewayOptions {
 
 /** Longest request or response head taken by the fast path. */
 const MAX_HEAD = 64 * 1024;
+/** Responses of known length up to this size are taken whole from the instance, whatever the client's pace. */
+const WHOLE_LIMIT = 256 * 1024;
+/** How long a closing connection reads and drops what the client still sends, after its FIN. */
+const LINGER_MS = 5000;
 /** Bytes of pipelined requests buffered before the client is paused. */
 const MAX_BUFFERED = 1024 * 1024;
 const CRLFCRLF = Buffer.from("\r\n\r\n");
@@ -85,8 +89,10 @@ export class Gateway {
         close(socket) {
           socket.data.onClose();
         },
-        error(socket) {
-          socket.data.onClose();
+        error(socket, error) {
+          // Also what Bun calls when a handler above throws: the socket must not stay open, unwatched.
+          gateway.o.logger.debug?.("gateway connection error:", error);
+          socket.data.destroy();
         },
       },
     });
@@ -221,16 +227,18 @@ function nameOfHost(host: string, suffix: string): string | undefined {
 }
 
 /** A raw HTTP error response with forge's JSON error body. */
-function errorBytes(err: ForgeError, requestId: string, close: boolean): Buffer {
-  const body = JSON.stringify(err.toJSON());
+function errorBytes(err: ForgeError, requestId: string, close: boolean, headOnly: boolean): Buffer {
+  const body = Buffer.from(JSON.stringify(err.toJSON()), "utf8");
   const head =
     `HTTP/1.1 ${err.status} ${STATUS_TEXT[err.status] ?? "Error"}\r\ncontent-type: application/json; charset=utf-8\r\n` +
-    `content-length: ${Buffer.byteLength(body)}\r\nx-forge-request-id: ${requestId}\r\n${close ? "connection: close\r\n" : ""}\r\n`;
-  return Buffer.concat([Buffer.from(head, "latin1"), Buffer.from(body, "utf8")]);
+    `content-length: ${body.length}\r\nx-forge-request-id: ${requestId}\r\n${close ? "connection: close\r\n" : ""}\r\n`;
+  // A response to HEAD has no body, whatever its content-length says.
+  return headOnly ? Buffer.from(head, "latin1") : Buffer.concat([Buffer.from(head, "latin1"), body]);
 }
 
 const STATUS_TEXT: Record<number, string> = {
   404: "Not Found",
+  499: "Client Closed Request",
   413: "Payload Too Large",
   429: "Too Many Requests",
   500: "Internal Server Error",
@@ -361,8 +369,10 @@ class Upstreams {
   forget(up: Up): void {
     this.live.delete(up);
     const list = this.idle.get(up.socketPath);
-    const i = list?.indexOf(up) ?? -1;
-    if (list && i >= 0) list.splice(i, 1);
+    if (!list) return;
+    const i = list.indexOf(up);
+    if (i >= 0) list.splice(i, 1);
+    if (list.length === 0) this.idle.delete(up.socketPath);
   }
 
   dispose(): void {
@@ -475,6 +485,7 @@ const UP_HANDLERS = {
   },
   error(socket: Socket<Up>, error: Error) {
     socket.data.onClose(error);
+    socket.terminate();
   },
   connectError() {
     // Bun.connect rejects as well; Upstreams.open handles that.
@@ -549,15 +560,28 @@ const TUNNEL_HANDLERS = {
   },
 };
 
-/** A client connection: HTTP requests one at a time on the fast path, or a tunnel. */
+/**
+ * A client connection: HTTP requests one at a time on the fast path, or a tunnel.
+ *
+ * Flow control, in short: a request starts only when none is in flight and everything
+ * written before has left (so a client that pipelines without reading buffers at most one
+ * response); bytes past MAX_BUFFERED pause the socket; once a close is decided, nothing more
+ * is read and the socket ends when its output is out.
+ */
 class Client {
   private buf: Buffer | undefined;
   private closed = false;
+  /** A close was decided: input is dropped, the socket ends once `unsent` is out. */
+  private closing = false;
+  /** When the FIN went (epoch ms); 0: not yet. */
+  private closingAt = 0;
   private tunnel: Tunnel | undefined;
   /** Close once the current response is out. */
   private closeAfter = false;
   private unsent: Uint8Array | undefined;
   private paused = false;
+  /** drive() is on the stack: requests finished synchronously do not recurse into it. */
+  private driving = false;
 
   // The request in flight (one at a time; pipelined ones wait in buf).
   private busy = false;
@@ -574,15 +598,22 @@ class Client {
   private timeoutMs = 0;
   private waiting: AbortController | undefined;
   private up: Up | undefined;
-  /** Body bytes of the request still to pass on. */
+  /** Body bytes of the request still to come from the client. */
   private bodyLeft = 0;
+  /** Body bytes that came while the request waited for an instance. */
+  private early: Buffer | undefined;
   /** Head and body when they went upstream in one piece (safe to send again on a fresh connection). */
   private whole: string | Uint8Array | undefined;
   private retried = false;
   // The response.
+  /** A byte of the response arrived. */
+  private gotBytes = false;
   /** The head to send the client (latin1 text), once the instance's is in. */
   private respHead: string | undefined;
   private headSent = false;
+  /** The response is small and of known length: taken whole even when the client reads slowly, so the slot goes back at once. */
+  private respWhole = false;
+  private buffered: Buffer | undefined;
   private status = 0;
   private bytesOut = 0;
   private upKeepAlive = true;
@@ -596,7 +627,7 @@ class Client {
   // --- client socket events ---
 
   onData(chunk: Buffer): void {
-    if (this.closed) return;
+    if (this.closed || this.closing) return;
     if (this.tunnel) {
       if (!this.tunnel.write(chunk)) this.pauseSelf();
       return;
@@ -605,13 +636,19 @@ class Client {
       const take = Math.min(this.bodyLeft, chunk.length);
       this.bodyLeft -= take;
       const part = take === chunk.length ? chunk : chunk.subarray(0, take);
-      if (this.up && !this.up.write(part)) this.pauseSelf();
+      if (this.up) {
+        if (!this.up.write(part)) this.pauseSelf();
+      } else {
+        // Still waiting for an instance: kept for it.
+        this.early = this.early ? concat(this.early, part) : part;
+        if (this.early.length > MAX_BUFFERED) this.pauseSelf();
+      }
       if (take === chunk.length) return;
       chunk = chunk.subarray(take);
     }
     this.buf = this.buf ? concat(this.buf, chunk) : chunk;
-    if (!this.busy) this.next();
-    else if (this.buf.length > MAX_BUFFERED) this.pauseSelf();
+    this.drive();
+    if (this.buf && this.buf.length > MAX_BUFFERED) this.pauseSelf();
   }
 
   onDrain(): void {
@@ -619,9 +656,13 @@ class Client {
     if (!rest) return;
     this.unsent = undefined;
     if (!this.write(rest)) return;
-    if (this.closeAfter && !this.busy) return this.end();
+    if (this.closing) return this.end();
     this.up?.resume();
-    this.tunnelResume();
+    this.tunnel?.socket?.resume();
+    if (!this.busy) {
+      this.resumeSelf();
+      this.drive();
+    }
   }
 
   onClose(): void {
@@ -629,11 +670,11 @@ class Client {
     this.closed = true;
     this.g.clients.delete(this);
     this.tunnel?.close();
-    if (this.waiting) this.waiting.abort(new Error("the client went away"));
     const up = this.up;
     this.up = undefined;
     up?.destroy();
-    if (this.busy) this.finish(this.status || 499, false);
+    if (this.waiting) this.waiting.abort(new ForgeError(ErrorCode.ClientClosed, 499, "the client closed the connection while the request waited"));
+    else if (this.busy) this.finish(this.status || 499, false);
   }
 
   destroy(): void {
@@ -643,18 +684,32 @@ class Client {
 
   // --- the fast path ---
 
-  /** Starts the next buffered request, if its head is complete. */
-  private next(): void {
-    const buf = this.buf;
-    if (!buf || this.closed) return;
+  /** Starts buffered requests while one can start (a loop: errors answered at once do not recurse). */
+  private drive(): void {
+    if (this.driving) return;
+    this.driving = true;
+    try {
+      while (this.buf && !this.busy && !this.unsent && !this.closing && !this.closed && !this.tunnel) {
+        if (!this.next(this.buf)) break;
+      }
+    } finally {
+      this.driving = false;
+    }
+  }
+
+  /** Starts the request at the head of buf; false when its head is not complete yet. */
+  private next(buf: Buffer): boolean {
     const end = buf.indexOf(CRLFCRLF);
     if (end < 0) {
       if (buf.length > MAX_HEAD) this.toTunnel();
-      return;
+      return false;
     }
     const text = buf.toString("latin1", 0, end);
     const head = parseRequest(text, this.g.suffix, this.g.hosts);
-    if (!head) return this.toTunnel();
+    if (!head) {
+      this.toTunnel();
+      return false;
+    }
     const pool = this.g.o.pool.pool(head.name);
     this.busy = true;
     this.name = head.name;
@@ -664,6 +719,7 @@ class Client {
     this.started = performance.now();
     this.closeAfter = head.close;
     this.headSent = false;
+    this.gotBytes = false;
     this.status = 0;
     this.bytesOut = 0;
     this.retried = false;
@@ -673,8 +729,14 @@ class Client {
     const body = rest && inHand > 0 ? rest.subarray(0, inHand) : undefined;
     this.buf = rest && inHand < rest.length ? rest.subarray(inHand) : undefined;
     this.bodyLeft = head.length - inHand;
-    if (!pool) return this.fail(functionNotFound(head.name), undefined);
-    if (head.length > this.g.o.maxBodyBytes) return this.fail(tooLarge("request body", this.g.o.maxBodyBytes), pool);
+    if (!pool) {
+      this.fail(functionNotFound(head.name), undefined);
+      return true;
+    }
+    if (head.length > this.g.o.maxBodyBytes) {
+      this.fail(tooLarge("request body", this.g.o.maxBodyBytes), pool);
+      return true;
+    }
     let out: string | Uint8Array = head.out;
     if (NON_ASCII.test(out) || body) {
       const h = Buffer.from(out, "latin1");
@@ -686,25 +748,32 @@ class Client {
       got = pool.tryAcquire() ?? pool.acquire((this.waiting = new AbortController()).signal);
     } catch (err) {
       this.waiting = undefined;
-      return this.fail(err, pool);
+      this.fail(err, pool);
+      return true;
     }
-    if (!(got instanceof Promise)) return this.send(got, pool, out);
-    // Queued: stop reading the body until an instance is free.
-    this.pauseSelf();
+    if (!(got instanceof Promise)) {
+      this.waiting = undefined;
+      this.send(got, pool, out);
+      return true;
+    }
     got.then(
       (lease) => {
         this.waiting = undefined;
         if (this.closed) return lease.release();
-        this.resumeSelf();
         this.send(lease, pool, out);
       },
       (err: unknown) => {
         this.waiting = undefined;
-        if (this.closed) return;
-        this.resumeSelf();
+        if (this.closed) {
+          // Gone while queued: recorded, nothing to answer.
+          this.busy = false;
+          recordUnleased(this.g.o.recorder, this.name, pool.version, this.requestId, this.createdAt, this.started, err, "sync");
+          return;
+        }
         this.fail(err, pool);
       },
     );
+    return true;
   }
 
   private send(lease: Lease, pool: FunctionPool, out: string | Uint8Array): void {
@@ -715,12 +784,19 @@ class Client {
     this.up = up;
     this.framing.mode = 0;
     this.respHead = undefined;
-    if (!up.write(out)) this.pauseSelf();
+    this.respWhole = false;
+    let flowing = up.write(out);
+    const early = this.early;
+    this.early = undefined;
+    if (early) flowing = up.write(early) && flowing;
+    if (!flowing) this.pauseSelf();
+    else if (this.bodyLeft > 0) this.resumeSelf();
   }
 
   /** A response chunk from the instance. */
   fromUpstream(up: Up, chunk: Buffer): void {
     if (up !== this.up) return up.destroy();
+    this.gotBytes = true;
     let data = chunk;
     let pos = 0;
     try {
@@ -744,7 +820,8 @@ class Client {
         this.headSent = true;
         sent = this.write(whole, 0, whole.length);
       } else if (end > pos) sent = this.write(data, pos, end - pos);
-      if (!sent) up.pause();
+      // A slow reader holds its instance slot only for bodies too big to take whole.
+      if (!sent && !this.respWhole) up.pause();
       if (this.framing.done) {
         if (end < data.length) this.upKeepAlive = false; // extra bytes: out of step
         this.complete();
@@ -755,25 +832,26 @@ class Client {
     }
   }
 
-  private buffered: Buffer | undefined;
-
-  /** Parses the response head at the start of data; returns where the body starts, or -1 when the head is incomplete. */
+  /** Parses the response head in data (after any interim 1xx heads); returns where the body starts in data, or -1 when the head is incomplete. */
   private readHead(data: Buffer): number {
-    const end = data.indexOf(CRLFCRLF);
-    if (end < 0) {
-      if (data.length > MAX_HEAD) throw new Error(`a response head longer than ${MAX_HEAD} bytes`);
-      this.buffered = data;
-      return -1;
-    }
-    const head = data.toString("latin1", 0, end);
-    if (!head.startsWith("HTTP/1.") || head.length < 12) throw new Error(`not an HTTP/1 response: ${JSON.stringify(head.slice(0, 40))}`);
-    const status = Number(head.slice(9, 12));
-    if (!Number.isInteger(status) || status < 100) throw new Error(`bad status line ${JSON.stringify(head.slice(0, 40))}`);
-    if (status < 200) {
-      // An interim response (we never send Expect): skip it, the real head follows.
-      const rest = data.subarray(end + 4);
-      if (rest.length === 0) return -1;
-      return this.readHead(rest);
+    let start = 0;
+    let end: number;
+    let head: string;
+    let status: number;
+    for (;;) {
+      end = data.indexOf(CRLFCRLF, start);
+      if (end < 0) {
+        if (data.length - start > MAX_HEAD) throw new Error(`a response head longer than ${MAX_HEAD} bytes`);
+        this.buffered = start === 0 ? data : data.subarray(start);
+        return -1;
+      }
+      head = data.toString("latin1", start, end);
+      if (!head.startsWith("HTTP/1.") || head.length < 12) throw new Error(`not an HTTP/1 response: ${JSON.stringify(head.slice(0, 40))}`);
+      status = Number(head.slice(9, 12));
+      if (!Number.isInteger(status) || status < 100) throw new Error(`bad status line ${JSON.stringify(head.slice(0, 40))}`);
+      if (status >= 200) break;
+      // An interim response (103 Early Hints; we never send Expect): skipped, the real head follows.
+      start = end + 4;
     }
     const lower = head.toLowerCase();
     const declared = single(head, lower, "\r\ncontent-length:");
@@ -802,6 +880,7 @@ class Client {
       this.upKeepAlive = false;
       this.closeAfter = true;
     }
+    this.respWhole = noBody || (!chunked && length >= 0 && length <= WHOLE_LIMIT);
     // The rest of a request body the instance did not wait for cannot be skipped safely.
     if (this.bodyLeft > 0) this.closeAfter = true;
     out += "\r\nx-forge-request-id: " + this.requestId + "\r\nx-forge-start: " + (this.lease?.start ?? "warm") + "\r\n";
@@ -827,7 +906,7 @@ class Client {
     if (!up || !lease) return;
     this.up = undefined;
     up.destroy();
-    if (!this.respHead && !this.buffered && !this.retried && this.whole !== undefined && up.served > 0) {
+    if (!this.gotBytes && !this.retried && this.whole !== undefined && up.served > 0) {
       // A kept-alive connection the instance had closed: nothing was acted on; once more on a fresh one.
       this.retried = true;
       const fresh = this.g.upstream.open(lease.instance.endpoint.socketPath);
@@ -849,6 +928,7 @@ class Client {
 
   /** Called by the gateway's sweep: the request's timeout, or the idle connection's. */
   checkDeadline(now: number): void {
+    if (this.closingAt && now - this.closingAt > LINGER_MS) return this.destroy();
     if (!this.busy && !this.tunnel && now - this.lastActive > this.g.idleTimeoutMs) return this.destroy();
     if (this.deadlineAt === 0 || this.deadlineAt > now) return;
     this.deadlineAt = 0;
@@ -882,28 +962,17 @@ class Client {
     this.finish(this.status, true);
   }
 
-  /** Ends the request in flight: lease back, record written; then the next one or the close. */
+  /** Ends the request in flight: lease back, record written; then the next one, or the close. */
   private finish(status: number, ok: boolean): void {
     if (!this.busy) return;
-    this.busy = false;
-    this.deadlineAt = 0;
-    this.lastActive = Date.now();
     const lease = this.lease;
     this.lease = undefined;
-    this.whole = undefined;
-    this.respHead = undefined;
-    this.buffered = undefined;
+    this.settle();
     if (lease) {
       lease.release();
       recordLeased(this.g.o.recorder, this.name, lease, this.requestId, this.createdAt, this.started, status, this.bytesOut, "sync");
     }
-    if (!ok || this.closed) return;
-    if (this.closeAfter) {
-      if (!this.unsent) this.end();
-      return;
-    }
-    this.resumeSelf();
-    if (this.buf) this.next();
+    if (ok) this.afterResponse();
   }
 
   /** Answers the request in flight with an error (no instance reached, or none answered in time). */
@@ -913,19 +982,35 @@ class Client {
     if (lease) recordLeased(recorder, this.name, lease, this.requestId, this.createdAt, this.started, e.status, 0, "sync");
     else if (pool) recordUnleased(recorder, this.name, pool.version, this.requestId, this.createdAt, this.started, e, "sync");
     if (this.bodyLeft > 0) this.closeAfter = true; // the rest of the body is not read
-    this.write(errorBytes(e, this.requestId, this.closeAfter));
+    this.write(errorBytes(e, this.requestId, this.closeAfter, this.isHead));
+    this.settle();
+    this.afterResponse();
+  }
+
+  /** The request in flight is over: its state goes. */
+  private settle(): void {
     this.busy = false;
     this.lastActive = Date.now();
     this.deadlineAt = 0;
     this.whole = undefined;
+    this.early = undefined;
     this.respHead = undefined;
     this.buffered = undefined;
+  }
+
+  /** After a response: close if it said so, else read on and start the next request. */
+  private afterResponse(): void {
+    if (this.closed) return;
     if (this.closeAfter) {
+      this.closing = true;
+      this.buf = undefined;
       if (!this.unsent) this.end();
       return;
     }
-    this.resumeSelf();
-    if (this.buf) this.next();
+    if (!this.unsent) {
+      this.resumeSelf();
+      this.drive();
+    }
   }
 
   // --- the tunnel ---
@@ -959,16 +1044,12 @@ class Client {
   }
 
   tunnelClosed(): void {
-    if (this.unsent) this.closeAfter = true;
-    else this.end();
-  }
-
-  private tunnelResume(): void {
-    this.tunnel?.socket?.resume();
+    this.closing = true;
+    if (!this.unsent) this.end();
   }
 
   upstreamDrained(): void {
-    this.resumeSelf();
+    if (!this.closing) this.resumeSelf();
   }
 
   // --- writing and flow control ---
@@ -998,9 +1079,17 @@ class Client {
     this.socket.resume();
   }
 
+  /**
+   * Closes after the output, lingering: FIN first, then what the client still sends is read
+   * and dropped until it closes (or LINGER_MS passes). Closing with unread input would send a
+   * RST, and a RST can destroy the answer the client has not read yet.
+   */
   private end(): void {
-    if (this.closed) return;
-    this.socket.end();
+    if (this.closed || this.closingAt) return;
+    this.closing = true;
+    this.closingAt = Date.now();
+    this.socket.shutdown();
+    this.resumeSelf();
   }
 }
 
