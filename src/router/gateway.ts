@@ -138,71 +138,70 @@ interface Head {
  * character but tab (so no folded lines, no bare CR or LF, no space before a colon).
  */
 const REQUEST_HEAD = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+ \/[!-~]* HTTP\/1\.1(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~\x80-\xff]*)*$/;
-/** Headers that send a request to Bun.serve: framing or protocol changes the fast path does not do. */
-const NOT_FAST = /\r\n(?:transfer-encoding|upgrade|expect|http2-settings):/;
-/** Request headers not passed on (hop-by-hop, and the id forge sets). */
-const REQUEST_CUT = /\r\n(connection|keep-alive|proxy-connection|te|x-forge-request-id):/g;
-/** Response headers not passed on. */
-const RESPONSE_CUT = /\r\n(connection|keep-alive|proxy-connection|x-forge-request-id|x-forge-start):/g;
-
-/** The value of the one header `name` ("\r\nname:") in a head and its lowercase copy; null when absent, undefined when repeated. */
-function single(head: string, lower: string, name: string): string | null | undefined {
-  const at = lower.indexOf(name);
-  if (at < 0) return null;
-  if (lower.indexOf(name, at + name.length) >= 0) return undefined;
-  const end = head.indexOf("\r\n", at + name.length);
-  return head.slice(at + name.length, end < 0 ? head.length : end).trim();
-}
-
 /**
- * Removes the header lines `cut` (a global regex over `lower`, the head's lowercase copy)
- * finds; calls `seen` with each removed line's lowercase name and value.
+ * The request headers the fast path looks at, found in one case-insensitive pass over the
+ * head (no lowercase copy): routing and framing, what sends a request to Bun.serve instead
+ * (transfer codings, protocol changes), and what is not passed on (hop-by-hop, forge's id).
  */
-function cutLines(head: string, lower: string, cut: RegExp, seen: (name: string, value: string) => void): string {
-  let out = "";
-  let from = 0;
-  cut.lastIndex = 0;
-  for (let m = cut.exec(lower); m; m = cut.exec(lower)) {
-    let end = lower.indexOf("\r\n", m.index + 2);
-    if (end < 0) end = lower.length;
-    seen(m[1] ?? "", head.slice(m.index + m[0].length, end).trim());
-    out += head.slice(from, m.index);
-    from = end;
-    cut.lastIndex = end;
-  }
-  return out + head.slice(from);
+const REQUEST_SPECIAL = /\r\n(host|content-length|transfer-encoding|upgrade|expect|http2-settings|connection|keep-alive|proxy-connection|te|x-forge-request-id):[ \t]*([^\r]*)/gi;
+/** The response headers the gateway looks at: framing, and what is not passed on. */
+const RESPONSE_SPECIAL = /\r\n(content-length|transfer-encoding|connection|keep-alive|proxy-connection|x-forge-request-id|x-forge-start):[ \t]*([^\r]*)/gi;
+
+/** Removes the lines at the [start, end) ranges of `cut` (ascending) from a head. */
+function cutRanges(head: string, cut: number[]): string {
+  let out = head.slice(0, cut[0]);
+  for (let i = 1; i < cut.length; i += 2) out += head.slice(cut[i], i + 1 < cut.length ? cut[i + 1] : head.length);
+  return out;
 }
 
 /** Parses a request head (latin1 text without the final CRLFCRLF); undefined: not for the fast path. */
 export function parseRequest(head: string, suffix: string, seen: Map<string, string | undefined>): Head | undefined {
   if (!REQUEST_HEAD.test(head)) return undefined;
-  const lower = head.toLowerCase();
-  if (NOT_FAST.test(lower)) return undefined;
-  const host = single(head, lower, "\r\nhost:");
+  let host: string | undefined;
+  let length = -1;
+  let close = false;
+  let given: string | undefined;
+  // Lines not passed on, as [start, end) ranges (rarely any).
+  let cut: number[] | undefined;
+  REQUEST_SPECIAL.lastIndex = 0;
+  for (let m = REQUEST_SPECIAL.exec(head); m; m = REQUEST_SPECIAL.exec(head)) {
+    const field = (m[1] ?? "").toLowerCase();
+    const value = (m[2] ?? "").trimEnd();
+    switch (field) {
+      case "host":
+        if (host !== undefined) return undefined;
+        host = value;
+        break;
+      case "content-length":
+        if (length >= 0 || !DIGITS.test(value)) return undefined;
+        length = Number(value);
+        break;
+      case "connection": {
+        const v = value.toLowerCase();
+        if (v.includes("upgrade")) return undefined;
+        if (v.includes("close")) close = true;
+        (cut ??= []).push(m.index, m.index + m[0].length);
+        break;
+      }
+      case "x-forge-request-id":
+        given = value;
+        (cut ??= []).push(m.index, m.index + m[0].length);
+        break;
+      case "keep-alive":
+      case "proxy-connection":
+      case "te":
+        (cut ??= []).push(m.index, m.index + m[0].length);
+        break;
+      default:
+        return undefined; // transfer-encoding, upgrade, expect, http2-settings
+    }
+  }
   if (!host) return undefined;
   const name = functionOf(host, suffix, seen);
   if (name === undefined) return undefined;
-  const declared = single(head, lower, "\r\ncontent-length:");
-  if (declared === undefined || (declared !== null && !DIGITS.test(declared))) return undefined;
-  const length = declared === null ? -1 : Number(declared);
-  let close = false;
-  let upgrade = false;
-  let given: string | undefined;
-  let out = head;
-  REQUEST_CUT.lastIndex = 0;
-  if (REQUEST_CUT.test(lower)) {
-    out = cutLines(head, lower, REQUEST_CUT, (field, value) => {
-      if (field === "connection") {
-        const v = value.toLowerCase();
-        if (v.includes("close")) close = true;
-        if (v.includes("upgrade")) upgrade = true;
-      } else if (field === "x-forge-request-id") given = value;
-    });
-    if (upgrade) return undefined;
-  }
   const method = head.slice(0, head.indexOf(" "));
   const requestId = requestIdFrom(given);
-  out += "\r\nx-forge-request-id: " + requestId + "\r\n";
+  let out = (cut ? cutRanges(head, cut) : head) + "\r\nx-forge-request-id: " + requestId + "\r\n";
   if (length < 0 && (method === "POST" || method === "PUT" || method === "PATCH")) out += "content-length: 0\r\n";
   out += "\r\n";
   return { name, out, method, length: Math.max(0, length), close, requestId };
@@ -853,21 +852,27 @@ class Client {
       // An interim response (103 Early Hints; we never send Expect): skipped, the real head follows.
       start = end + 4;
     }
-    const lower = head.toLowerCase();
-    const declared = single(head, lower, "\r\ncontent-length:");
-    if (declared === undefined || (declared !== null && !DIGITS.test(declared))) throw new Error("a repeated or bad content-length in the response");
-    const length = declared === null ? -1 : Number(declared);
-    const coding = single(lower, lower, "\r\ntransfer-encoding:");
-    if (coding === undefined) throw new Error("a repeated transfer-encoding in the response");
-    const chunked = coding !== null && coding.endsWith("chunked");
+    let length = -1;
+    let coding: string | undefined;
     let connection = "";
-    let out = head;
-    RESPONSE_CUT.lastIndex = 0;
-    if (RESPONSE_CUT.test(lower)) {
-      out = cutLines(head, lower, RESPONSE_CUT, (field, value) => {
+    let cut: number[] | undefined;
+    RESPONSE_SPECIAL.lastIndex = 0;
+    for (let m = RESPONSE_SPECIAL.exec(head); m; m = RESPONSE_SPECIAL.exec(head)) {
+      const field = (m[1] ?? "").toLowerCase();
+      const value = (m[2] ?? "").trimEnd();
+      if (field === "content-length") {
+        if (length >= 0 || !DIGITS.test(value)) throw new Error("a repeated or bad content-length in the response");
+        length = Number(value);
+      } else if (field === "transfer-encoding") {
+        if (coding !== undefined) throw new Error("a repeated transfer-encoding in the response");
+        coding = value.toLowerCase();
+      } else {
         if (field === "connection") connection = value.toLowerCase();
-      });
+        (cut ??= []).push(m.index, m.index + m[0].length);
+      }
     }
+    const chunked = coding !== undefined && coding.endsWith("chunked");
+    const out = cut ? cutRanges(head, cut) : head;
     this.status = status;
     this.upKeepAlive = head.charCodeAt(7) === 49 /* HTTP/1.1 */ ? !connection.includes("close") : connection.includes("keep-alive");
     const noBody = this.isHead || status === 204 || status === 304;
@@ -883,9 +888,7 @@ class Client {
     this.respWhole = noBody || (!chunked && length >= 0 && length <= WHOLE_LIMIT);
     // The rest of a request body the instance did not wait for cannot be skipped safely.
     if (this.bodyLeft > 0) this.closeAfter = true;
-    out += "\r\nx-forge-request-id: " + this.requestId + "\r\nx-forge-start: " + (this.lease?.start ?? "warm") + "\r\n";
-    if (this.closeAfter) out += "connection: close\r\n";
-    this.respHead = out + "\r\n";
+    this.respHead = out + "\r\nx-forge-request-id: " + this.requestId + "\r\nx-forge-start: " + (this.lease?.start ?? "warm") + (this.closeAfter ? "\r\nconnection: close\r\n\r\n" : "\r\n\r\n");
     return end + 4;
   }
 
