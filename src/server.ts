@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { createConsola, type ConsolaInstance } from "consola";
 import { Redis } from "ioredis";
 import type { Config } from "./config.ts";
+import { ErrorCode, ForgeError } from "./errors.ts";
 import { FunctionService, InvocationRecorder } from "./functions/index.ts";
 import { createImageBuilder } from "./build/index.ts";
 import { fixedKeepAlive, PoolManager, selectDriver, UpstreamPool, type Driver } from "./pool/index.ts";
@@ -188,7 +189,14 @@ export async function startServer(config: Config, options: StartOptions = {}): P
     port = gateway.listen(config.host, config.port);
   } catch (err) {
     await server.stop(true);
-    throw err;
+    rmSync(backend, { force: true });
+    await provisioning.close();
+    await driver.dispose();
+    store.close();
+    throw new ForgeError(ErrorCode.InvalidConfig, 400, `forge cannot listen on ${config.host}:${config.port}: ${err instanceof Error ? err.message : String(err)}`, {
+      hint: "is the port in use? stop what holds it, or choose another with FORGE_PORT or --port (0 picks a free one)",
+      cause: err,
+    });
   }
 
   // 5. restore pools of active versions, then warm the stem cells

@@ -74,6 +74,24 @@ describe("the CLI says what went wrong and how to fix it", () => {
     expect(r.stderr + r.stdout).toContain("hint:");
   });
 
+  test("forge up on a port already in use: exit 1 naming the port, with a hint", async () => {
+    using dataDir = tempDir();
+    const busy = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    try {
+      const proc = Bun.spawn([process.execPath, join(ROOT, "src/cli/main.ts"), "up", "--port", String(busy.port)], {
+        env: { PATH: process.env.PATH ?? "", FORGE_DATA_DIR: dataDir, FORGE_DRIVER: "process", FORGE_STEM_CELLS: "0", NO_COLOR: "1" },
+        stdout: "pipe",
+        stderr: "pipe",
+      });
+      const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+      expect(code).toBe(1);
+      expect(out + err).toContain(`cannot listen on 127.0.0.1:${busy.port}`);
+      expect(out + err).toContain("FORGE_PORT");
+    } finally {
+      busy.stop(true);
+    }
+  });
+
   test("malformed forge.json is refused before upload", async () => {
     using dir = tempDir();
     mkdirSync(join(dir, "x"));
