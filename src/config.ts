@@ -64,6 +64,8 @@ export interface Config {
   triggerSyncMs: number;
   /** FORGE_TELEMETRY: on, or off to skip invocation records, metrics and function logs (to measure their cost). Default on. */
   telemetry: boolean;
+  /** Invocation records (and dead letters) older than this are deleted, ms. */
+  recordRetentionMs: number;
   /** A client connection with no request in flight (idle keep-alive, or a head that never completes) is closed after this, ms. */
   idleTimeoutMs: number;
   /** FORGE_LOG_FORMAT: pretty or json. Default pretty. */
@@ -121,6 +123,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     triggerSyncMs: r.duration("FORGE_TRIGGER_SYNC", 10_000),
     telemetry: r.oneOf("FORGE_TELEMETRY", "on", ["on", "off"] as const) === "on",
     idleTimeoutMs: r.duration("FORGE_IDLE_TIMEOUT", 75_000),
+    recordRetentionMs: r.duration("FORGE_RECORD_RETENTION", 7 * 24 * 3600_000),
     logFormat: r.oneOf("FORGE_LOG_FORMAT", "pretty", ["pretty", "json"] as const),
     maxArchiveBytes: r.int("FORGE_MAX_ARCHIVE_MB", 50, 1, 10_000) * 1024 * 1024,
     maxArchiveFiles: r.int("FORGE_MAX_ARCHIVE_FILES", 10_000, 1, 1_000_000),

@@ -67,6 +67,17 @@ export async function startServer(config: Config, options: StartOptions = {}): P
 
   // 3. services
   const recorder = new InvocationRecorder({ repo: store.invocations, logger, enabled: config.telemetry });
+  // Retention: records and dead letters older than FORGE_RECORD_RETENTION go, checked a tenth as often.
+  const pruneRecords = (): void => {
+    try {
+      store.invocations.prune(Date.now() - config.recordRetentionMs);
+    } catch (err) {
+      logger.warn("could not prune old invocation records:", err);
+    }
+  };
+  pruneRecords();
+  const pruneTimer = setInterval(pruneRecords, Math.min(Math.max(config.recordRetentionMs / 10, 100), 10 * 60_000));
+  pruneTimer.unref?.();
   const logs = new LogStore({ dir: join(config.dataDir, "logs"), logger, retentionBytes: config.logRetentionBytes });
   if (config.telemetry) {
     driver.onLog((line) => {
@@ -188,6 +199,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
   try {
     port = gateway.listen(config.host, config.port);
   } catch (err) {
+    clearInterval(pruneTimer);
     await server.stop(true);
     rmSync(backend, { force: true });
     await provisioning.close();
@@ -221,6 +233,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
       gateway.stop();
       await server.stop(true);
       rmSync(backend, { force: true });
+      clearInterval(pruneTimer);
       await recorder[Symbol.asyncDispose]();
       await logs[Symbol.asyncDispose]();
       await driver.dispose();

@@ -107,6 +107,15 @@ describe("metrics and invocation records", () => {
     expect(check.exitCode).toBe(0);
   });
 
+  test("records older than FORGE_RECORD_RETENTION are deleted", async () => {
+    await using short = await startForge({ env: { FORGE_RECORD_RETENTION: "1s", FORGE_STEM_CELLS: "0" } });
+    expect((await cli(short, ["deploy", dir, "--name", "brief"])).code).toBe(0);
+    expect((await short.fn("brief", "/?n=1")).status).toBe(200);
+    const records = async (): Promise<unknown[]> => ((await (await short.api("/v1/functions/brief/invocations")).json()) as { invocations: unknown[] }).invocations;
+    await until(async () => ((await records()).length === 1 ? true : undefined), 5_000, "the record");
+    await until(async () => ((await records()).length === 0 ? true : undefined), 10_000, "the record to be pruned");
+  });
+
   test("the invocation records and forge info's percentiles match a known load", async () => {
     await using fresh = tempDir("forge-records-");
     writeFileSync(join(fresh, "index.ts"), `export default async (req: Request) => { const ms = Number(new URL(req.url).searchParams.get("ms")); await Bun.sleep(ms); return new Response(String(ms), { status: ms === 0 ? 500 : 200 }); };`);

@@ -249,6 +249,26 @@ describe("invocations", () => {
     ]);
   });
 
+  test("prune deletes old batches and old finished records, never queued or running ones", () => {
+    using store = openStore(dbPath);
+    const columns = (...records: InvocationRecord[]) => {
+      const c = new RecordColumns();
+      for (const r of records) c.add(r);
+      return { function: "greet", firstAt: c.firstAt, lastAt: c.lastAt, count: c.count, data: c.encode() };
+    };
+    store.invocations.appendBatches([columns(invocation("old-b", { createdAt: 1_000, updatedAt: 1_000 }))]);
+    store.invocations.appendBatches([columns(invocation("new-b", { createdAt: 9_000, updatedAt: 9_000 }))]);
+    store.invocations.insertMany([
+      invocation("old-done", { createdAt: 1_000, updatedAt: 1_000, kind: "async", state: "succeeded" }),
+      invocation("old-dead", { createdAt: 1_000, updatedAt: 2_000, kind: "async", state: "dead" }),
+      invocation("old-queued", { createdAt: 1_000, updatedAt: 1_000, kind: "async", state: "queued" }),
+      invocation("old-running", { createdAt: 1_000, updatedAt: 1_000, kind: "async", state: "running" }),
+      invocation("long-async", { createdAt: 1_000, updatedAt: 8_000, kind: "async", state: "failed" }),
+    ]);
+    store.invocations.prune(5_000);
+    expect(store.invocations.list("greet").map((r) => r.id).sort()).toEqual(["long-async", "new-b", "old-queued", "old-running"]);
+  });
+
   test("insertMany, list filters newest first with a limit, update", () => {
     using store = openStore(dbPath);
     store.invocations.insertMany([

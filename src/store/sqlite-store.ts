@@ -6,7 +6,7 @@
 import { Database } from "bun:sqlite";
 import { chmodSync, existsSync, mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { and, desc, eq, gte, ne, sql, type SQL } from "drizzle-orm";
+import { and, desc, eq, gte, inArray, lt, ne, sql, type SQL } from "drizzle-orm";
 import { drizzle, type BunSQLiteDatabase } from "drizzle-orm/bun-sqlite";
 import { migrate } from "drizzle-orm/bun-sqlite/migrator";
 import { ErrorCode, ForgeError } from "../errors.ts";
@@ -403,6 +403,13 @@ function invocationRepo(live: Live, insertFast: (records: InvocationRecord[]) =>
       const fromBatches = batches.read(fn, query, limit);
       if (fromBatches.length === 0) return rows;
       return [...rows, ...fromBatches].sort((a, b) => b.createdAt - a.createdAt).slice(0, limit);
+    },
+    prune(before) {
+      const db = live();
+      db.delete(invocationBatches).where(lt(invocationBatches.lastAt, before)).run();
+      db.delete(invocations)
+        .where(and(lt(invocations.updatedAt, before), inArray(invocations.state, ["done", "succeeded", "failed", "dead"])))
+        .run();
     },
   };
 }

@@ -115,6 +115,12 @@ export interface InvocationRepo {
   get(id: string): InvocationRecord | undefined;
   /** Newest first. */
   list(fn: string, query?: InvocationQuery): InvocationRecord[];
+  /**
+   * Deletes what retention lets go: batches of the request path whose newest record is older
+   * than `before` (epoch ms), and finished records (done, succeeded, failed, dead) last updated
+   * before it. Queued and running async invocations stay, however old.
+   */
+  prune(before: number): void;
 }
 
 export interface ScheduleRecord {
