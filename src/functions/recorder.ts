@@ -34,6 +34,11 @@ export class InvocationRecorder implements AsyncDisposable {
     this.maxPending = options.maxPending ?? 4096;
   }
 
+  /** false when FORGE_TELEMETRY=off: callers may skip building records at all. */
+  get enabled(): boolean {
+    return this.options.enabled !== false;
+  }
+
   record(r: InvocationRecord): void {
     if (this.options.enabled === false) return;
     for (const l of this.listeners) l(r);

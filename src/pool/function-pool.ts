@@ -290,31 +290,25 @@ export class FunctionPool {
     if (inst.inFlight === 1 && inst.served > 1) this.host.onIdle(this.function, now - inst.lastUsed);
     inst.lastUsed = now;
     this.host.countStart(this.function, start);
-    let done = false;
-    const release = (): void => {
-      if (done) return;
-      done = true;
-      if (this.instances.get(inst.id) !== inst) return; // gone meanwhile; counts already dropped
-      inst.inFlight--;
-      this.inFlightTotal--;
-      inst.lastUsed = this.host.clock.now();
-      this.dispatch(inst, "warm");
-      this.checkDrained();
-    };
-    return {
-      instance: handle,
-      version: this.version,
-      start,
-      queueWaitMs,
-      release,
-      fail: () => {
-        release();
-        if (this.instances.get(inst.id) === inst) {
-          this.retire(inst);
-          this.scale();
-        }
-      },
-    };
+    return new PoolLease(this, inst, handle, start, queueWaitMs);
+  }
+
+  /** @internal A lease's slot goes back (PoolLease.release). */
+  returnSlot(inst: PoolInstance): void {
+    if (this.instances.get(inst.id) !== inst) return; // gone meanwhile; counts already dropped
+    inst.inFlight--;
+    this.inFlightTotal--;
+    inst.lastUsed = this.host.clock.now();
+    this.dispatch(inst, "warm");
+    this.checkDrained();
+  }
+
+  /** @internal The instance failed under a lease (PoolLease.fail): out of the pool. */
+  failInstance(inst: PoolInstance): void {
+    if (this.instances.get(inst.id) === inst) {
+      this.retire(inst);
+      this.scale();
+    }
   }
 
   /** Hands free slots of an instance to waiting requests, in order. */
@@ -385,5 +379,33 @@ export class FunctionPool {
       this.drained = undefined;
       d();
     }
+  }
+}
+
+/** A slot on an instance: a class rather than closures, since one is made per request. */
+class PoolLease implements Lease {
+  private done = false;
+
+  constructor(
+    private readonly pool: FunctionPool,
+    private readonly inst: PoolInstance,
+    readonly instance: InstanceHandle,
+    readonly start: StartKind,
+    readonly queueWaitMs: number,
+  ) {}
+
+  get version(): number {
+    return this.pool.version;
+  }
+
+  release(): void {
+    if (this.done) return;
+    this.done = true;
+    this.pool.returnSlot(this.inst);
+  }
+
+  fail(): void {
+    this.release();
+    this.pool.failInstance(this.inst);
   }
 }

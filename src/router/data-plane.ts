@@ -76,6 +76,8 @@ export function recordLeased(
   bytesOut: number,
   kind: InvocationRecord["kind"],
 ): void {
+  if (!recorder.enabled) return;
+  const durationMs = performance.now() - started;
   recorder.record({
     id,
     function: name,
@@ -87,14 +89,15 @@ export function recordLeased(
     status,
     attempts: 1,
     queueWaitMs: lease.queueWaitMs,
-    durationMs: performance.now() - started,
+    durationMs,
     bytesIn: 0,
     bytesOut,
     payload: null,
     result: null,
     error: null,
     createdAt,
-    updatedAt: Date.now(),
+    // The end, from the monotonic duration: one clock read fewer on the request path.
+    updatedAt: createdAt + Math.round(durationMs),
   });
 }
 
