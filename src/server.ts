@@ -171,6 +171,8 @@ export async function startServer(config: Config, options: StartOptions = {}): P
     ready: () => ready,
     logs,
     flushRecords: () => recorder.flush(),
+    // Within the idle timeout, so that a quiet `forge logs -f` is not taken for an idle connection.
+    heartbeatMs: Math.max(250, Math.min(30_000, Math.floor(config.idleTimeoutMs / 3))),
     metrics: () => metrics.render(),
     invokeAsync: (name, request) => asyncInvoker.submit(name, request),
     upstream,

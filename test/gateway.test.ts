@@ -102,7 +102,7 @@ async function exchange(
   parts: (string | Uint8Array)[],
   expected: number,
   heads: boolean[] = [],
-  options: { pauseFirst?: boolean; beforePart?: (index: number) => Promise<void> } = {},
+  options: { pauseFirst?: boolean; beforePart?: (index: number) => Promise<void>; afterWrite?: () => Promise<void> } = {},
 ): Promise<{ responses: RawResponse[]; closed: boolean }> {
   const chunks: Buffer[] = [];
   let data = Buffer.alloc(0);
@@ -151,6 +151,7 @@ async function exchange(
       }
       socket.flush();
     }
+    await options.afterWrite?.();
     if (options.pauseFirst) socket.resume();
     const timer = setTimeout(() => done.reject(new Error(`no ${expected} responses within 10 s; got ${JSON.stringify(data.toString("latin1").slice(0, 400))}`)), 10_000);
     await done.promise.finally(() => clearTimeout(timer));
@@ -314,6 +315,37 @@ describe("idle connections", () => {
     expect(idle.responses.map((r) => json(r).path)).toEqual(["/once"]);
     // Two idle timeouts of 1 s, each measured on the gateway's 50 ms clock.
     expect(Date.now() - started).toBeGreaterThanOrEqual(1900);
+  });
+
+  test("an answer the client reads only after the idle timeout still arrives whole (the close is a FIN, not a reset)", async () => {
+    const { responses, closed } = await exchange([get("/bytes?n=250000")], 2, [], {
+      pauseFirst: true,
+      // The client reads nothing for 2.5 idle timeouts: the waiting is the behaviour under test.
+      afterWrite: () => Bun.sleep(2500),
+    });
+    expect(closed).toBe(true);
+    expect(responses.map((r) => [r.status, r.body.length])).toEqual([[200, 250000]]);
+  });
+
+  test("a tunnelled connection (the control API) left idle is closed too", async () => {
+    const started = Date.now();
+    const { responses, closed } = await exchange([`GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:${forge.port}\r\n\r\n`], 2);
+    expect(closed).toBe(true);
+    expect(responses.map((r) => r.status)).toEqual([200]);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(900);
+  });
+
+  test("a followed log stream with nothing to say stays open past the idle timeout (heartbeats)", async () => {
+    const res = await forge.api("/v1/functions/gw/logs?follow=1");
+    expect(res.status).toBe(200);
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    const end = Date.now() + 2500;
+    try {
+      // Each read ends with a heartbeat (an empty line); the stream must not end meanwhile.
+      while (Date.now() < end) expect((await reader.read()).done).toBe(false);
+    } finally {
+      await reader.cancel();
+    }
   });
 
   test("a request that takes longer than the idle timeout is not cut", async () => {

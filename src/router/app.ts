@@ -41,6 +41,8 @@ export interface RouterOptions {
   extend?: (v1: Hono) => void;
   /** Connections to instances for the data plane; default: its own. */
   upstream?: UpstreamPool;
+  /** How often a followed log stream sends an empty line, ms. Default 30 s. */
+  heartbeatMs?: number;
 }
 
 export type ForgeApp = Hono;
@@ -165,18 +167,29 @@ export function createRouter(o: RouterOptions): ForgeApp {
     const past = await logs.read(name, query);
     if (!follow) return c.json({ lines: past });
     const enc = new TextEncoder();
-    let unsubscribe = (): void => {};
+    let unfollow = (): void => {};
+    let heartbeat: ReturnType<typeof setInterval> | undefined;
+    const unsubscribe = (): void => {
+      unfollow();
+      clearInterval(heartbeat);
+    };
     const stream = new ReadableStream<Uint8Array>({
       start(controller) {
         for (const line of past) controller.enqueue(enc.encode(JSON.stringify(line) + "\n"));
-        unsubscribe = logs.follow(name, (line) => {
-          if (requestId && line.requestId !== requestId) return;
+        const send = (text: string): void => {
           try {
-            controller.enqueue(enc.encode(JSON.stringify(line) + "\n"));
+            controller.enqueue(enc.encode(text));
           } catch {
             unsubscribe(); // the client went away
           }
+        };
+        unfollow = logs.follow(name, (line) => {
+          if (requestId && line.requestId !== requestId) return;
+          send(JSON.stringify(line) + "\n");
         });
+        // An empty line now and then: a quiet stream is not an idle connection (FORGE_IDLE_TIMEOUT).
+        heartbeat = setInterval(() => send("\n"), o.heartbeatMs ?? 30_000);
+        heartbeat.unref?.();
         c.req.raw.signal.addEventListener("abort", () => unsubscribe(), { once: true });
       },
       cancel() {

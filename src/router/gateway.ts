@@ -43,8 +43,10 @@ export interface GatewayOptions {
 const MAX_HEAD = 64 * 1024;
 /** Responses of known length up to this size are taken whole from the instance, whatever the client's pace. */
 const WHOLE_LIMIT = 256 * 1024;
-/** How long a closing connection reads and drops what the client still sends, after its FIN. */
+/** A closing connection (FIN sent) closes once the client has sent nothing for this long... */
 const LINGER_MS = 5000;
+/** ...or this long after the FIN at the most. Either way gracefully: what the kernel still holds for the client is delivered. */
+const LINGER_MAX_MS = 30_000;
 /** Bytes of pipelined requests buffered before the client is paused. */
 const MAX_BUFFERED = 1024 * 1024;
 const CRLFCRLF = Buffer.from("\r\n\r\n");
@@ -578,6 +580,10 @@ class Client {
   private closing = false;
   /** When the FIN went (epoch ms); 0: not yet. */
   private closingAt = 0;
+  /** When the client last sent something after the FIN. */
+  private lingerAt = 0;
+  /** socket.end() was called: the close is on its way. */
+  private ended = false;
   private tunnel: Tunnel | undefined;
   /** Close once the current response is out. */
   private closeAfter = false;
@@ -632,8 +638,13 @@ class Client {
   // --- client socket events ---
 
   onData(chunk: Buffer): void {
-    if (this.closed || this.closing) return;
+    if (this.closed) return;
+    if (this.closing) {
+      this.lingerAt = this.g.now; // read and dropped: the client is still sending
+      return;
+    }
     if (this.tunnel) {
+      this.lastActive = this.g.now;
       if (!this.tunnel.write(chunk)) this.pauseSelf();
       return;
     }
@@ -659,6 +670,7 @@ class Client {
   onDrain(): void {
     const rest = this.unsent;
     if (!rest) return;
+    this.lastActive = this.g.now; // the client reads: output progress counts as activity
     this.unsent = undefined;
     if (!this.write(rest)) return;
     if (this.closing) return this.end();
@@ -765,7 +777,13 @@ class Client {
     got.then(
       (lease) => {
         this.waiting = undefined;
-        if (this.closed) return lease.release();
+        if (this.closed) {
+          // Gone just as a slot came: the slot goes back, the request is recorded as abandoned.
+          this.busy = false;
+          lease.release();
+          recordLeased(this.g.o.recorder, this.name, lease, this.requestId, this.createdAt, this.started, 499, 0, "sync");
+          return;
+        }
         this.send(lease, pool, out, Date.now());
       },
       (err: unknown) => {
@@ -937,10 +955,25 @@ class Client {
     this.fail(instanceFailed(this.name, err), undefined, lease);
   }
 
-  /** Called by the gateway's sweep: the request's timeout, or the idle connection's. */
+  /** Called by the gateway's sweep: the request's timeout, the idle connection's, the lingering close's. */
   checkDeadline(now: number): void {
-    if (this.closingAt && now - this.closingAt > LINGER_MS) return this.destroy();
-    if (!this.busy && !this.tunnel && now - this.lastActive > this.g.idleTimeoutMs) return this.destroy();
+    if (this.closingAt) {
+      if (!this.ended && (now - this.lingerAt > LINGER_MS || now - this.closingAt > LINGER_MAX_MS)) this.closeGracefully();
+      return;
+    }
+    const idle = now - this.lastActive > this.g.idleTimeoutMs;
+    if (this.closing) {
+      // The FIN waits behind output the client has not read for the whole idle timeout: it is gone.
+      if (idle) this.destroy();
+      return;
+    }
+    if (!this.busy && idle) {
+      // Output the client has not read for the whole idle timeout: it is gone.
+      if (this.unsent) return this.destroy();
+      // Idle keep-alive, a head that never completes, or a tunnel silent both ways.
+      this.tunnel?.close();
+      return this.end();
+    }
     if (this.deadlineAt === 0 || this.deadlineAt > now) return;
     this.deadlineAt = 0;
     this.timedOut(this.timeoutMs);
@@ -1047,6 +1080,7 @@ class Client {
   }
 
   fromTunnel(chunk: Buffer): void {
+    this.lastActive = this.g.now;
     if (!this.write(chunk)) this.tunnel?.socket?.pause();
   }
 
@@ -1098,9 +1132,16 @@ class Client {
   private end(): void {
     if (this.closed || this.closingAt) return;
     this.closing = true;
-    this.closingAt = Date.now();
+    this.closingAt = this.lingerAt = this.g.now;
     this.socket.shutdown();
     this.resumeSelf();
+  }
+
+  /** Closes without a reset: the kernel still delivers what it holds for the client. */
+  private closeGracefully(): void {
+    if (this.closed || this.ended) return;
+    this.ended = true;
+    this.socket.end();
   }
 }
 
