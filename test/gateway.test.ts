@@ -303,6 +303,39 @@ describe("clients that pipeline", () => {
   });
 });
 
+describe("one slot (concurrency 1, one instance)", () => {
+  const one = (): string => `gw1.localhost:${forge.port}`;
+  beforeAll(async () => {
+    expect((await cli(forge, ["deploy", dir, "--name", "gw1", "--concurrency", "1", "--max-instances", "1"])).code).toBe(0);
+  });
+
+  test("a client that does not read its answer (of known length, 200 kB) does not keep the slot", async () => {
+    // The first client never reads; the second must still be served by the one slot.
+    const stuck = exchange([`GET /bytes?n=200000 HTTP/1.1\r\nHost: ${one()}\r\n\r\n`], 1, [], { pauseFirst: true, afterWrite: () => new Promise(() => {}) });
+    void stuck.catch(() => undefined);
+    const r = await exchange([`GET /second HTTP/1.1\r\nHost: ${one()}\r\n\r\n`], 1);
+    expect(r.responses[0]?.status).toBe(200);
+    expect(json(r.responses[0]).path).toBe("/second");
+  });
+
+  test("a client that goes away while queued is recorded with 499", async () => {
+    const pool = async (): Promise<{ queued: number; instances: { inFlight: number }[] }> =>
+      ((await (await forge.api("/v1/functions/gw1")).json()) as { pool: { queued: number; instances: { inFlight: number }[] } }).pool;
+    const busy = exchange([`GET /wait HTTP/1.1\r\nHost: ${one()}\r\n\r\n`], 1);
+    await until(async () => (await pool()).instances.some((i) => i.inFlight > 0) || undefined, 5_000, "/wait in flight");
+    // Queued behind /wait, then gone: the socket is closed once the request is in the queue.
+    const queued = await Bun.connect({ hostname: "127.0.0.1", port: forge.port, socket: { data() {} } });
+    queued.write(`GET /queued HTTP/1.1\r\nHost: ${one()}\r\n\r\n`);
+    await until(async () => (await pool()).queued > 0 || undefined, 5_000, "the request in the queue");
+    queued.end();
+    expect((await busy).responses[0]?.status).toBe(200);
+    await until(async () => {
+      const r = (await (await forge.api("/v1/functions/gw1/invocations?status=499")).json()) as { invocations: unknown[] };
+      return r.invocations.length === 1 || undefined;
+    }, 5_000, "the 499 record");
+  });
+});
+
 describe("idle connections", () => {
   test("a head that never completes, and a kept-alive connection left idle, are closed after FORGE_IDLE_TIMEOUT", async () => {
     const started = Date.now();
