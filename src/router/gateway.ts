@@ -77,6 +77,9 @@ export class Gateway {
       port,
       socket: {
         open(socket) {
+          // As nginx's tcp_nodelay: an answer written while an earlier segment waits for its
+          // ACK is not held back by Nagle's algorithm.
+          socket.setNoDelay(true);
           socket.data = new Client(gateway, socket);
           gateway.clients.add(socket.data);
           if (!gateway.sweeper) gateway.now = Date.now();
