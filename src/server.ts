@@ -1,6 +1,7 @@
 /**
  * The composition root: builds the store, the driver, the pool, the services and the
- * router from a Config, and hands app.fetch to Bun.serve. Nothing else wires modules.
+ * router from a Config; the gateway takes the public port and Bun.serve runs app.fetch
+ * behind it, on a private socket. Nothing else wires modules.
  */
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -187,8 +188,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
   });
   // The public port is the gateway's: it proxies plain requests for functions itself and
   // tunnels every other connection to this Bun.serve, on a private Unix socket.
-  const backend = backendSocketPath(config.dataDir);
-  rmSync(backend, { force: true });
+  const { path: backend, remove: removeBackend } = backendSocket(config.dataDir);
   const server = Bun.serve({
     unix: backend,
     fetch: app.fetch,
@@ -203,7 +203,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
   } catch (err) {
     clearInterval(pruneTimer);
     await server.stop(true);
-    rmSync(backend, { force: true });
+    removeBackend();
     await provisioning.close();
     await driver.dispose();
     store.close();
@@ -234,7 +234,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
       upstream.dispose();
       gateway.stop();
       await server.stop(true);
-      rmSync(backend, { force: true });
+      removeBackend();
       clearInterval(pruneTimer);
       await recorder[Symbol.asyncDispose]();
       await logs[Symbol.asyncDispose]();
@@ -259,11 +259,18 @@ export async function startServer(config: Config, options: StartOptions = {}): P
 
 // --- internal ---
 
-/** The private socket of Bun.serve: in the data dir (0700) when the path fits a socket address, else in a private temp dir. */
-function backendSocketPath(dataDir: string): string {
+/**
+ * The private socket of Bun.serve: in the data dir (0700) when the path fits a socket
+ * address, else in a private temp dir; `remove` deletes it (and that dir).
+ */
+function backendSocket(dataDir: string): { path: string; remove: () => void } {
   const inData = join(dataDir, "api.sock");
-  if (Buffer.byteLength(inData) < 100) return inData;
-  return join(mkdtempSync(join(tmpdir(), "forge-")), "api.sock");
+  if (Buffer.byteLength(inData) < 100) {
+    rmSync(inData, { force: true }); // left by a forge that was killed
+    return { path: inData, remove: () => rmSync(inData, { force: true }) };
+  }
+  const dir = mkdtempSync(join(tmpdir(), "forge-"));
+  return { path: join(dir, "api.sock"), remove: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
 function unrefDelay(ms: number): Promise<void> {

@@ -5,7 +5,7 @@
  * limits (413). Bytes are written and read raw, so nothing in between fixes them up.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { writeFileSync } from "node:fs";
+import { rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Framing } from "../src/router/gateway.ts";
 import { cli, startForge, tempDir, until, type ForgeProcess } from "./_helpers.ts";
@@ -425,6 +425,16 @@ describe("what the gateway hands to Bun.serve", () => {
   test("an HTTP/1.0 request is answered", async () => {
     const { responses } = await exchange([`GET /old HTTP/1.0\r\nHost: ${host()}\r\n\r\n`], 1);
     expect(json(responses[0]).path).toBe("/old");
+  });
+});
+
+describe("when the API server behind the gateway is gone", () => {
+  test("a request for it is a 503 with a hint, not a dropped connection", async () => {
+    await using lone = await startForge();
+    rmSync(join(lone.dataDir, "api.sock"));
+    const r = await lone.api("/v1/functions");
+    expect(r.status).toBe(503);
+    expect(((await r.json()) as { error: { hint: string } }).error.hint).toContain("restart");
   });
 });
 

@@ -69,8 +69,10 @@ export class InvocationRecorder implements AsyncDisposable {
     try {
       const batches: RecordBatch[] = [];
       this.lastCounts.clear();
-      for (const [fn, c] of pending) this.lastCounts.set(fn, Math.ceil(c.count * 1.25));
-      for (const [fn, c] of pending) batches.push({ function: fn, firstAt: c.firstAt, lastAt: c.lastAt, count: c.count, data: c.encode() });
+      for (const [fn, c] of pending) {
+        this.lastCounts.set(fn, Math.ceil(c.count * 1.25));
+        batches.push({ function: fn, firstAt: c.firstAt, lastAt: c.lastAt, count: c.count, data: c.encode() });
+      }
       this.options.repo.appendBatches(batches);
     } catch (err) {
       // Records are telemetry: losing a batch must not take the request path down.

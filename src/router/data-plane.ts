@@ -162,7 +162,7 @@ export class DataPlane {
       const got = pool.tryAcquire() ?? pool.acquire(req.signal);
       lease = got instanceof Promise ? await got : got;
     } catch (err) {
-      this.recordFailure(name, pool.version, requestId, createdAt, started, err, options.kind ?? "sync");
+      recordUnleased(this.o.recorder, name, pool.version, requestId, createdAt, started, err, options.kind ?? "sync");
       throw err;
     }
 
@@ -191,7 +191,7 @@ export class DataPlane {
         this.upstream.closeAll(socketPath);
       }
       const e = timedOut ? functionTimedOut(name, timeoutMs, err) : instanceFailed(name, err);
-      this.record(name, lease, requestId, createdAt, started, e.status, 0, kind);
+      recordLeased(this.o.recorder, name, lease, requestId, createdAt, started, e.status, 0, kind);
       throw e;
     }
 
@@ -204,25 +204,15 @@ export class DataPlane {
       // A small body of known length (or none), already whole: the slot goes back at once.
       deadline.done();
       lease.release();
-      this.record(name, lease, requestId, createdAt, started, status, reply?.byteLength ?? 0, kind);
+      recordLeased(this.o.recorder, name, lease, requestId, createdAt, started, status, reply?.byteLength ?? 0, kind);
       return new Response(reply, { status, statusText: upstream.statusText, headers: out });
     }
     const streamed = releaseOnEnd(reply, (bytes) => {
       deadline.done();
       lease.release();
-      this.record(name, lease, requestId, createdAt, started, status, bytes, kind);
+      recordLeased(this.o.recorder, name, lease, requestId, createdAt, started, status, bytes, kind);
     });
     return new Response(streamed, { status, statusText: upstream.statusText, headers: out });
-  }
-
-  // --- internal ---
-
-  private record(name: string, lease: Lease, id: string, createdAt: number, started: number, status: number, bytesOut: number, kind: InvocationRecord["kind"]): void {
-    recordLeased(this.o.recorder, name, lease, id, createdAt, started, status, bytesOut, kind);
-  }
-
-  private recordFailure(name: string, version: number, id: string, createdAt: number, started: number, err: unknown, kind: InvocationRecord["kind"]): void {
-    recordUnleased(this.o.recorder, name, version, id, createdAt, started, err, kind);
   }
 }
 
@@ -231,7 +221,7 @@ export class DataPlane {
  * request, which showed in the warm path's profile; a 50 ms sweep over the requests in
  * flight is precise enough for timeouts of 100 ms and more.
  */
-export class Deadlines {
+class Deadlines {
   private readonly live = new Set<Deadline>();
   private timer: ReturnType<typeof setInterval> | undefined;
 
@@ -262,7 +252,7 @@ export class Deadlines {
 }
 
 /** A request's deadline; an Abort (not an AbortController: cheaper) the upstream pool listens to. */
-export class Deadline extends Abort {
+class Deadline extends Abort {
   constructor(
     readonly at: number,
     private readonly live: Set<Deadline>,

@@ -22,7 +22,7 @@ import { ErrorCode, ForgeError, isForgeError } from "../errors.ts";
 import type { InvocationRecorder } from "../functions/index.ts";
 import type { FunctionPool, Lease, PoolManager } from "../pool/index.ts";
 import { tooLarge } from "./_body.ts";
-import { toForgeError } from "./app.ts";
+import { functionOfHost, toForgeError } from "./app.ts";
 import { functionNotFound, functionTimedOut, instanceFailed, recordLeased, recordUnleased, requestIdFrom } from "./data-plane.ts";
 
 export interface GatewayOptions {
@@ -216,22 +216,14 @@ export function parseRequest(head: string, suffix: string, seen: Map<string, str
   return { name, out, method, length: Math.max(0, length), close, requestId };
 }
 
-/** The function a Host value names, lowercased and without the port; undefined for any other host. */
+/** functionOfHost, remembered: clients send the same few Host values again and again. */
 function functionOf(host: string, suffix: string, seen: Map<string, string | undefined>): string | undefined {
   const known = seen.get(host);
   if (known !== undefined || seen.has(host)) return known;
   if (seen.size >= 1024) seen.clear();
-  const name = nameOfHost(host, suffix);
+  const name = functionOfHost(host, suffix);
   seen.set(host, name);
   return name;
-}
-
-function nameOfHost(host: string, suffix: string): string | undefined {
-  const colon = host.lastIndexOf(":");
-  const bare = (colon > host.lastIndexOf("]") ? host.slice(0, colon) : host).toLowerCase();
-  if (!bare.endsWith(suffix)) return undefined;
-  const label = bare.slice(0, bare.length - suffix.length);
-  return label.length > 0 ? label : undefined;
 }
 
 /** A raw HTTP error response with forge's JSON error body. */
@@ -246,7 +238,6 @@ function errorBytes(err: ForgeError, requestId: string, close: boolean, headOnly
 
 const STATUS_TEXT: Record<number, string> = {
   404: "Not Found",
-  499: "Client Closed Request",
   413: "Payload Too Large",
   429: "Too Many Requests",
   500: "Internal Server Error",
@@ -329,6 +320,57 @@ export class Framing {
   }
 }
 
+/** What can be written to: a Bun socket. */
+interface Writable {
+  write(data: string | Uint8Array, byteOffset?: number, byteLength?: number): number;
+}
+
+/**
+ * Writes to one socket, which may still be connecting: what it does not take yet (writes
+ * before it connected, the rest of a partial write) waits here, in order, for `flush()`.
+ * Strings written are ASCII (one byte a character).
+ */
+class Outbox {
+  /** Bytes the socket has not taken yet; undefined when everything went out. */
+  pending: Uint8Array | undefined;
+  private socket: Writable | undefined;
+
+  constructor(socket?: Writable) {
+    this.socket = socket;
+  }
+
+  /** The socket is connected: what waited goes out. True when all of it went. */
+  attach(socket: Writable): boolean {
+    this.socket = socket;
+    return this.flush();
+  }
+
+  /** Writes data (or `length` bytes of it from `offset`); false when some of it waits. */
+  write(data: string | Uint8Array, offset = 0, length = (typeof data === "string" ? data.length : data.byteLength) - offset): boolean {
+    const socket = this.socket;
+    if (this.pending || !socket) {
+      this.pending = this.pending ? concat(this.pending, bytesOf(data, offset, length)) : bytesOf(data, offset, length);
+      return false;
+    }
+    const written = typeof data === "string" ? socket.write(data) : socket.write(data, offset, length);
+    if (written >= length) return true;
+    this.pending = bytesOf(data, offset, length).subarray(Math.max(0, written));
+    return false;
+  }
+
+  /** On drain: writes what waits. True when nothing waits any more. */
+  flush(): boolean {
+    const rest = this.pending;
+    if (!rest) return true;
+    this.pending = undefined;
+    return this.write(rest);
+  }
+}
+
+function bytesOf(data: string | Uint8Array, offset: number, length: number): Uint8Array {
+  return typeof data === "string" ? Buffer.from(data, "latin1") : offset === 0 && length === data.byteLength ? data : data.subarray(offset, offset + length);
+}
+
 /** Kept-alive connections to instances, per socket path. */
 class Upstreams {
   private readonly idle = new Map<string, Up[]>();
@@ -397,9 +439,7 @@ class Up {
   closed = false;
   /** Responses completed on it. */
   served = 0;
-  /** Writes made before the socket connected. */
-  private queued: (string | Uint8Array)[] | undefined = [];
-  private unsent: Uint8Array | undefined;
+  private readonly out = new Outbox();
   paused = false;
 
   constructor(
@@ -409,41 +449,19 @@ class Up {
 
   connected(socket: Socket<Up>): void {
     this.socket = socket;
-    const q = this.queued;
-    this.queued = undefined;
-    let all = true;
-    for (const d of q ?? []) all = this.write(d) && all;
+    const all = this.out.attach(socket);
     if (this.paused) socket.pause();
     // The client stopped reading while the connection opened: more of its body may come now.
     if (all) this.client?.upstreamDrained();
   }
 
-  /** Writes all of data, keeping what the socket does not take for drain; false when something waits. */
+  /** Writes data (ASCII when a string), in order; false when some of it waits for the socket. */
   write(data: string | Uint8Array): boolean {
-    if (this.closed) return false;
-    if (this.queued) {
-      this.queued.push(data);
-      return false;
-    }
-    if (this.unsent) {
-      this.unsent = concat(this.unsent, typeof data === "string" ? Buffer.from(data, "latin1") : data);
-      return false;
-    }
-    const socket = this.socket;
-    if (!socket) return false;
-    const size = typeof data === "string" ? data.length : data.byteLength;
-    const written = socket.write(data);
-    if (written >= size) return true;
-    const bytes = typeof data === "string" ? Buffer.from(data, "latin1") : data;
-    this.unsent = bytes.subarray(Math.max(0, written));
-    return false;
+    return !this.closed && this.out.write(data);
   }
 
   onDrain(): void {
-    const rest = this.unsent;
-    if (!rest || !this.socket) return;
-    this.unsent = undefined;
-    if (this.write(rest)) this.client?.upstreamDrained();
+    if (this.out.pending && this.out.flush()) this.client?.upstreamDrained();
   }
 
   pause(): void {
@@ -503,42 +521,22 @@ const UP_HANDLERS = {
 /** The tunnel to Bun.serve a connection becomes when the fast path does not take a request. */
 class Tunnel {
   socket: Socket<Tunnel> | undefined;
-  private queued: Uint8Array[] | undefined = [];
-  private unsent: Uint8Array | undefined;
+  private readonly out = new Outbox();
   closed = false;
 
   constructor(readonly client: Client) {}
 
   write(data: Uint8Array): boolean {
-    if (this.closed) return false;
-    if (this.queued) {
-      this.queued.push(data);
-      return false;
-    }
-    if (this.unsent) {
-      this.unsent = concat(this.unsent, data);
-      return false;
-    }
-    const written = this.socket?.write(data) ?? -1;
-    if (written >= data.byteLength) return true;
-    this.unsent = data.subarray(Math.max(0, written));
-    return false;
+    return !this.closed && this.out.write(data);
   }
 
   connected(socket: Socket<Tunnel>): void {
     this.socket = socket;
-    const q = this.queued;
-    this.queued = undefined;
-    let all = true;
-    for (const d of q ?? []) all = this.write(d) && all;
-    if (all) this.client.tunnelDrained();
+    if (this.out.attach(socket)) this.client.tunnelDrained();
   }
 
   onDrain(): void {
-    const rest = this.unsent;
-    if (!rest) return;
-    this.unsent = undefined;
-    if (this.write(rest)) this.client.tunnelDrained();
+    if (this.out.pending && this.out.flush()) this.client.tunnelDrained();
   }
 
   close(): void {
@@ -579,7 +577,7 @@ const TUNNEL_HANDLERS = {
 class Client {
   private buf: Buffer | undefined;
   private closed = false;
-  /** A close was decided: input is dropped, the socket ends once `unsent` is out. */
+  /** A close was decided: input is dropped, the socket ends once `out` is empty. */
   private closing = false;
   /** When the FIN went (epoch ms); 0: not yet. */
   private closingAt = 0;
@@ -590,7 +588,8 @@ class Client {
   private tunnel: Tunnel | undefined;
   /** Close once the current response is out. */
   private closeAfter = false;
-  private unsent: Uint8Array | undefined;
+  /** Output to the client; `out.pending` is what it has not taken yet. */
+  private readonly out: Outbox;
   private paused = false;
   /** drive() is on the stack: requests finished synchronously do not recurse into it. */
   private driving = false;
@@ -636,6 +635,7 @@ class Client {
     private readonly socket: Socket<Client>,
   ) {
     this.lastActive = g.now;
+    this.out = new Outbox(socket);
   }
 
   // --- client socket events ---
@@ -671,11 +671,9 @@ class Client {
   }
 
   onDrain(): void {
-    const rest = this.unsent;
-    if (!rest) return;
+    if (!this.out.pending) return;
     this.lastActive = this.g.now; // the client reads: output progress counts as activity
-    this.unsent = undefined;
-    if (!this.write(rest)) return;
+    if (!this.out.flush()) return;
     if (this.closing) return this.end();
     this.up?.resume();
     this.tunnel?.socket?.resume();
@@ -709,7 +707,7 @@ class Client {
     if (this.driving) return;
     this.driving = true;
     try {
-      while (this.buf && !this.busy && !this.unsent && !this.closing && !this.closed && !this.tunnel) {
+      while (this.buf && !this.busy && !this.out.pending && !this.closing && !this.closed && !this.tunnel) {
         if (!this.next(this.buf)) break;
       }
     } finally {
@@ -972,7 +970,7 @@ class Client {
     }
     if (!this.busy && idle) {
       // Output the client has not read for the whole idle timeout: it is gone.
-      if (this.unsent) return this.destroy();
+      if (this.out.pending) return this.destroy();
       // Idle keep-alive, a head that never completes, or a tunnel silent both ways.
       this.tunnel?.close();
       return this.end();
@@ -1051,10 +1049,10 @@ class Client {
     if (this.closeAfter) {
       this.closing = true;
       this.buf = undefined;
-      if (!this.unsent) this.end();
+      if (!this.out.pending) this.end();
       return;
     }
-    if (!this.unsent) {
+    if (!this.out.pending) {
       this.resumeSelf();
       this.drive();
     }
@@ -1077,7 +1075,13 @@ class Client {
       },
       (err: unknown) => {
         this.g.o.logger.error("the gateway could not reach the API server:", err);
-        this.destroy();
+        const e = new ForgeError(ErrorCode.ServiceUnavailable, 503, "forge's API server did not answer", {
+          hint: "the server log says why; restarting forge recreates its socket (<data dir>/api.sock)",
+        });
+        this.tunnel = undefined;
+        this.write(errorBytes(e, requestIdFrom(undefined), true, false));
+        this.closing = true;
+        if (!this.out.pending) this.end();
       },
     );
   }
@@ -1093,7 +1097,7 @@ class Client {
 
   tunnelClosed(): void {
     this.closing = true;
-    if (!this.unsent) this.end();
+    if (!this.out.pending) this.end();
   }
 
   upstreamDrained(): void {
@@ -1102,17 +1106,9 @@ class Client {
 
   // --- writing and flow control ---
 
-  /** Writes data (or `length` bytes of it from `offset`), keeping what the socket does not take for drain. */
+  /** Writes data (or `length` bytes of it from `offset`); false when some of it waits for drain. */
   private write(data: Uint8Array, offset = 0, length = data.byteLength - offset): boolean {
-    if (this.closed) return false;
-    if (this.unsent) {
-      this.unsent = concat(this.unsent, data.subarray(offset, offset + length));
-      return false;
-    }
-    const written = this.socket.write(data, offset, length);
-    if (written >= length) return true;
-    this.unsent = data.subarray(offset + Math.max(0, written), offset + length);
-    return false;
+    return !this.closed && this.out.write(data, offset, length);
   }
 
   private pauseSelf(): void {
