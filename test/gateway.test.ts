@@ -237,6 +237,12 @@ describe("the gateway's fast path", () => {
     expect((json(responses[0]).error as { hint: string }).hint).toContain("FORGE_MAX_BODY_MB");
   });
 
+  test("a body over the limit is a 413 on the tunnelled paths too (/fn/<name>)", async () => {
+    const { responses } = await exchange([`POST /fn/gw/ HTTP/1.1\r\nHost: 127.0.0.1:${forge.port}\r\nContent-Length: ${2 * 1024 * 1024}\r\n\r\nabc`], 1);
+    expect(responses[0]?.status).toBe(413);
+    expect((json(responses[0]).error as { hint: string }).hint).toContain("FORGE_MAX_BODY_MB");
+  });
+
   test("an unknown function is a 404 JSON error", async () => {
     const { responses } = await exchange([`GET / HTTP/1.1\r\nHost: nope.localhost:${forge.port}\r\n\r\n`], 1);
     expect(responses[0]?.status).toBe(404);

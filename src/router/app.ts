@@ -49,7 +49,7 @@ export type ForgeApp = Hono;
 
 export function createRouter(o: RouterOptions): ForgeApp {
   const app = new Hono();
-  const dataPlane = new DataPlane({ pool: o.pool, recorder: o.recorder, logger: o.logger, ...(o.upstream ? { upstream: o.upstream } : {}) });
+  const dataPlane = new DataPlane({ pool: o.pool, recorder: o.recorder, logger: o.logger, maxBodyBytes: o.maxBodyBytes, ...(o.upstream ? { upstream: o.upstream } : {}) });
   const hostSuffix = "." + o.domain;
 
   app.onError((err, c) => errorResponse(err, o.logger, c.req.header("x-forge-request-id")));
@@ -245,8 +245,6 @@ export function createRouter(o: RouterOptions): ForgeApp {
       const { id } = await o.invokeAsync(name, { body, contentType: req.headers.get("content-type"), path: "/" + url.search });
       return c.json({ id, status: "queued" }, 202, { location: `/v1/invocations/${id}` });
     }
-    const declared = Number(req.headers.get("content-length") ?? NaN);
-    if (Number.isFinite(declared) && declared > o.maxBodyBytes) await readBodyLimited(req, o.maxBodyBytes);
     return dataPlane.invoke(name, req, { path: "/" + url.search, dropHeaders: ["authorization"] });
   });
 

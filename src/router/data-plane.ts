@@ -8,6 +8,7 @@ import { ErrorCode, ForgeError, isForgeError } from "../errors.ts";
 import type { InvocationRecorder } from "../functions/index.ts";
 import { Abort, UpstreamPool, type Lease, type PoolManager, type UpstreamReply } from "../pool/index.ts";
 import type { InvocationRecord } from "../store/index.ts";
+import { tooLarge } from "./_body.ts";
 
 export interface DataPlaneOptions {
   pool: PoolManager;
@@ -15,6 +16,8 @@ export interface DataPlaneOptions {
   logger: ConsolaInstance;
   /** Kept-alive connections to instances, shared by the data planes of a server; default: one of its own (see dispose). */
   upstream?: UpstreamPool;
+  /** Request bodies declared larger than this are refused with 413 (FORGE_MAX_BODY_MB); default no limit. */
+  maxBodyBytes?: number;
 }
 
 export interface InvokeOptions {
@@ -155,6 +158,12 @@ export class DataPlane {
     const requestId = requestIdOf(req);
     const pool = this.o.pool.pool(name);
     if (!pool) throw functionNotFound(name);
+    const max = this.o.maxBodyBytes;
+    if (max !== undefined && Number(req.headers.get("content-length") ?? NaN) > max) {
+      const e = tooLarge("request body", max);
+      recordUnleased(this.o.recorder, name, pool.version, requestId, createdAt, started, e, options.kind ?? "sync");
+      throw e;
+    }
     const timeoutMs = pool.spec.timeoutMs;
     let lease: Lease;
     try {
