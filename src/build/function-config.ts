@@ -10,6 +10,12 @@ export interface FunctionConfig {
   name: string;
   /** Entry module, relative to the function folder. Default index.ts (or index.js). */
   entry: string;
+  /**
+   * Lambda's handler string, `file.export` (e.g. "index.handler", "src/api.main"): the module
+   * (without extension) is the entry unless `entry` is set, the export is what the shim calls.
+   * Default: none (the module's default export, else its `handler` export).
+   */
+  handler?: string;
   /** Default bun; docker builds the folder's Dockerfile. */
   runtime: FunctionRuntime;
   /** Requests one instance serves at once. Default 8. */
@@ -45,6 +51,15 @@ export const FUNCTION_DEFAULTS: Omit<FunctionConfig, "name"> = {
 /** Fields PATCH /v1/functions/:name may change. */
 export const PATCHABLE_FIELDS = ["minWarm", "maxInstances", "concurrency", "timeoutMs", "memoryMb", "env"] as const;
 
+/** `file.export`: a relative module path without extension, a dot, an identifier. */
+const HANDLER = /^[A-Za-z0-9_@-][A-Za-z0-9_@./-]{0,200}\.[A-Za-z_$][A-Za-z0-9_$]{0,100}$/;
+
+/** The module path and export name of a Lambda handler string ("src/api.main" -> ["src/api", "main"]). */
+export function splitHandler(handler: string): { module: string; exportName: string } {
+  const dot = handler.lastIndexOf(".");
+  return { module: handler.slice(0, dot), exportName: handler.slice(dot + 1) };
+}
+
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 /**
@@ -57,7 +72,7 @@ export function parseConfigInput(raw: unknown, source = "forge.json"): FunctionC
   }
   const o = raw as Record<string, unknown>;
   const out: FunctionConfigInput = {};
-  const known = new Set(["name", "entry", "runtime", "concurrency", "minWarm", "maxInstances", "timeoutMs", "memoryMb", "env", "databases", "$schema", "description"]);
+  const known = new Set(["name", "entry", "handler", "runtime", "concurrency", "minWarm", "maxInstances", "timeoutMs", "memoryMb", "env", "databases", "$schema", "description"]);
   for (const key of Object.keys(o)) {
     if (!known.has(key)) throw invalid(source, `has an unknown field "${key.slice(0, 40)}"`, `known fields: ${[...known].filter((k) => !k.startsWith("$")).join(", ")}`);
   }
@@ -70,6 +85,12 @@ export function parseConfigInput(raw: unknown, source = "forge.json"): FunctionC
       throw invalid(source, `"entry" must be a relative path inside the function folder`, `e.g. "index.ts" or "src/main.ts"`);
     }
     out.entry = o.entry;
+  }
+  if (o.handler !== undefined) {
+    if (typeof o.handler !== "string" || !HANDLER.test(o.handler) || o.handler.split("/").includes("..")) {
+      throw invalid(source, `"handler" must be "file.export", as on Lambda`, `e.g. "index.handler" or "src/api.main"`);
+    }
+    out.handler = o.handler;
   }
   if (o.runtime !== undefined) {
     if (o.runtime !== "bun" && o.runtime !== "docker") throw invalid(source, `"runtime" must be "bun" or "docker"`, `"docker" needs a Dockerfile serving HTTP on $PORT`);

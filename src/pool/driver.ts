@@ -22,8 +22,20 @@ export interface InstanceSpec {
   /** Function and version this instance serves; absent for a stem cell. */
   function?: string;
   version?: number;
-  /** Bun runtime: the bundled entry module to load at start (absent: start generic). */
+  /** Bun runtime: the bundled entry module to load at start (absent: start generic). With artifactDir, it is `<artifactDir>/<BUNDLE_FILE>`. */
   bundlePath?: string;
+  /**
+   * Bun runtime: the version's folder on the host (the function's files, the bundle at its
+   * root as BUNDLE_FILE). The instance gets a copy it sees as its working directory, which
+   * `__dirname`, `import.meta.dir` and `process.cwd()` point at. Absent: only the bundle.
+   */
+  artifactDir?: string;
+  /** The function's timeout, ms: Lambda's getRemainingTimeInMillis() counts down from it. */
+  timeoutMs?: number;
+  /** The export the shim calls as a Lambda handler (forge.json `"handler": "file.export"`). */
+  handler?: string;
+  /** AWS_REGION and AWS_DEFAULT_REGION as the function sees them. */
+  region?: string;
   /** Image to run (docker driver); the runtime image for cells. */
   image?: string;
   /** The function's own environment; nothing of forge's leaks in. */
@@ -101,12 +113,37 @@ export const CONTROL_HEADER = "x-forge-control";
 /** Control routes of the shim (only with a valid control token). */
 export const CONTROL_HEALTH = "/__forge/health";
 export const CONTROL_SPECIALIZE = "/__forge/specialize";
+/**
+ * `POST /__forge/invoke<path>`: the body is an invoke payload (forge invoke, async). A Lambda
+ * handler gets the JSON payload itself as its event and the answer is its result as JSON; a
+ * fetch handler gets `POST <path>` with the body.
+ */
+export const CONTROL_INVOKE = "/__forge/invoke";
+/**
+ * `POST /__forge/scheduled<path>`: a cron tick (headers x-forge-schedule-cron and
+ * x-forge-schedule-tick, body the schedule's payload). A module exporting `scheduled` gets
+ * `scheduled(controller, env, ctx)`; a Lambda handler the payload (or an EventBridge
+ * "Scheduled Event"); a fetch handler `POST <path>`.
+ */
+export const CONTROL_SCHEDULED = "/__forge/scheduled";
+/** `POST /__forge/drain`: answers once the instance's pending ctx.waitUntil work has settled (bounded). */
+export const CONTROL_DRAIN = "/__forge/drain";
+/** Name of the bundle at the root of a version's folder (and of the instance's copy). */
+export const BUNDLE_FILE = ".forge-bundle.mjs";
 
 /** Body of a specialize call: what turns a stem cell into a function's instance. */
 export interface SpecializeRequest {
   function: string;
   version: number;
-  /** The bundled entry module, one ES module of source. */
-  code: string;
+  /** The bundled entry module as source (written to the cell's tmp); absent when `bundle` is given. */
+  code?: string;
+  /** The function's folder as the instance sees it: its working directory and LAMBDA_TASK_ROOT. */
+  dir?: string;
+  /** Path of the bundle as the instance sees it (inside `dir`). */
+  bundle?: string;
   env: Record<string, string>;
+  timeoutMs?: number;
+  memoryMb?: number;
+  handler?: string;
+  region?: string;
 }

@@ -25,6 +25,10 @@ export interface HealthInfo {
   function: string | null;
   version: number | null;
   pid: number;
+  /** How the loaded module is called: Lambda handlers get one event at a time by default. */
+  kind?: "fetch" | "lambda" | null;
+  /** ctx.waitUntil work not settled yet. */
+  pending?: number;
 }
 
 export interface WaitReadyOptions {
