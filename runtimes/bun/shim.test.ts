@@ -1,10 +1,18 @@
 import { describe, expect, test } from "bun:test";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, realpath, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseLogLine, readLines } from "../../src/pool/_log-parse.ts";
-import { CONTROL_HEADER, CONTROL_HEALTH, CONTROL_SPECIALIZE } from "../../src/pool/driver.ts";
-import { waitReady } from "../../src/pool/instance-client.ts";
+import {
+  BUNDLE_FILE,
+  CONTROL_DRAIN,
+  CONTROL_HEADER,
+  CONTROL_HEALTH,
+  CONTROL_INVOKE,
+  CONTROL_SCHEDULED,
+  CONTROL_SPECIALIZE,
+} from "../../src/pool/driver.ts";
+import { type HealthInfo, waitReady } from "../../src/pool/instance-client.ts";
 
 const SHIM = join(import.meta.dir, "shim.ts");
 
@@ -14,14 +22,26 @@ interface Line {
   text: string;
 }
 
+interface StartOptions {
+  /** More FORGE_* settings (FORGE_HANDLER, FORGE_TIMEOUT_MS, ...), over the defaults. */
+  settings?: Record<string, string>;
+  /** Put the bundle in a function folder (FORGE_FUNCTION_DIR) holding these files too. */
+  files?: Record<string, string>;
+}
+
 /** Runs the shim as the process driver would, with `code` as its bundle (or generic without). */
-async function startShim(code?: string, env: Record<string, string> = {}) {
+async function startShim(code?: string, env: Record<string, string> = {}, options: StartOptions = {}) {
   const dir = await mkdtemp(join(tmpdir(), "forge-shim-"));
   const socketPath = join(dir, "s.sock");
   const token = crypto.randomUUID();
+  const functionDir = options.files ? join(dir, "function") : undefined;
   let bundle: string | undefined;
+  if (functionDir) {
+    await mkdir(functionDir);
+    for (const [name, text] of Object.entries(options.files ?? {})) await writeFile(join(functionDir, name), text);
+  }
   if (code !== undefined) {
-    bundle = join(dir, "fn.mjs");
+    bundle = join(functionDir ?? dir, functionDir ? BUNDLE_FILE : "fn.mjs");
     await writeFile(bundle, code);
   }
   const proc = Bun.spawn([process.execPath, "--no-install", "--no-env-file", SHIM], {
@@ -34,6 +54,8 @@ async function startShim(code?: string, env: Record<string, string> = {}) {
       FORGE_INSTANCE_ID: "test",
       FORGE_WORK_DIR: dir,
       ...(bundle ? { FORGE_BUNDLE: bundle, FORGE_FUNCTION: "fn", FORGE_VERSION: "7" } : {}),
+      ...(functionDir ? { FORGE_FUNCTION_DIR: functionDir } : {}),
+      ...options.settings,
     },
     stdout: "pipe",
     stderr: "pipe",
@@ -52,6 +74,9 @@ async function startShim(code?: string, env: Record<string, string> = {}) {
     socketPath,
     token,
     lines,
+    dir,
+    functionDir,
+    proc,
     request(path: string, init: RequestInit = {}) {
       return fetch(`http://fn.localhost${path}`, { ...init, unix: socketPath });
     },
@@ -448,5 +473,602 @@ describe("shim: logs", () => {
       expect(mine("stderr")).toEqual(["line one", "line two", "cart has 3 items"]);
     }
     expect(shim.lines.filter((l) => l.text.startsWith("start ")).every((l) => l.text === `start ${l.requestId}`)).toBe(true);
+  });
+});
+
+/** Starts the shim on a bundle that must fail to load: its exit code and stderr. */
+async function startToExit(code: string, settings: Record<string, string> = {}) {
+  const dir = await mkdtemp(join(tmpdir(), "forge-shim-"));
+  try {
+    const bundle = join(dir, "fn.mjs");
+    await writeFile(bundle, code);
+    const proc = Bun.spawn([process.execPath, "--no-install", "--no-env-file", SHIM], {
+      cwd: dir,
+      env: {
+        PATH: "/usr/bin:/bin",
+        FORGE_SOCKET: join(dir, "s.sock"),
+        FORGE_CONTROL_TOKEN: "t",
+        FORGE_WORK_DIR: dir,
+        FORGE_BUNDLE: bundle,
+        FORGE_FUNCTION: "fn",
+        ...settings,
+      },
+      stdout: "ignore",
+      stderr: "pipe",
+    });
+    const [exitCode, stderr] = await Promise.all([proc.exited, new Response(proc.stderr).text()]);
+    return { exitCode, stderr };
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+type Shim = Awaited<ReturnType<typeof startShim>>;
+const health = (shim: Shim) => shim.control(CONTROL_HEALTH).then((r) => r.json() as Promise<HealthInfo>);
+const withId = (id: string, init: RequestInit = {}): RequestInit => ({
+  ...init,
+  headers: { "x-forge-request-id": id, ...(init.headers as Record<string, string>) },
+});
+
+describe("shim: which export is called", () => {
+  test("a Lambda handler that keeps the current user in a module variable is kind lambda (forge gives it one event at a time)", async () => {
+    await using shim = await startShim(`
+      let currentUser;
+      export const handler = async (event) => {
+        currentUser = event.headers["x-user"];
+        await new Promise((resolve) => setTimeout(resolve, 1));
+        return { statusCode: 200, body: currentUser };
+      };
+    `);
+    expect(await health(shim)).toMatchObject({ kind: "lambda", pending: 0 });
+    expect(await (await shim.request("/", { headers: { "x-user": "ada" } })).text()).toBe("ada");
+  });
+
+  test("a Workers module is kind fetch", async () => {
+    await using shim = await startShim(ECHO);
+    expect(await health(shim)).toMatchObject({ kind: "fetch", pending: 0 });
+  });
+
+  test("a configured handler name picks that export, even beside a default fetch", async () => {
+    await using shim = await startShim(
+      `export const hello = async (event, context) => ({ statusCode: 200, body: "hello " + context.functionName });
+       export const other = () => ({ statusCode: 200, body: "other" });
+       export default { fetch: () => new Response("fetch") };`,
+      {},
+      { settings: { FORGE_HANDLER: "hello" } },
+    );
+    expect(await health(shim)).toMatchObject({ kind: "lambda" });
+    expect(await (await shim.request("/")).text()).toBe("hello fn");
+  });
+
+  test("a configured handler that is not exported fails the start, naming the exports", async () => {
+    const { exitCode, stderr } = await startToExit(`export const hello = () => {}; export const answer = 42;`, { FORGE_HANDLER: "missing" });
+    expect(exitCode).toBe(1);
+    expect(stderr).toContain(`the handler "missing" is not exported`);
+    expect(stderr).toContain("the module exports answer, hello");
+  });
+
+  test("CommonJS: module.exports = app with module.exports.handler beside it (Express with serverless-http) is the handler", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "forge-cjs-"));
+    try {
+      const entry = join(dir, "index.js");
+      await writeFile(
+        entry,
+        `function app(req, res) { res.end("express"); }
+         app.listen = () => {};
+         module.exports = app;
+         module.exports.handler = async (event, context) => ({ statusCode: 200, body: "cjs handler " + event.rawPath });`,
+      );
+      const built = await Bun.build({ entrypoints: [entry], target: "bun", format: "esm" });
+      expect(built.success).toBe(true);
+      const code = await built.outputs[0]?.text();
+      // Bun bundles a CommonJS entry as \`export default module.exports\`.
+      expect(code).toContain("export default");
+      await using shim = await startShim(code);
+      expect(await health(shim)).toMatchObject({ kind: "lambda" });
+      expect(await (await shim.request("/from-cjs")).text()).toBe("cjs handler /from-cjs");
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("a module exporting nothing usable fails the start, listing what it exports", async () => {
+    const { exitCode, stderr } = await startToExit(`export const answer = 42; export default { name: "x" };`);
+    expect(exitCode).toBe(1);
+    expect(stderr).toContain("the module exports answer, default (object: name)");
+  });
+
+  test("a module that throws while loading exits 1 with the stack on stderr", async () => {
+    const { exitCode, stderr } = await startToExit(
+      `function connect() { throw new Error("no database"); }\nconnect();\nexport default () => new Response("never");`,
+    );
+    expect(exitCode).toBe(1);
+    expect(stderr).toContain("the module failed to load: no database");
+    expect(stderr).toMatch(/at connect \(.*fn\.mjs:1:\d+\)/);
+  });
+
+  test("a syntax error exits 1 with where it is", async () => {
+    const { exitCode, stderr } = await startToExit(`export default {\n  fetch() {\n`);
+    expect(exitCode).toBe(1);
+    expect(stderr).toMatch(/at .*fn\.mjs:\d+:\d+/);
+  });
+});
+
+describe("shim: Lambda semantics", () => {
+  const CONTEXT = `
+    export const handler = async (event, context) => ({
+      statusCode: 200,
+      body: JSON.stringify({
+        awsRequestId: context.awsRequestId,
+        functionName: context.functionName,
+        functionVersion: context.functionVersion,
+        memoryLimitInMB: context.memoryLimitInMB,
+        invokedFunctionArn: context.invokedFunctionArn,
+        logGroupName: context.logGroupName,
+        logStreamName: context.logStreamName,
+        callbackWaitsForEmptyEventLoop: context.callbackWaitsForEmptyEventLoop,
+        remaining: context.getRemainingTimeInMillis(),
+      }),
+    });
+  `;
+
+  test("the context: awsRequestId is forge's request id, remaining time counts down from the timeout", async () => {
+    await using shim = await startShim(CONTEXT, {}, {
+      settings: { FORGE_TIMEOUT_MS: "5000", FORGE_MEMORY_MB: "256", FORGE_REGION: "eu-west-1" },
+    });
+    const context = (await (await shim.request("/", withId("lambda-req-1"))).json()) as Record<string, unknown>;
+    expect(context).toMatchObject({
+      awsRequestId: "lambda-req-1",
+      functionName: "fn",
+      functionVersion: "7",
+      memoryLimitInMB: "256",
+      invokedFunctionArn: "arn:aws:lambda:eu-west-1:000000000000:function:fn",
+      logGroupName: "/aws/lambda/fn",
+      callbackWaitsForEmptyEventLoop: true,
+    });
+    expect(context.logStreamName).toMatch(/^\d{4}\/\d{2}\/\d{2}\/\[7\]test$/);
+    expect(context.remaining).toBeGreaterThan(4000);
+    expect(context.remaining).toBeLessThanOrEqual(5000);
+    // Without an id from forge, a fresh UUID.
+    const fresh = (await (await shim.request("/")).json()) as { awsRequestId: string };
+    expect(fresh.awsRequestId).toMatch(/^[0-9a-f-]{36}$/);
+  });
+
+  test("AWS_* variables, LAMBDA_TASK_ROOT and the working directory are set before the module loads", async () => {
+    await using shim = await startShim(
+      `import { readFileSync } from "node:fs";
+       const atLoad = { ...process.env, cwd: process.cwd(), data: readFileSync("./data.txt", "utf8"), hour: new Date(0).getHours() };
+       export const handler = async () => ({ statusCode: 200, body: JSON.stringify(atLoad) });`,
+      { OWN: "mine" },
+      {
+        files: { "data.txt": "shipped with the function" },
+        settings: { FORGE_MEMORY_MB: "512", FORGE_REGION: "ap-south-1", FORGE_TIMEOUT_MS: "3000" },
+      },
+    );
+    const env = (await (await shim.request("/")).json()) as Record<string, unknown>;
+    const dir = await realpath(shim.functionDir as string);
+    expect(env).toMatchObject({
+      AWS_LAMBDA_FUNCTION_NAME: "fn",
+      AWS_LAMBDA_FUNCTION_VERSION: "7",
+      AWS_LAMBDA_FUNCTION_MEMORY_SIZE: "512",
+      AWS_LAMBDA_LOG_GROUP_NAME: "/aws/lambda/fn",
+      AWS_REGION: "ap-south-1",
+      AWS_DEFAULT_REGION: "ap-south-1",
+      LAMBDA_TASK_ROOT: shim.functionDir,
+      OWN: "mine",
+      TZ: "UTC",
+      hour: 0,
+      data: "shipped with the function",
+    });
+    expect(await realpath(env.cwd as string)).toBe(dir);
+    expect(env.AWS_EXECUTION_ENV).toMatch(/^AWS_Lambda_nodejs\d+\.x$/);
+    expect(env.AWS_LAMBDA_LOG_STREAM_NAME).toMatch(/\[7\]test$/);
+    expect(typeof env.LAMBDA_RUNTIME_DIR).toBe("string");
+    expect(env).not.toHaveProperty("AWS_LAMBDA_RUNTIME_API");
+    for (const name of Object.keys(env)) expect(name.startsWith("FORGE_")).toBe(false);
+  });
+
+  test("context.succeed, context.done and the callback finish the invocation; the first one wins", async () => {
+    await using shim = await startShim(`
+      export const handler = function (event, context, callback) {
+        const path = event.rawPath;
+        if (path === "/succeed") setTimeout(() => context.succeed({ statusCode: 200, body: "succeeded" }), 1);
+        else if (path === "/done") context.done(null, { statusCode: 201, body: "done" });
+        else if (path === "/fail") context.fail(new RangeError("failed"));
+        else if (path === "/first") { callback(null, { statusCode: 200, body: "first" }); callback(null, { statusCode: 200, body: "second" }); }
+      };
+    `);
+    expect(await (await shim.request("/succeed")).text()).toBe("succeeded");
+    const done = await shim.request("/done");
+    expect(done.status).toBe(201);
+    expect(await done.text()).toBe("done");
+    const failed = await shim.request("/fail");
+    expect(failed.status).toBe(500);
+    expect(((await failed.json()) as { error: { message: string } }).error.message).toBe("failed");
+    expect(await (await shim.request("/first")).text()).toBe("first");
+  });
+
+  test("a handler that never finishes ends at the function's timeout with Lambda's message", async () => {
+    await using shim = await startShim(`export const handler = () => new Promise(() => {});`, {}, { settings: { FORGE_TIMEOUT_MS: "50" } });
+    const response = await shim.request("/", withId("slow-lambda"));
+    expect(response.status).toBe(500);
+    expect(await response.json()).toMatchObject({ error: { message: "Task timed out after 0.05 seconds" } });
+  });
+
+  test("headers pass as Bun's parser joined them; a value with commas is never rewritten", async () => {
+    await using shim = await startShim(`export const handler = async (event) => ({ statusCode: 200, body: JSON.stringify(event.headers) });`);
+    const headers = new Headers({ "user-agent": "Mozilla/5.0 (KHTML, like Gecko)", "if-modified-since": "Wed, 21 Oct 2015 07:28:00 GMT" });
+    headers.append("x-multi", "a");
+    headers.append("x-multi", "b");
+    const seen = (await (await shim.request("/", { headers })).json()) as Record<string, string>;
+    expect(seen["user-agent"]).toBe("Mozilla/5.0 (KHTML, like Gecko)");
+    expect(seen["if-modified-since"]).toBe("Wed, 21 Oct 2015 07:28:00 GMT");
+    // Repeated headers reach Bun.serve's Request already joined; API Gateway would give "a,b".
+    expect(seen["x-multi"]?.split(/,\s*/)).toEqual(["a", "b"]);
+  });
+});
+
+describe("shim: invoke route", () => {
+  test("a Lambda handler gets the JSON payload as its event and answers its result as JSON", async () => {
+    await using shim = await startShim(`
+      export const handler = async (event, context) => {
+        if (event.fail) { const err = new TypeError("bad order " + event.id); throw err; }
+        if (event.nothing) return undefined;
+        return { got: event, id: context.awsRequestId };
+      };
+    `);
+    const invoke = (body: string, id = "inv-1") =>
+      shim.control(`${CONTROL_INVOKE}/orders`, { method: "POST", headers: { "x-forge-request-id": id }, body });
+    const ok = await invoke(JSON.stringify({ id: 42, items: ["a"] }));
+    expect(ok.status).toBe(200);
+    expect(ok.headers.get("content-type")).toContain("application/json");
+    expect(await ok.json()).toEqual({ got: { id: 42, items: ["a"] }, id: "inv-1" });
+    expect(await (await invoke("")).json()).toEqual({ got: {}, id: "inv-1" });
+    expect(await (await invoke(JSON.stringify({ nothing: true }))).json()).toBeNull();
+
+    const invalid = await invoke("{not json");
+    expect(invalid.status).toBe(400);
+    expect(((await invalid.json()) as { error: { code: string } }).error.code).toBe("invalid_payload");
+
+    const failed = await invoke(JSON.stringify({ fail: true, id: 7 }), "inv-fail");
+    expect(failed.status).toBe(500);
+    expect(await failed.json()).toEqual({ error: { code: "function_error", message: "bad order 7", type: "TypeError" } });
+    await shim.line((l) => l.requestId === "inv-fail" && l.text.trimStart().startsWith("at "));
+  });
+
+  test("a fetch handler gets POST <path> with the body and headers, without forge's control header", async () => {
+    await using shim = await startShim(ECHO);
+    const response = await shim.control(`${CONTROL_INVOKE}/jobs/run?x=1`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-extra": "yes" },
+      body: '{"a":1}',
+    });
+    const echo = (await response.json()) as { method: string; path: string; query: string; body: string; headers: Record<string, string> };
+    expect(echo).toMatchObject({ method: "POST", path: "/jobs/run", query: "?x=1" });
+    expect(Buffer.from(echo.body, "base64").toString()).toBe('{"a":1}');
+    expect(echo.headers).toMatchObject({ "content-type": "application/json", "x-extra": "yes" });
+    expect(echo.headers).not.toHaveProperty(CONTROL_HEADER);
+    const root = (await (await shim.control(CONTROL_INVOKE, { method: "POST" })).json()) as { path: string };
+    expect(root.path).toBe("/");
+  });
+
+  test("without the control token the invoke path is the function's", async () => {
+    await using shim = await startShim(`export const handler = async (event) => ({ statusCode: 200, body: "http " + event.rawPath });`);
+    expect(await (await shim.request(`${CONTROL_INVOKE}/x`, { method: "POST", body: "{}" })).text()).toBe(`http ${CONTROL_INVOKE}/x`);
+  });
+});
+
+describe("shim: scheduled route", () => {
+  const TICK = "2026-03-01T06:30:00.000Z";
+  const tick = (shim: Shim, body?: string, id = "cron-1") =>
+    shim.control(`${CONTROL_SCHEDULED}/tasks`, {
+      method: "POST",
+      headers: { "x-forge-schedule-cron": "30 6 * * *", "x-forge-schedule-tick": TICK, "x-forge-request-id": id },
+      body,
+    });
+
+  test("a Workers scheduled(controller, env, ctx) gets the cron and tick; the answer waits for its waitUntil work", async () => {
+    await using shim = await startShim(
+      `export default {
+        fetch: () => new Response("fetch"),
+        async scheduled(controller, env, ctx) {
+          if (controller.cron === "fail") throw new Error("cron failed");
+          ctx.waitUntil(new Promise((resolve) => setTimeout(resolve, 5)).then(() => console.log("late work done")));
+          console.log(JSON.stringify({ cron: controller.cron, scheduledTime: controller.scheduledTime, type: controller.type, noRetry: typeof controller.noRetry, greeting: env.GREETING }));
+        },
+      };`,
+      { GREETING: "hi" },
+    );
+    const response = await tick(shim);
+    expect(response.status).toBe(200);
+    expect(await response.json()).toEqual({ ok: true });
+    // The waitUntil work finished before the answer came.
+    expect(shim.lines.some((l) => l.requestId === "cron-1" && l.text === "late work done")).toBe(true);
+    const seen = await shim.line((l) => l.requestId === "cron-1" && l.text.startsWith("{"));
+    expect(JSON.parse(seen.text)).toEqual({ cron: "30 6 * * *", scheduledTime: Date.parse(TICK), type: "scheduled", noRetry: "function", greeting: "hi" });
+
+    const failed = await shim.control(CONTROL_SCHEDULED, { method: "POST", headers: { "x-forge-schedule-cron": "fail" } });
+    expect(failed.status).toBe(500);
+    expect(await failed.json()).toMatchObject({ error: { code: "function_error", message: "cron failed" } });
+  });
+
+  test("a Lambda handler gets an EventBridge Scheduled Event, or the payload when there is one", async () => {
+    await using shim = await startShim(`export const handler = async (event) => event;`, {}, { settings: { FORGE_REGION: "eu-central-1" } });
+    const event = (await (await tick(shim)).json()) as Record<string, unknown>;
+    expect(event).toMatchObject({
+      version: "0",
+      "detail-type": "Scheduled Event",
+      source: "aws.events",
+      account: "000000000000",
+      time: "2026-03-01T06:30:00Z",
+      region: "eu-central-1",
+      resources: [],
+      detail: {},
+    });
+    expect(event.id).toMatch(/^[0-9a-f-]{36}$/);
+    expect(await (await tick(shim, JSON.stringify({ report: "daily" }))).json()).toEqual({ report: "daily" });
+  });
+
+  test("a fetch handler without scheduled gets POST <path> with the schedule headers", async () => {
+    await using shim = await startShim(ECHO);
+    const echo = (await (await tick(shim, "payload")).json()) as { method: string; path: string; body: string; headers: Record<string, string> };
+    expect(echo).toMatchObject({ method: "POST", path: "/tasks" });
+    expect(Buffer.from(echo.body, "base64").toString()).toBe("payload");
+    expect(echo.headers).toMatchObject({ "x-forge-schedule-cron": "30 6 * * *", "x-forge-schedule-tick": TICK });
+  });
+});
+
+describe("shim: Workers semantics", () => {
+  test("env holds only the function's own variables, frozen", async () => {
+    await using shim = await startShim(
+      `export default { fetch: (request, env) => Response.json({ env, frozen: Object.isFrozen(env), path: typeof process.env.PATH }) };`,
+      { GREETING: "hi", API_KEY: "k", HOME: "/home/x", TMPDIR: "/tmp" },
+      { settings: { FORGE_ENV_NAMES: "GREETING,API_KEY" } },
+    );
+    expect(await (await shim.request("/")).json()).toEqual({ env: { GREETING: "hi", API_KEY: "k" }, frozen: true, path: "string" });
+  });
+
+  test("waitUntil work shows in health as pending; drain answers once it settled, or at its bound", async () => {
+    await using shim = await startShim(`
+      let release;
+      export default {
+        fetch(request, env, ctx) {
+          const path = new URL(request.url).pathname;
+          if (path === "/release") { release(); return new Response("released"); }
+          if (path === "/fail") { ctx.waitUntil(Promise.reject(new Error("background failed"))); return new Response("ok"); }
+          ctx.waitUntil(new Promise((resolve) => (release = resolve)));
+          return new Response("answered before the work");
+        },
+      };
+    `);
+    expect(await (await shim.request("/work")).text()).toBe("answered before the work");
+    expect(await health(shim)).toMatchObject({ pending: 1 });
+    // Bounded: the work is still pending after 20 ms.
+    const bounded = await shim.control(CONTROL_DRAIN, { method: "POST", headers: { "x-forge-drain-ms": "20" } });
+    expect(await bounded.json()).toEqual({ pending: 1 });
+    const drain = shim.control(CONTROL_DRAIN, { method: "POST" });
+    expect(await (await shim.request("/release")).text()).toBe("released");
+    expect(await (await drain).json()).toEqual({ pending: 0 });
+    expect(await health(shim)).toMatchObject({ pending: 0 });
+
+    expect(await (await shim.request("/fail", withId("bg-1"))).text()).toBe("ok");
+    await shim.line((l) => l.requestId === "bg-1" && l.text.includes("waitUntil task failed") && l.text.includes("background failed"));
+  });
+});
+
+describe("shim: a request's failure stays its own", () => {
+  test("a throwing timer fails only its request; a concurrent one succeeds and the instance lives", async () => {
+    await using shim = await startShim(`
+      let release;
+      const released = new Promise((resolve) => (release = resolve));
+      export default {
+        async fetch(request) {
+          const path = new URL(request.url).pathname;
+          if (path === "/slow") { await released; return new Response("slow done"); }
+          if (path === "/boom") {
+            setTimeout(() => { release(); throw new Error("timer exploded"); }, 1);
+            return new Promise(() => {}); // never answers by itself
+          }
+          if (path === "/late") {
+            setTimeout(() => { throw new Error("after the answer"); }, 1);
+            return new Response("answered");
+          }
+          return new Response("fine");
+        },
+      };
+    `);
+    const slow = shim.request("/slow", withId("slow-1"));
+    const boom = await shim.request("/boom", withId("boom-1"));
+    expect(boom.status).toBe(500);
+    expect(await boom.json()).toMatchObject({ error: { code: "function_error", message: "timer exploded" } });
+    expect(await (await slow).text()).toBe("slow done");
+    await shim.line((l) => l.requestId === "boom-1" && l.stream === "stderr" && l.text.includes("timer exploded"));
+
+    expect(await (await shim.request("/late", withId("late-1"))).text()).toBe("answered");
+    await shim.line((l) => l.requestId === "late-1" && l.text.includes("after the answer"));
+    expect(await (await shim.request("/")).text()).toBe("fine");
+    expect(shim.proc.exitCode).toBeNull();
+  });
+
+  test("a floating rejection in a Lambda handler fails that invocation; the instance lives", async () => {
+    await using shim = await startShim(`
+      export const handler = async (event) => {
+        if (event.rawPath === "/float") {
+          (async () => { await null; throw new Error("nobody awaited me"); })();
+          return new Promise(() => {});
+        }
+        return { statusCode: 200, body: "fine" };
+      };
+    `);
+    const floating = await shim.request("/float", withId("float-1"));
+    expect(floating.status).toBe(500);
+    expect(await floating.json()).toMatchObject({ error: { code: "function_error", message: "nobody awaited me" } });
+    await shim.line((l) => l.requestId === "float-1" && l.text.includes("unhandled rejection"));
+    expect(await (await shim.request("/")).text()).toBe("fine");
+  });
+
+  test("a body stream failing before its first chunk is a JSON 500; after it, the connection is cut; both logged", async () => {
+    await using shim = await startShim(`
+      let release;
+      const released = new Promise((resolve) => (release = resolve));
+      export default (request) => {
+        const path = new URL(request.url).pathname;
+        if (path === "/early") return new Response(new ReadableStream({ pull() { throw new Error("no data at all"); } }));
+        if (path === "/release") { release(); return new Response("released"); }
+        if (path === "/late") {
+          let sent = false;
+          return new Response(new ReadableStream({
+            async pull(controller) {
+              if (!sent) { sent = true; controller.enqueue(new TextEncoder().encode("partial")); return; }
+              await released;
+              throw new Error("died midway");
+            },
+          }));
+        }
+        return new Response("plain", { headers: { "x-kept": "1" } });
+      };
+    `);
+    const early = await shim.request("/early", withId("early-1"));
+    expect(early.status).toBe(500);
+    expect(await early.json()).toMatchObject({ error: { code: "function_error", message: "no data at all" } });
+    await shim.line((l) => l.requestId === "early-1" && l.text.includes("before its first chunk"));
+
+    const late = await shim.request("/late", withId("late-1"));
+    expect(late.status).toBe(200);
+    const reader = late.body!.getReader();
+    expect(new TextDecoder().decode((await reader.read()).value)).toBe("partial");
+    expect(await (await shim.request("/release")).text()).toBe("released");
+    await expect(reader.read()).rejects.toThrow();
+    await shim.line((l) => l.requestId === "late-1" && l.text.includes("died midway"));
+
+    // A plain string body is untouched: its content type is Bun's text/plain.
+    const plain = await shim.request("/");
+    expect(plain.headers.get("content-type")).toContain("text/plain");
+    expect(plain.headers.get("x-kept")).toBe("1");
+    expect(await plain.text()).toBe("plain");
+  });
+
+  test("fetch() answers and subclasses stay instanceof Response", async () => {
+    await using shim = await startShim(`
+      class Mine extends Response {}
+      export default async () => {
+        const native = await fetch("data:text/plain,hi");
+        return Response.json({ native: native instanceof Response, mine: new Mine("x") instanceof Mine, plainIsMine: new Response("x") instanceof Mine });
+      };
+    `);
+    expect(await (await shim.request("/")).json()).toEqual({ native: true, mine: true, plainIsMine: false });
+  });
+});
+
+describe("shim: Lambda response streaming", () => {
+  test("streamifyResponse with HttpResponseStream.from streams the head and first bytes before the handler finishes", async () => {
+    await using shim = await startShim(`
+      import { pipeline } from "node:stream/promises";
+      import { Readable } from "node:stream";
+      let release;
+      const released = new Promise((resolve) => (release = resolve));
+      export const handler = awslambda.streamifyResponse(async (event, responseStream, context) => {
+        if (event.rawPath === "/release") {
+          release();
+          responseStream.end("released");
+          return;
+        }
+        if (event.rawPath === "/pipe") {
+          await pipeline(Readable.from(["piped ", "through ", "node"]), responseStream);
+          return;
+        }
+        responseStream = awslambda.HttpResponseStream.from(responseStream, {
+          statusCode: 201,
+          headers: { "content-type": "text/plain", "x-request": context.awsRequestId },
+          cookies: ["a=1"],
+        });
+        responseStream.write("first;");
+        await released;
+        responseStream.write("second;");
+        responseStream.end();
+      });
+    `);
+    expect(await health(shim)).toMatchObject({ kind: "lambda" });
+    const response = await shim.request("/stream", withId("stream-1"));
+    expect(response.status).toBe(201);
+    expect(response.headers.get("content-type")).toBe("text/plain");
+    expect(response.headers.get("x-request")).toBe("stream-1");
+    expect(response.headers.getSetCookie()).toEqual(["a=1"]);
+    const reader = response.body!.getReader();
+    const decoder = new TextDecoder();
+    expect(decoder.decode((await reader.read()).value)).toBe("first;");
+    // The handler is still waiting: release it from another request.
+    expect(await (await shim.request("/release")).text()).toBe("released");
+    let rest = "";
+    for (let r = await reader.read(); !r.done; r = await reader.read()) rest += decoder.decode(r.value, { stream: true });
+    expect(rest).toBe("second;");
+
+    const piped = await shim.request("/pipe");
+    expect(piped.headers.get("content-type")).toBe("application/octet-stream");
+    expect(await piped.text()).toBe("piped through node");
+  });
+
+  test("a streaming handler that throws before writing is a JSON 500", async () => {
+    await using shim = await startShim(`
+      export const handler = awslambda.streamifyResponse(async (event, responseStream) => {
+        throw new Error("stream setup failed");
+      });
+    `);
+    const response = await shim.request("/");
+    expect(response.status).toBe(500);
+    expect(await response.json()).toMatchObject({ error: { code: "function_error", message: "stream setup failed" } });
+  });
+});
+
+describe("shim: specialize with a function folder", () => {
+  test("dir, bundle, handler and timeout from the body; the answer says the kind", async () => {
+    await using shim = await startShim(undefined, { BASE: "cell" });
+    const dir = join(shim.dir, "version-3");
+    await mkdir(dir);
+    await writeFile(join(dir, "config.json"), '{"from":"the folder"}');
+    await writeFile(
+      join(dir, BUNDLE_FILE),
+      `import config from "./config.json";
+       export const greet = async (event, context) => ({ statusCode: 200, body: JSON.stringify({
+         config, cwd: process.cwd(), root: process.env.LAMBDA_TASK_ROOT, remaining: context.getRemainingTimeInMillis(),
+         memory: context.memoryLimitInMB, region: process.env.AWS_REGION, own: process.env.OWN,
+       }) });`,
+    );
+    const response = await shim.control(CONTROL_SPECIALIZE, {
+      method: "POST",
+      body: JSON.stringify({
+        function: "late",
+        version: 3,
+        env: { OWN: "yes" },
+        dir,
+        bundle: join(dir, BUNDLE_FILE),
+        handler: "greet",
+        timeoutMs: 2000,
+        memoryMb: 64,
+        region: "us-west-2",
+      }),
+    });
+    expect(response.status).toBe(200);
+    expect(await response.json()).toMatchObject({ ok: true, kind: "lambda" });
+    const seen = (await (await shim.request("/")).json()) as Record<string, unknown>;
+    expect(seen).toMatchObject({ config: { from: "the folder" }, root: dir, memory: "64", region: "us-west-2", own: "yes" });
+    expect(await realpath(seen.cwd as string)).toBe(await realpath(dir));
+    expect(seen.remaining).toBeGreaterThan(1000);
+    expect(seen.remaining).toBeLessThanOrEqual(2000);
+    expect(await health(shim)).toMatchObject({ specialized: true, kind: "lambda", function: "late", version: 3 });
+  });
+
+  test("a module that throws while loading is a 400 with the stack, and the cell stays generic", async () => {
+    await using shim = await startShim();
+    const response = await shim.control(CONTROL_SPECIALIZE, {
+      method: "POST",
+      body: JSON.stringify({ function: "bad", version: 1, env: {}, code: `function init() { throw new Error("init failed"); }\ninit();` }),
+    });
+    expect(response.status).toBe(400);
+    const { error } = (await response.json()) as { error: { code: string; message: string; stack: string } };
+    expect(error.code).toBe("specialize_failed");
+    expect(error.message).toContain("init failed");
+    expect(error.stack).toMatch(/^at init \(/);
+    expect(await health(shim)).toMatchObject({ specialized: false, kind: null });
   });
 });

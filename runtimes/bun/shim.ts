@@ -1,8 +1,11 @@
 /**
  * forge's in-instance shim: the program every Bun instance runs (a child process of the
  * process driver, or PID 1 of a FROM-scratch container). It listens on a Unix socket,
- * answers forge's control routes (health, specialize) and hands every other request to
- * the function module, tagging the function's console output with the request id.
+ * answers forge's control routes (health, specialize, invoke, scheduled, drain) and hands
+ * every other request to the function module, tagging the function's console output with
+ * the request id. Workers modules get Workers semantics (`env`, `ctx.waitUntil`,
+ * `scheduled`), Lambda handlers those of Lambda's Node.js runtime (context, AWS_* env,
+ * `awslambda.streamifyResponse`).
  *
  * Self-contained on purpose: it is copied alone into an image holding just the bun
  * binary, so it imports only Bun and node: builtins.
@@ -11,14 +14,25 @@
  */
 // Only node:async_hooks is imported up front: a cold start pays for every module loaded
 // before the socket listens (measured on Bun 1.4.5: node:crypto ~9 ms, node:util ~3 ms,
-// node:fs ~3 ms, node:async_hooks <1 ms), so the others are avoided or loaded when needed.
+// node:fs ~3 ms, node:async_hooks <1 ms), so the others are avoided or loaded when needed
+// (node:stream only once a module calls awslambda.streamifyResponse).
 import { AsyncLocalStorage } from "node:async_hooks";
 
 // Kept in step with src/pool/driver.ts (the shim cannot import from src: it ships alone).
 const CONTROL_HEADER = "x-forge-control";
 const CONTROL_HEALTH = "/__forge/health";
 const CONTROL_SPECIALIZE = "/__forge/specialize";
+const CONTROL_INVOKE = "/__forge/invoke";
+const CONTROL_SCHEDULED = "/__forge/scheduled";
+const CONTROL_DRAIN = "/__forge/drain";
 const REQUEST_ID_HEADER = "x-forge-request-id";
+const SCHEDULE_CRON_HEADER = "x-forge-schedule-cron";
+const SCHEDULE_TICK_HEADER = "x-forge-schedule-tick";
+/** Upper bound of a drain, ms (header on POST /__forge/drain); DEFAULT_DRAIN_MS without it. */
+const DRAIN_MS_HEADER = "x-forge-drain-ms";
+const DEFAULT_DRAIN_MS = 30_000;
+/** Stack frames kept in a load error: enough to find the line, short enough for a 400. */
+const LOAD_ERROR_FRAMES = 8;
 
 // 1. Read the shim's own settings, then delete them so the function sees only its env.
 const SHIM_VARS = [
@@ -31,34 +45,246 @@ const SHIM_VARS = [
   "FORGE_VERSION",
   "FORGE_TIMEOUT_MS",
   "FORGE_EXIT_WITH_PARENT",
+  "FORGE_FUNCTION_DIR",
+  "FORGE_MEMORY_MB",
+  "FORGE_HANDLER",
+  "FORGE_REGION",
+  "FORGE_ENV_NAMES",
 ] as const;
+const startEnv = process.env;
 const settings = {
-  socket: process.env.FORGE_SOCKET || undefined,
-  token: process.env.FORGE_CONTROL_TOKEN || "",
-  instanceId: process.env.FORGE_INSTANCE_ID || "",
-  bundle: process.env.FORGE_BUNDLE || undefined,
-  workDir: process.env.FORGE_WORK_DIR || process.env.TMPDIR || "/tmp",
-  function: process.env.FORGE_FUNCTION || undefined,
-  version: process.env.FORGE_VERSION ? Number(process.env.FORGE_VERSION) : undefined,
-  // Only used for Lambda's getRemainingTimeInMillis(); forge enforces the real timeout.
-  timeoutMs: Number(process.env.FORGE_TIMEOUT_MS) || 30_000,
-  port: Number(process.env.PORT) || 8080,
+  socket: startEnv.FORGE_SOCKET || undefined,
+  token: startEnv.FORGE_CONTROL_TOKEN || "",
+  instanceId: startEnv.FORGE_INSTANCE_ID || "",
+  bundle: startEnv.FORGE_BUNDLE || undefined,
+  workDir: startEnv.FORGE_WORK_DIR || startEnv.TMPDIR || "/tmp",
+  port: Number(startEnv.PORT) || 8080,
   // Process driver: stdin is a pipe from forge, so its end means forge is gone.
-  exitWithParent: process.env.FORGE_EXIT_WITH_PARENT === "1",
+  exitWithParent: startEnv.FORGE_EXIT_WITH_PARENT === "1",
+  // Names of the function's own variables (the Workers `env`); unset by older drivers.
+  envNames: startEnv.FORGE_ENV_NAMES === undefined ? undefined : startEnv.FORGE_ENV_NAMES.split(",").filter(Boolean),
+};
+/** What the instance is told about the function it serves (at start, or by specialize). */
+interface FunctionInfo {
+  name: string | undefined;
+  version: number | undefined;
+  /** The function's folder: working directory and LAMBDA_TASK_ROOT. */
+  dir: string | undefined;
+  /** Only for Lambda's getRemainingTimeInMillis(); forge enforces the real timeout. */
+  timeoutMs: number;
+  memoryMb: number | undefined;
+  /** Export to call as the Lambda handler ("hello", or a dotted path "handlers.hello"). */
+  handler: string | undefined;
+  region: string;
+}
+const DEFAULT_TIMEOUT_MS = 30_000;
+const DEFAULT_REGION = "us-east-1";
+const startInfo: FunctionInfo = {
+  name: startEnv.FORGE_FUNCTION || undefined,
+  version: startEnv.FORGE_VERSION ? Number(startEnv.FORGE_VERSION) : undefined,
+  dir: startEnv.FORGE_FUNCTION_DIR || undefined,
+  timeoutMs: Number(startEnv.FORGE_TIMEOUT_MS) || DEFAULT_TIMEOUT_MS,
+  memoryMb: Number(startEnv.FORGE_MEMORY_MB) || undefined,
+  handler: startEnv.FORGE_HANDLER || undefined,
+  region: startEnv.FORGE_REGION || DEFAULT_REGION,
 };
 for (const name of SHIM_VARS) delete process.env[name];
 
-// 2. Console: lines written during a request carry `[req:<id>] `; AsyncLocalStorage keeps
-// concurrent requests apart. The originals are called with one preformatted string so
-// ordering with other console output is unchanged.
-const requestScope = new AsyncLocalStorage<string>();
+/**
+ * Variables of the runtime, never of the function: left out of the Workers `env` when the
+ * driver did not say which names are the function's (FORGE_ENV_NAMES).
+ */
+const SYSTEM_VARS = new Set(["PATH", "HOME", "TMPDIR", "PWD", "OLDPWD", "SHLVL", "_", "HOSTNAME", "USER", "LOGNAME", "SHELL", "TERM", "LANG"]);
+
+/** The Workers `env`: a frozen object of the function's own variables, nothing of the runtime's. */
+function startWorkersEnv(): Readonly<Record<string, string>> {
+  const env: Record<string, string> = {};
+  const names = settings.envNames ?? Object.keys(process.env).filter((name) => !SYSTEM_VARS.has(name));
+  for (const name of names) {
+    const value = process.env[name];
+    if (value !== undefined) env[name] = value;
+  }
+  return Object.freeze(env);
+}
+
+// 2. Requests in flight. A Call is one request's state and, for Workers modules, its `ctx`.
+// AsyncLocalStorage carries it through the function's async work: console lines, waitUntil
+// failures and stray errors (a throwing timer) find their request by it.
+const requestScope = new AsyncLocalStorage<Call>();
+/** Calls not answered yet: a stray error with no scope fails the only one (Lambda: one at a time). */
+const unanswered = new Set<Call>();
+/** ctx.waitUntil work not settled yet (health `pending`, drain). */
+let pendingWork = 0;
+let drainWaiters: (() => void)[] = [];
+
+class Call {
+  readonly requestId: string;
+  #answer: ((response: Response) => void) | undefined;
+  /** Scheduled events collect their waitUntil work: the tick is done when it is. */
+  #collected: Promise<unknown>[] | undefined;
+
+  constructor(requestId: string) {
+    this.requestId = requestId;
+  }
+
+  // --- the Workers ctx ---
+
+  waitUntil(promise: unknown): void {
+    const work = Promise.resolve(promise);
+    pendingWork++;
+    work.then(workSettled, (err: unknown) => {
+      workSettled();
+      this.log("waitUntil task failed:", err);
+    });
+    this.#collected?.push(work);
+  }
+
+  passThroughOnException(): void {
+    // forge has no origin to fall back to: an exception is forge's JSON 500 either way.
+  }
+
+  // --- forge's side (not for the function) ---
+
+  /** Runs `work` in this request's scope; its Response (or error) answers the request. */
+  run<A, B>(work: (call: Call, a: A, b: B) => Response | Promise<Response>, a: A, b: B): Promise<Response> {
+    return new Promise<Response>((resolve) => {
+      this.#answer = resolve;
+      unanswered.add(this);
+      requestScope.run(this, runCall, this, work, a, b);
+    });
+  }
+
+  get answered(): boolean {
+    return this.#answer === undefined;
+  }
+
+  /** The function's result: a Response answers (a streamed one once its first chunk is there). */
+  respond(value: unknown): void {
+    if (!(value instanceof NativeResponse)) {
+      this.fail(new TypeError(`the function returned ${describe(value)} instead of a Response`));
+      return;
+    }
+    if (this.#answer === undefined) {
+      // Answered already (a stray error failed it): nobody reads this body.
+      if (streamBodied.has(value)) void value.body?.cancel().catch(() => {});
+      return;
+    }
+    if (streamBodied.has(value)) {
+      firstChunkFirst(value, this).then(
+        (response) => this.#settle(response),
+        (err: unknown) => this.fail(err, "the response body stream failed before its first chunk:"),
+      );
+      return;
+    }
+    this.#settle(value);
+  }
+
+  /** The request failed: the error is logged under its id and, if still unanswered, it gets forge's JSON 500. */
+  fail(err: unknown, label?: string): void {
+    if (label === undefined) this.log(err);
+    else this.log(label, err);
+    this.#settle(functionError(err));
+  }
+
+  /** console.error in this request's scope, so every line carries its id. */
+  log(...args: unknown[]): void {
+    requestScope.run(this, logError, args);
+  }
+
+  collectWork(): void {
+    this.#collected = [];
+  }
+
+  /** Waits for the collected waitUntil work, including work added while waiting; the first failure, if any. */
+  async settleCollected(): Promise<{ failed: unknown } | undefined> {
+    const work = this.#collected ?? [];
+    for (let done = 0; done < work.length; ) {
+      const batch = work.slice(done);
+      done = work.length;
+      for (const outcome of await Promise.allSettled(batch)) {
+        if (outcome.status === "rejected") return { failed: outcome.reason };
+      }
+    }
+    return undefined;
+  }
+
+  #settle(response: Response): void {
+    const answer = this.#answer;
+    if (answer === undefined) return;
+    this.#answer = undefined;
+    unanswered.delete(this);
+    answer(response);
+  }
+}
+
+function runCall<A, B>(call: Call, work: (call: Call, a: A, b: B) => Response | Promise<Response>, a: A, b: B): void {
+  let result: Response | Promise<Response>;
+  try {
+    result = work(call, a, b);
+  } catch (err) {
+    call.fail(err);
+    return;
+  }
+  if (result instanceof Promise) {
+    result.then(
+      (value) => call.respond(value),
+      (err: unknown) => call.fail(err),
+    );
+  } else {
+    call.respond(result);
+  }
+}
+
+function logError(args: unknown[]): void {
+  console.error(...args);
+}
+
+function workSettled(): void {
+  if (--pendingWork > 0) return;
+  const waiters = drainWaiters;
+  drainWaiters = [];
+  for (const wake of waiters) wake();
+}
+
+/** Resolves once no waitUntil work is pending, or after `boundMs`. */
+function drained(boundMs: number): Promise<void> {
+  if (pendingWork === 0) return Promise.resolve();
+  return new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, boundMs);
+    drainWaiters.push(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
+// 3. Stray errors: a throwing timer or a floating rejection from a function's work. Logged
+// under the request that caused it, which fails (JSON 500) if it has not answered yet; the
+// instance and the other requests go on. Bun 1.4.5 gives the AsyncLocalStorage store of the
+// throwing callback inside "uncaughtException" for timers, setImmediate, nextTick and event
+// emitters, but not for a throw in a queueMicrotask callback nor ever in "unhandledRejection"
+// (checked): those are pinned on the only call in flight of a Lambda handler (Lambda's own
+// rule: it fails the current invocation) and otherwise logged untagged, failing nobody.
+function onStray(label: string, err: unknown): void {
+  let call = requestScope.getStore();
+  if (call === undefined && loaded?.kind === "lambda" && unanswered.size === 1) {
+    for (const only of unanswered) call = only;
+  }
+  if (call === undefined) console.error(`forge: ${label} (not tied to a request):`, err);
+  else call.fail(err, `${label}:`);
+}
+process.on("uncaughtException", (err) => onStray("uncaught exception", err));
+process.on("unhandledRejection", (reason) => onStray("unhandled rejection", reason));
+
+// 4. Console: lines written during a request carry `[req:<id>] `. The originals are called
+// with one preformatted string so ordering with other console output is unchanged.
 type ConsoleMethod = (...args: unknown[]) => void;
 function tagged(original: ConsoleMethod): ConsoleMethod {
   return (...args: unknown[]) => {
-    const id = requestScope.getStore();
-    if (id === undefined) return original(...args);
+    const call = requestScope.getStore();
+    if (call === undefined) return original(...args);
     const text = format(args);
-    const prefix = `[req:${id}] `;
+    const prefix = `[req:${call.requestId}] `;
     original(prefix + (text.includes("\n") ? text.split("\n").join("\n" + prefix) : text));
   };
 }
@@ -83,12 +309,76 @@ for (const method of ["log", "info", "debug", "warn", "error"] as const) {
   console[method] = tagged(console[method].bind(console));
 }
 
-// 3. The function: one call shape, whatever the module exported.
-type Invoke = (request: Request, requestId: string) => Promise<Response>;
+// 5. Streamed responses. Bun sends a Response's head only with its body's first chunk, and
+// cuts the connection when the stream fails first. So a stream-bodied Response is read up
+// to its first chunk here: a failure there becomes forge's JSON 500, a later one cuts the
+// stream, both logged under the request id. Telling a stream body from a string body must
+// not touch `.body` (on Bun 1.4.5 that turns a string body's text/plain into
+// application/octet-stream), so `new Response(...)` is marked at construction: the global
+// Response is a subclass that remembers stream bodies (~0 ns per construction, measured;
+// a Proxy costed ~1 µs). A Response straight from fetch() is not marked and streams as is.
+const NativeResponse = Response;
+const streamBodied = new WeakSet<Response>();
+class MarkingResponse extends NativeResponse {
+  constructor(body?: ConstructorParameters<typeof NativeResponse>[0], init?: ResponseInit) {
+    super(body, init);
+    if (typeof body === "object" && body !== null && (body instanceof ReadableStream || Symbol.asyncIterator in body)) {
+      streamBodied.add(this);
+    }
+  }
+
+  // `fetch()` answers are native Responses: they stay `instanceof Response` (Hono checks it).
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    return this === MarkingResponse
+      ? value instanceof NativeResponse
+      : Function.prototype[Symbol.hasInstance].call(this, value);
+  }
+}
+Object.defineProperty(MarkingResponse, "name", { value: "Response" });
+globalThis.Response = MarkingResponse as typeof Response;
+
+/** The same response, its body resuming after the first chunk; rejects if the stream fails before it. */
+async function firstChunkFirst(response: Response, call: Call): Promise<Response> {
+  const reader = (response.body as ReadableStream<unknown>).getReader();
+  const first = await reader.read();
+  const init = { status: response.status, statusText: response.statusText, headers: response.headers };
+  if (first.done) return new NativeResponse(null, init);
+  const body = new ReadableStream<unknown>({
+    start(controller) {
+      controller.enqueue(first.value);
+    },
+    async pull(controller) {
+      try {
+        const next = await reader.read();
+        if (next.done) controller.close();
+        else controller.enqueue(next.value);
+      } catch (err) {
+        call.log("the response body stream failed after the response started (connection cut):", err);
+        controller.error(err);
+      }
+    },
+    cancel(reason) {
+      return reader.cancel(reason);
+    },
+  });
+  return new NativeResponse(body as ReadableStream<Uint8Array>, init);
+}
+
+// 6. The function: what the module exported, and how it is called.
+type FetchHandler = (request: Request, env: unknown, ctx: unknown) => unknown;
+type LambdaHandler = (event: unknown, context: unknown, callback?: unknown) => unknown;
+type ScheduledHandler = (controller: unknown, env: unknown, ctx: unknown) => unknown;
 interface Loaded {
-  invoke: Invoke;
-  function: string | undefined;
-  version: number | undefined;
+  kind: "fetch" | "lambda";
+  info: FunctionInfo;
+  env: Readonly<Record<string, string>>;
+  fetch: FetchHandler | undefined;
+  lambda: LambdaHandler | undefined;
+  /** Marked by awslambda.streamifyResponse: called (event, responseStream, context). */
+  streaming: boolean;
+  highWaterMark: number | undefined;
+  scheduled: ScheduledHandler | undefined;
+  lambdaStatic: LambdaStatic;
 }
 let loaded: Loaded | undefined;
 let specializing = false;
@@ -99,49 +389,85 @@ function isObject(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null;
 }
 
-/** Turns a module namespace into an Invoke, or says why it cannot. */
-function adapt(mod: Record<string, unknown>, fnName: string | undefined, fnVersion: number | undefined): Invoke {
-  // A frozen snapshot: the function's own env (Workers-style `env`), forge's already gone.
-  const env = Object.freeze({ ...process.env });
+function hasProps(value: unknown): value is Record<string, unknown> {
+  return (typeof value === "object" && value !== null) || typeof value === "function";
+}
+
+/** `a.b.c` inside `root`, or undefined. */
+function resolvePath(root: unknown, path: string): unknown {
+  let value = root;
+  for (const key of path.split(".")) {
+    if (!hasProps(value)) return undefined;
+    value = value[key];
+  }
+  return value;
+}
+
+/** The exports, as a load error lists them: `handler, default (function: use, handler)`. */
+function describeExports(mod: Record<string, unknown>): string {
+  const names = Object.keys(mod).map((name) => {
+    const value = mod[name];
+    if (name !== "default" || !hasProps(value)) return name;
+    const inner = Object.keys(value);
+    return `default (${typeof value}${inner.length ? `: ${inner.join(", ")}` : ""})`;
+  });
+  return names.length ? names.join(", ") : "nothing";
+}
+
+/**
+ * Decides how the module is called, in this order: (1) the configured handler name (Lambda);
+ * (2) a default export with a fetch method (Workers, Bun.serve options, a Hono app); (3) a
+ * `handler` export or `default.handler` (CommonJS `module.exports.handler`, also beside
+ * `module.exports = app`: Bun bundles a CommonJS entry as `export default module.exports`);
+ * (4) a bare default function `(request, env, ctx) => Response`.
+ */
+function adapt(mod: Record<string, unknown>, info: FunctionInfo, env: Readonly<Record<string, string>>): Loaded {
   const def = mod.default;
-  // (a) `export default { fetch }`: Workers, Bun.serve options, a Hono app (function or object).
-  if ((isObject(def) || typeof def === "function") && typeof (def as { fetch?: unknown }).fetch === "function") {
-    const target = def as { fetch(request: Request, env: unknown, ctx: unknown): unknown };
-    return async (request, requestId) =>
-      toResponse(await target.fetch(request, env, executionContext(requestId)));
+  const scheduledFn = hasProps(def) && typeof def.scheduled === "function" ? def.scheduled : mod.scheduled;
+  const scheduled =
+    typeof scheduledFn === "function"
+      ? (controller: unknown, e: unknown, ctx: unknown) => scheduledFn.call(def, controller, e, ctx)
+      : undefined;
+  const base = { info, env, scheduled, lambdaStatic: lambdaStatic(info) };
+  const lambda = (fn: LambdaHandler): Loaded => ({
+    ...base,
+    kind: "lambda",
+    fetch: undefined,
+    lambda: fn,
+    streaming: (fn as unknown as Record<symbol, unknown>)[HANDLER_STREAMING] === STREAM_RESPONSE,
+    highWaterMark: Number((fn as unknown as Record<symbol, unknown>)[HANDLER_HIGH_WATER_MARK]) || undefined,
+  });
+  const fetchKind = (fn: FetchHandler | undefined): Loaded => ({
+    ...base,
+    kind: "fetch",
+    fetch: fn,
+    lambda: undefined,
+    streaming: false,
+    highWaterMark: undefined,
+  });
+  if (info.handler !== undefined) {
+    const named = resolvePath(mod, info.handler) ?? resolvePath(def, info.handler);
+    if (typeof named !== "function") {
+      throw new LoadError(
+        `the handler "${info.handler}" is ${named === undefined ? "not exported" : `a ${describe(named)}, not a function`}; ` +
+          `the module exports ${describeExports(mod)}`,
+      );
+    }
+    return lambda(named as LambdaHandler);
   }
-  // (b) `export default (request) => Response`.
-  if (typeof def === "function") {
-    const fn = def as (request: Request, env: unknown, ctx: unknown) => unknown;
-    return async (request, requestId) => toResponse(await fn(request, env, executionContext(requestId)));
+  if (hasProps(def) && typeof def.fetch === "function") {
+    const target = def as { fetch: FetchHandler };
+    return fetchKind((request, e, ctx) => target.fetch(request, e, ctx));
   }
-  // (c) `export function handler(event, context)`: Lambda behind an API Gateway v2 HTTP API.
-  const handler = mod.handler ?? (isObject(def) ? def.handler : undefined);
-  if (typeof handler === "function") {
-    return (request, requestId) =>
-      invokeLambda(handler as LambdaHandler, request, requestId, fnName, fnVersion);
-  }
-  const names = Object.keys(mod);
+  const handler = mod.handler ?? (hasProps(def) ? def.handler : undefined);
+  if (typeof handler === "function") return lambda(handler as LambdaHandler);
+  if (typeof def === "function") return fetchKind(def as FetchHandler);
+  // A Workers module that only runs on cron ticks.
+  if (scheduled) return fetchKind(undefined);
   throw new LoadError(
-    `the module exports ${names.length ? names.join(", ") : "nothing"}; expected a default export with ` +
-      "fetch(request, env, ctx), a default-exported function (request) => Response, or a named export handler(event, context)",
+    `the module exports ${describeExports(mod)}; expected a default export with fetch(request, env, ctx), ` +
+      "a default-exported function (request) => Response, or a handler(event, context) export",
   );
-}
-
-function executionContext(requestId: string) {
-  return {
-    requestId,
-    waitUntil(promise: unknown): void {
-      // The instance outlives the request, so the work runs on; only surface its failure.
-      Promise.resolve(promise).catch((err: unknown) => console.error("waitUntil task failed:", err));
-    },
-    passThroughOnException(): void {},
-  };
-}
-
-function toResponse(result: unknown): Response {
-  if (result instanceof Response) return result;
-  throw new TypeError(`the function returned ${describe(result)} instead of a Response`);
 }
 
 function describe(value: unknown): string {
@@ -150,51 +476,202 @@ function describe(value: unknown): string {
   return typeof value === "object" ? "an object" : typeof value;
 }
 
+function runFetch(call: Call, fn: Loaded, request: Request): Response | Promise<Response> {
+  if (fn.fetch === undefined) throw new Error("the module exports no fetch handler (only scheduled)");
+  return fn.fetch(request, fn.env, call) as Response | Promise<Response>;
+}
+
 // --- Lambda ---
 
-type LambdaHandler = (event: unknown, context: unknown, callback?: (err: unknown, result?: unknown) => void) => unknown;
+// The Symbol.for names Lambda's runtime uses, so code that marks handlers itself works too.
+const HANDLER_STREAMING = Symbol.for("aws.lambda.runtime.handler.streaming");
+const HANDLER_HIGH_WATER_MARK = Symbol.for("aws.lambda.runtime.handler.streaming.highWaterMark");
+const STREAM_RESPONSE = "response";
+const HTTP_INTEGRATION_TYPE = "application/vnd.awslambda.http-integration-response";
+const PRELUDE = Symbol("forge.lambda.prelude");
+/** Lambda's account id is not forge's to know: ARNs carry a zero account. */
+const ACCOUNT_ID = "000000000000";
+
+/** The parts of a Lambda context that are the same for every event. */
+interface LambdaStatic {
+  functionName: string;
+  functionVersion: string;
+  memoryLimitInMB: string;
+  invokedFunctionArn: string;
+  logGroupName: string;
+  logStreamName: string;
+}
+
+function lambdaStatic(info: FunctionInfo): LambdaStatic {
+  const name = info.name ?? "function";
+  const version = info.version === undefined ? "$LATEST" : String(info.version);
+  const day = new Date().toISOString().slice(0, 10).replaceAll("-", "/");
+  return {
+    functionName: name,
+    functionVersion: version,
+    memoryLimitInMB: String(info.memoryMb ?? 128),
+    invokedFunctionArn: `arn:aws:lambda:${info.region}:${ACCOUNT_ID}:function:${name}`,
+    logGroupName: `/aws/lambda/${name}`,
+    // Lambda's shape, `<date>/[<version>]<instance>`: one stream per instance.
+    logStreamName: `${day}/[${version}]${settings.instanceId || crypto.randomUUID().replaceAll("-", "")}`,
+  };
+}
+
+/**
+ * The variables Lambda's Node.js runtime sets, before the module loads (code reads
+ * AWS_REGION at import). Set for every module: which kind it is shows only once loaded.
+ * AWS_LAMBDA_RUNTIME_API is left out on purpose: there is no Runtime API to poll here.
+ * Returns the previous values, for a specialize that fails.
+ */
+function setLambdaEnv(info: FunctionInfo, own: Readonly<Record<string, string>>): Map<string, string | undefined> {
+  const fixed = lambdaStatic(info);
+  const vars: Record<string, string> = {
+    AWS_LAMBDA_FUNCTION_NAME: fixed.functionName,
+    AWS_LAMBDA_FUNCTION_VERSION: fixed.functionVersion,
+    AWS_LAMBDA_FUNCTION_MEMORY_SIZE: fixed.memoryLimitInMB,
+    AWS_LAMBDA_LOG_GROUP_NAME: fixed.logGroupName,
+    AWS_LAMBDA_LOG_STREAM_NAME: fixed.logStreamName,
+    AWS_REGION: info.region,
+    AWS_DEFAULT_REGION: info.region,
+    AWS_EXECUTION_ENV: `AWS_Lambda_nodejs${process.versions.node.split(".")[0]}.x`,
+    LAMBDA_TASK_ROOT: info.dir ?? process.cwd(),
+    LAMBDA_RUNTIME_DIR: import.meta.dir,
+  };
+  // TZ: UTC unless the function sets its own. Lambda's runtime runs with TZ=:UTC and Workers
+  // always run in UTC, so code formats dates assuming it; a process-driver instance would
+  // otherwise inherit the forge host's zone (the FROM-scratch image has no zone data anyway).
+  if (own.TZ === undefined && process.env.TZ === undefined) vars.TZ = "UTC";
+  const previous = new Map<string, string | undefined>();
+  for (const [name, value] of Object.entries(vars)) {
+    previous.set(name, process.env[name]);
+    process.env[name] = value;
+  }
+  return previous;
+}
+
+function restoreEnv(previous: Map<string, string | undefined>): void {
+  for (const [name, value] of previous) {
+    if (value === undefined) delete process.env[name];
+    else process.env[name] = value;
+  }
+}
+
+/** Runs a Lambda handler to its result: the returned promise, the callback, or context.succeed/fail/done, whichever first. */
+function runLambda(fn: Loaded, call: Call, event: unknown, started: number): Promise<unknown> {
+  const handler = fn.lambda as LambdaHandler;
+  return new Promise<unknown>((resolve, reject) => {
+    let finished = false;
+    let timer: Timer | undefined;
+    const finish = (failed: boolean, value: unknown) => {
+      if (finished) return;
+      finished = true;
+      if (timer !== undefined) clearTimeout(timer);
+      if (failed) reject(value);
+      else resolve(value);
+    };
+    // Lambda's rule for the callback and done(): an error argument that is neither null nor undefined fails.
+    const callback = (err: unknown, result?: unknown) =>
+      err !== undefined && err !== null ? finish(true, err) : finish(false, result);
+    const context = lambdaContext(fn, call, started, callback);
+    let returned: unknown;
+    try {
+      returned = handler(event, context, callback);
+    } catch (err) {
+      finish(true, err);
+      return;
+    }
+    if (isThenable(returned)) {
+      returned.then(
+        (value) => finish(false, value),
+        (err: unknown) => finish(true, err ?? "handled"),
+      );
+    } else if (returned !== undefined && handler.length < 3) {
+      // Lambda would ignore a synchronous return value and answer null once the event loop
+      // empties; a shared instance has no such moment, so the value itself is the answer.
+      finish(false, returned);
+    }
+    // As in Lambda, the invocation ends at the function's timeout (forge's own timeout cuts
+    // the request at the same moment; this frees the call, so a hung handler leaves nothing behind).
+    if (!finished) timer = setTimeout(() => finish(true, timedOut(fn)), Math.max(0, started + fn.info.timeoutMs - Date.now()));
+  });
+}
+
+/** Lambda's timeout error. */
+function timedOut(fn: Loaded): Error {
+  const err = new Error(`Task timed out after ${(fn.info.timeoutMs / 1000).toFixed(2)} seconds`);
+  err.name = "TimeoutError";
+  return err;
+}
+
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return hasProps(value) && typeof value.then === "function";
+}
+
+function lambdaContext(fn: Loaded, call: Call, started: number, done: (err: unknown, result?: unknown) => void) {
+  let waitsForEmptyEventLoop = true;
+  const deadline = started + fn.info.timeoutMs;
+  return {
+    ...fn.lambdaStatic,
+    awsRequestId: call.requestId,
+    /**
+     * Settable as in Lambda, but an instance serving a long-lived socket never has an empty
+     * event loop: the invocation ends at the callback either way.
+     */
+    get callbackWaitsForEmptyEventLoop(): boolean {
+      return waitsForEmptyEventLoop;
+    },
+    set callbackWaitsForEmptyEventLoop(value: boolean) {
+      waitsForEmptyEventLoop = value;
+    },
+    getRemainingTimeInMillis: () => Math.max(0, deadline - Date.now()),
+    succeed: (result?: unknown) => done(null, result),
+    fail: (err?: unknown) => done(err ?? "handled"),
+    done,
+  };
+}
+
+/** Lambda's error shape, as forge's JSON: message and type (the error's name). */
+function errorParts(err: unknown): { message: string; type: string } {
+  if (err instanceof Error) return { message: err.message, type: err.name };
+  return { message: String(err), type: typeof err };
+}
+
+function functionError(err: unknown): Response {
+  const fnName = loaded?.info.name ?? "<function>";
+  return jsonError(500, "function_error", errorParts(err).message, `see forge logs ${fnName} for the stack`);
+}
+
+/** Invoke and schedule answers: the result as JSON, or the error with its type. */
+async function lambdaResult(fn: Loaded, call: Call, event: unknown, started: number): Promise<Response> {
+  let result: unknown;
+  try {
+    result = await runLambda(fn, call, event, started);
+  } catch (err) {
+    call.log(err);
+    return Response.json({ error: { code: "function_error", ...errorParts(err) } }, { status: 500 });
+  }
+  return new NativeResponse(JSON.stringify(result === undefined ? null : result), {
+    headers: { "content-type": "application/json" },
+  });
+}
+
+async function runLambdaHttp(call: Call, fn: Loaded, request: Request): Promise<Response> {
+  const started = Date.now();
+  const event = await lambdaEvent(request, call.requestId, started);
+  if (fn.streaming) return streamLambda(fn, call, event, started);
+  return lambdaResponse(await runLambda(fn, call, event, started));
+}
 
 const TEXT_TYPES = /^(text\/|application\/(json|javascript|xml|x-www-form-urlencoded|graphql)|[^;]*\+(json|xml))/i;
-
-async function invokeLambda(
-  handler: LambdaHandler,
-  request: Request,
-  requestId: string,
-  fnName: string | undefined,
-  fnVersion: number | undefined,
-): Promise<Response> {
-  const started = Date.now();
-  const event = await lambdaEvent(request, requestId, started);
-  const context = {
-    awsRequestId: requestId,
-    functionName: fnName ?? "",
-    functionVersion: fnVersion === undefined ? "$LATEST" : String(fnVersion),
-    invokedFunctionArn: "",
-    memoryLimitInMB: "",
-    logGroupName: "",
-    logStreamName: settings.instanceId,
-    callbackWaitsForEmptyEventLoop: false,
-    getRemainingTimeInMillis: () => Math.max(0, started + settings.timeoutMs - Date.now()),
-  };
-  let result: unknown;
-  if (handler.length >= 3) {
-    // Callback-style handler (Node 1x-era Lambda code): the callback or the returned promise, whichever settles.
-    result = await new Promise((resolve, reject) => {
-      const returned = handler(event, context, (err, value) => (err ? reject(err) : resolve(value)));
-      if (returned instanceof Promise) returned.then(resolve, reject);
-    });
-  } else {
-    result = await handler(event, context);
-  }
-  return lambdaResponse(result);
-}
 
 async function lambdaEvent(request: Request, requestId: string, now: number) {
   const url = new URL(request.url);
   const headers: Record<string, string> = {};
   let cookies: string[] | undefined;
+  // Bun.serve hands over repeated headers already joined with ", " (checked on 1.4.5, also
+  // through toJSON()), and a single value may hold ", " itself (user-agent, dates): which
+  // commas were API Gateway's "," cannot be told apart, so values pass as Bun joined them.
   for (const [name, value] of request.headers) {
-    // Headers iteration is already lowercased and comma-joined, except set-cookie.
     if (name === "cookie") cookies = value.split(/;\s*/).filter(Boolean);
     else headers[name] = value;
   }
@@ -260,28 +737,20 @@ function decodeText(bytes: Uint8Array, type: string | null): string | undefined 
 }
 
 function lambdaResponse(result: unknown): Response {
-  if (result instanceof Response) return result;
-  if (result === undefined || result === null) return new Response(null, { status: 200 });
+  if (result instanceof NativeResponse) return result;
+  if (result === undefined || result === null) return new NativeResponse(null, { status: 200 });
   if (typeof result === "string") {
-    return new Response(result, { headers: { "content-type": "text/plain; charset=utf-8" } });
+    return new NativeResponse(result, { headers: { "content-type": "text/plain; charset=utf-8" } });
   }
   if (!isObject(result) || typeof result.statusCode !== "number") {
     // API Gateway's rule: a result without statusCode is the JSON body of a 200.
     return Response.json(result);
   }
-  const headers = new Headers();
-  if (isObject(result.headers)) {
-    for (const [name, value] of Object.entries(result.headers)) {
-      if (value !== undefined && value !== null) headers.set(name, String(value));
-    }
-  }
+  const headers = headersOf(result.headers, result.cookies);
   if (isObject(result.multiValueHeaders)) {
     for (const [name, values] of Object.entries(result.multiValueHeaders)) {
       if (Array.isArray(values)) for (const value of values) headers.append(name, String(value));
     }
-  }
-  if (Array.isArray(result.cookies)) {
-    for (const cookie of result.cookies) headers.append("set-cookie", String(cookie));
   }
   let body: string | Uint8Array | null = null;
   const raw = result.body;
@@ -292,21 +761,311 @@ function lambdaResponse(result: unknown): Response {
     body = JSON.stringify(raw);
     if (!headers.has("content-type")) headers.set("content-type", "application/json");
   }
-  return new Response(body, { status: result.statusCode, headers });
+  return new NativeResponse(body, { status: result.statusCode, headers });
+}
+
+function headersOf(fields: unknown, cookies: unknown): Headers {
+  const headers = new Headers();
+  if (isObject(fields)) {
+    for (const [name, value] of Object.entries(fields)) {
+      if (value !== undefined && value !== null) headers.set(name, String(value));
+    }
+  }
+  if (Array.isArray(cookies)) {
+    for (const cookie of cookies) headers.append("set-cookie", String(cookie));
+  }
+  return headers;
+}
+
+// --- Lambda response streaming ---
+
+/** What a streaming handler writes to: a Node Writable, as Lambda's responseStream is. */
+interface LambdaResponseStream {
+  setContentType(type: string): void;
+  [PRELUDE]?: unknown;
+}
+type ResponseStreamClass = new (onHead: (response: Response) => void, highWaterMark: number | undefined) => LambdaResponseStream & {
+  readonly headSent: boolean;
+  destroy(err?: Error): void;
+  once(event: "close", listener: () => void): void;
+};
+let responseStreamClass: ResponseStreamClass | undefined;
+
+/** Built on first use: node:stream costs start-up time only modules that stream pay. */
+function loadResponseStreamClass(): ResponseStreamClass {
+  if (responseStreamClass) return responseStreamClass;
+  const { Writable } = require("node:stream") as typeof import("node:stream");
+  class ResponseStream extends Writable {
+    #contentType = "application/octet-stream";
+    #onHead: (response: Response) => void;
+    #controller: ReadableStreamDefaultController<Uint8Array> | undefined;
+    #body: ReadableStream<Uint8Array>;
+    #headSent = false;
+    /** A write waiting for the reader to want more (backpressure). */
+    #blocked: (() => void) | undefined;
+    [PRELUDE]?: unknown;
+
+    constructor(onHead: (response: Response) => void, highWaterMark: number | undefined) {
+      super(highWaterMark === undefined ? {} : { highWaterMark });
+      this.#onHead = onHead;
+      this.#body = new ReadableStream<Uint8Array>({
+        start: (controller) => {
+          this.#controller = controller;
+        },
+        pull: () => {
+          const blocked = this.#blocked;
+          this.#blocked = undefined;
+          blocked?.();
+        },
+        cancel: () => {
+          // The client went away.
+          this.destroy();
+        },
+      });
+    }
+
+    get headSent(): boolean {
+      return this.#headSent;
+    }
+
+    setContentType(type: string): void {
+      if (this.#headSent) throw new Error("Cannot set content-type, too late.");
+      this.#contentType = type;
+    }
+
+    // Lambda's stream sends anything but strings and bytes as JSON.
+    override write(chunk: unknown, encoding?: unknown, callback?: unknown): boolean {
+      const data = typeof chunk === "string" || chunk instanceof Uint8Array ? chunk : JSON.stringify(chunk);
+      return (super.write as (...args: unknown[]) => boolean)(data, encoding, callback);
+    }
+
+    override _write(chunk: Uint8Array, _encoding: string, callback: (error?: Error | null) => void): void {
+      this.#sendHead();
+      const controller = this.#controller as ReadableStreamDefaultController<Uint8Array>;
+      try {
+        controller.enqueue(chunk);
+      } catch (err) {
+        callback(err as Error);
+        return;
+      }
+      if ((controller.desiredSize ?? 1) > 0) callback();
+      else this.#blocked = () => callback();
+    }
+
+    override _final(callback: (error?: Error | null) => void): void {
+      this.#sendHead();
+      try {
+        this.#controller?.close();
+      } catch {
+        // cancelled by the reader already
+      }
+      callback();
+    }
+
+    override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+      if (error && this.#headSent) {
+        try {
+          this.#controller?.error(error);
+        } catch {
+          // closed already
+        }
+      }
+      callback(error);
+    }
+
+    #sendHead(): void {
+      if (this.#headSent) return;
+      this.#headSent = true;
+      const prelude = this[PRELUDE];
+      if (this.#contentType === HTTP_INTEGRATION_TYPE && isObject(prelude)) {
+        const status = typeof prelude.statusCode === "number" ? prelude.statusCode : 200;
+        this.#onHead(new NativeResponse(this.#body, { status, headers: headersOf(prelude.headers, prelude.cookies) }));
+      } else {
+        this.#onHead(new NativeResponse(this.#body, { headers: { "content-type": this.#contentType } }));
+      }
+    }
+  }
+  responseStreamClass = ResponseStream as unknown as ResponseStreamClass;
+  return responseStreamClass;
+}
+
+/**
+ * A streamifyResponse handler: the response goes out as the handler writes. Until the
+ * head is out a failure is forge's JSON 500; after, the stream is cut, logged. As in
+ * Lambda the invocation ends with the stream (a resolved handler with an open stream waits).
+ */
+function streamLambda(fn: Loaded, call: Call, event: unknown, started: number): Promise<Response> {
+  return new Promise<Response>((resolve, reject) => {
+    const Stream = loadResponseStreamClass();
+    const stream = new Stream(resolve, fn.highWaterMark);
+    const fail = (err: unknown) => {
+      if (!stream.headSent) {
+        reject(err);
+        return;
+      }
+      call.log("the streaming handler failed after the response started (connection cut):", err);
+      stream.destroy(err instanceof Error ? err : new Error(String(err)));
+    };
+    const context = lambdaContext(fn, call, started, (err) => {
+      if (err !== undefined && err !== null) fail(err);
+    });
+    let returned: unknown;
+    try {
+      returned = (fn.lambda as LambdaHandler)(event, stream, context);
+    } catch (err) {
+      fail(err);
+      return;
+    }
+    if (!isThenable(returned)) {
+      fail(new Error("Streaming does not support non-async handlers."));
+      return;
+    }
+    returned.then((value) => {
+      if (value !== undefined) call.log("Streaming handlers ignore return values.");
+    }, fail);
+    // The function's timeout ends the invocation, streamed or not, as in Lambda.
+    const timer = setTimeout(() => fail(timedOut(fn)), Math.max(0, started + fn.info.timeoutMs - Date.now()));
+    stream.once("close", () => clearTimeout(timer));
+  });
+}
+
+/** `globalThis.awslambda`, as Lambda's Node.js runtime defines it before the module loads. */
+class HttpResponseStream {
+  static from(stream: LambdaResponseStream, prelude: unknown): LambdaResponseStream {
+    stream.setContentType(HTTP_INTEGRATION_TYPE);
+    stream[PRELUDE] = prelude;
+    return stream;
+  }
+}
+Object.defineProperty(globalThis, "awslambda", {
+  value: {
+    streamifyResponse<H extends object>(handler: H, options?: { highWaterMark?: number }): H {
+      loadResponseStreamClass();
+      const marks = handler as Record<symbol, unknown>;
+      marks[HANDLER_STREAMING] = STREAM_RESPONSE;
+      if (typeof options?.highWaterMark === "number") marks[HANDLER_HIGH_WATER_MARK] = options.highWaterMark;
+      return handler;
+    },
+    HttpResponseStream,
+  },
+  writable: true,
+  configurable: true,
+});
+
+// --- control routes: invoke, scheduled ---
+
+/** The request forge sent, as a fetch handler sees it: `POST <path>`, forge's control header gone. */
+function asFunctionRequest(request: Request, path: string): Request {
+  const headers = new Headers(request.headers);
+  headers.delete(CONTROL_HEADER);
+  const origin = new URL(request.url).origin;
+  return new Request(origin + (path || "/"), { method: "POST", headers, body: request.body });
+}
+
+/** JSON payload as the event: empty is {}, invalid JSON a 400 invalid_payload (as a Response). */
+async function payloadEvent(request: Request, empty: () => unknown): Promise<{ event: unknown } | Response> {
+  const text = await request.text();
+  if (text.trim() === "") return { event: empty() };
+  try {
+    return { event: JSON.parse(text) as unknown };
+  } catch (err) {
+    return jsonError(400, "invalid_payload", `the payload is not JSON: ${errorParts(err).message}`);
+  }
+}
+
+async function runInvoke(call: Call, fn: Loaded, request: Request): Promise<Response> {
+  const path = new URL(request.url).pathname.slice(CONTROL_INVOKE.length);
+  if (fn.kind === "fetch") return runFetch(call, fn, asFunctionRequest(request, path + new URL(request.url).search));
+  const started = Date.now();
+  const parsed = await payloadEvent(request, () => ({}));
+  if (parsed instanceof NativeResponse) return parsed;
+  if (fn.streaming) return streamLambda(fn, call, parsed.event, started);
+  return lambdaResult(fn, call, parsed.event, started);
+}
+
+async function runScheduled(call: Call, fn: Loaded, request: Request): Promise<Response> {
+  const url = new URL(request.url);
+  const path = url.pathname.slice(CONTROL_SCHEDULED.length);
+  const cron = request.headers.get(SCHEDULE_CRON_HEADER) ?? "";
+  const tick = request.headers.get(SCHEDULE_TICK_HEADER);
+  const scheduledTime = (tick !== null && Date.parse(tick)) || Date.now();
+  if (fn.scheduled) {
+    // Workers: scheduled(controller, env, ctx); the tick is done when its waitUntil work is.
+    call.collectWork();
+    const controller = { cron, scheduledTime, type: "scheduled", noRetry(): void {} };
+    try {
+      await fn.scheduled(controller, fn.env, call);
+      const outcome = await call.settleCollected();
+      if (outcome) throw outcome.failed;
+    } catch (err) {
+      call.log(err);
+      return Response.json({ error: { code: "function_error", ...errorParts(err) } }, { status: 500 });
+    }
+    return Response.json({ ok: true });
+  }
+  if (fn.kind === "lambda") {
+    const started = Date.now();
+    const parsed = await payloadEvent(request, () => scheduledEvent(fn, scheduledTime));
+    if (parsed instanceof NativeResponse) return parsed;
+    return lambdaResult(fn, call, parsed.event, started);
+  }
+  return runFetch(call, fn, asFunctionRequest(request, path + url.search));
+}
+
+/** EventBridge's "Scheduled Event", as a Lambda handler on a schedule rule gets it. */
+function scheduledEvent(fn: Loaded, scheduledTime: number) {
+  return {
+    version: "0",
+    id: crypto.randomUUID(),
+    "detail-type": "Scheduled Event",
+    source: "aws.events",
+    account: ACCOUNT_ID,
+    // EventBridge's times carry no milliseconds.
+    time: new Date(scheduledTime).toISOString().replace(/\.\d{3}Z$/, "Z"),
+    region: fn.info.region,
+    resources: [],
+    detail: {},
+  };
 }
 
 // --- loading ---
 
-async function load(path: string, fnName: string | undefined, fnVersion: number | undefined): Promise<Loaded> {
+async function load(path: string, info: FunctionInfo, env: Readonly<Record<string, string>>): Promise<Loaded> {
   let mod: Record<string, unknown>;
   try {
     mod = (await import(path)) as Record<string, unknown>;
   } catch (err) {
-    throw new LoadError(`the module failed to load: ${err instanceof Error ? err.message : String(err)}`, {
-      cause: err,
-    });
+    throw new LoadError(`the module failed to load: ${errorParts(err).message}`, { cause: err });
   }
-  return { invoke: adapt(mod, fnName, fnVersion), function: fnName, version: fnVersion };
+  return adapt(mod, info, env);
+}
+
+/** The message and the first frames of where a load failed (a syntax error: its position). */
+function loadFailure(err: unknown): { message: string; stack: string } {
+  const message = errorParts(err).message;
+  // A LoadError of the shim's own (nothing usable exported) has no frames worth showing.
+  const cause = err instanceof LoadError ? err.cause : err;
+  const frames: string[] = [];
+  if (hasProps(cause)) {
+    if (typeof cause.stack === "string") {
+      for (const line of cause.stack.split("\n")) if (line.trimStart().startsWith("at ")) frames.push(line.trim());
+    }
+    const position = cause.position;
+    if (frames.length === 0 && isObject(position) && typeof position.file === "string") {
+      // Bun's BuildMessage (a syntax error) has no stack, only where it is.
+      frames.push(`at ${position.file}:${String(position.line)}:${String(position.column)}`);
+      if (typeof position.lineText === "string") frames.push(`  ${position.lineText}`);
+    }
+  }
+  return { message, stack: frames.slice(0, LOAD_ERROR_FRAMES).join("\n") };
+}
+
+const SPECIALIZE_SHAPE =
+  "expected {function: string, version: number, env: object, code?: string, dir?: string, bundle?: string, " +
+  "timeoutMs?: number, memoryMb?: number, handler?: string, region?: string} with code or bundle";
+
+function optional(body: Record<string, unknown>, name: string, type: "string" | "number"): boolean {
+  return body[name] === undefined || typeof body[name] === type;
 }
 
 async function specialize(request: Request): Promise<Response> {
@@ -323,39 +1082,65 @@ async function specialize(request: Request): Promise<Response> {
     !isObject(body) ||
     typeof body.function !== "string" ||
     typeof body.version !== "number" ||
-    typeof body.code !== "string" ||
-    !isObject(body.env)
+    !isObject(body.env) ||
+    (typeof body.code !== "string" && typeof body.bundle !== "string") ||
+    !optional(body, "code", "string") ||
+    !optional(body, "bundle", "string") ||
+    !optional(body, "dir", "string") ||
+    !optional(body, "timeoutMs", "number") ||
+    !optional(body, "memoryMb", "number") ||
+    !optional(body, "handler", "string") ||
+    !optional(body, "region", "string")
   ) {
-    return jsonError(400, "bad_request", "expected {function: string, version: number, code: string, env: object}");
+    return jsonError(400, "bad_request", SPECIALIZE_SHAPE);
   }
   const started = performance.now();
   specializing = true;
-  const file = `${settings.workDir}/fn-${crypto.randomUUID()}.mjs`;
-  const env = body.env as Record<string, unknown>;
-  const previous: Record<string, string | undefined> = {};
+  const info: FunctionInfo = {
+    name: body.function,
+    version: body.version,
+    dir: (body.dir as string | undefined) || undefined,
+    timeoutMs: (body.timeoutMs as number | undefined) || DEFAULT_TIMEOUT_MS,
+    memoryMb: (body.memoryMb as number | undefined) || undefined,
+    handler: (body.handler as string | undefined) || undefined,
+    region: (body.region as string | undefined) || DEFAULT_REGION,
+  };
+  const own: Record<string, string> = {};
+  for (const [name, value] of Object.entries(body.env)) own[name] = String(value);
+  const env = Object.freeze(own);
+  const cwd = process.cwd();
+  const previous = new Map<string, string | undefined>();
+  let written: string | undefined;
   try {
-    await Bun.write(file, body.code, { mode: 0o600 });
     for (const [name, value] of Object.entries(env)) {
-      previous[name] = process.env[name];
-      process.env[name] = String(value);
+      previous.set(name, process.env[name]);
+      process.env[name] = value;
     }
-    loaded = await load(file, body.function, body.version);
+    if (info.dir) process.chdir(info.dir);
+    for (const [name, value] of setLambdaEnv(info, env)) if (!previous.has(name)) previous.set(name, value);
+    let file = body.bundle as string | undefined;
+    if (file === undefined) {
+      written = `${settings.workDir}/fn-${crypto.randomUUID()}.mjs`;
+      await Bun.write(written, body.code as string, { mode: 0o600 });
+      file = written;
+    }
+    loaded = await load(file, info, env);
   } catch (err) {
-    // Stay generic: undo the env so a later attempt starts clean.
-    for (const [name, value] of Object.entries(previous)) {
-      if (value === undefined) delete process.env[name];
-      else process.env[name] = value;
+    // Stay generic: undo the env and folder so a later attempt starts clean.
+    restoreEnv(previous);
+    process.chdir(cwd);
+    if (written !== undefined) {
+      await Bun.file(written)
+        .delete()
+        .catch(() => {});
     }
-    await Bun.file(file)
-      .delete()
-      .catch(() => {});
-    const message = err instanceof Error ? err.message : String(err);
-    console.error(`forge: specialize failed: ${message}`);
-    return jsonError(400, "specialize_failed", message);
+    const failure = loadFailure(err);
+    console.error(`forge: specialize failed: ${failure.message}${failure.stack ? `\n${failure.stack}` : ""}`);
+    return Response.json({ error: { code: "specialize_failed", ...failure } }, { status: 400 });
   } finally {
     specializing = false;
   }
-  return Response.json({ ok: true, loadMs: performance.now() - started });
+  return Response.json({ ok: true, loadMs: performance.now() - started, kind: loaded.kind });
 }
 
 // --- serving ---
@@ -373,74 +1158,98 @@ function isControl(header: string | null): boolean {
   return diff === 0;
 }
 
-async function handle(request: Request): Promise<Response> {
-  if (isControl(request.headers.get(CONTROL_HEADER))) {
-    const path = new URL(request.url).pathname;
-    if (path === CONTROL_HEALTH && request.method === "GET") {
-      return Response.json({
-        ok: true,
-        specialized: loaded !== undefined,
-        function: loaded?.function ?? null,
-        version: loaded?.version ?? null,
-        pid: process.pid,
-      });
-    }
-    if (path === CONTROL_SPECIALIZE && request.method === "POST") return specialize(request);
-  }
-  const fn = loaded;
-  if (!fn) {
-    return jsonError(503, "not_specialized", "this instance does not serve a function yet", "forge sends the function first");
-  }
+function notSpecialized(): Response {
+  return jsonError(503, "not_specialized", "this instance does not serve a function yet", "forge sends the function first");
+}
+
+/** The request's id (forge's own, unique), or a fresh one set on the request. */
+function requestIdOf(request: Request): string {
   let requestId = request.headers.get(REQUEST_ID_HEADER);
   if (!requestId) {
     requestId = crypto.randomUUID();
     request.headers.set(REQUEST_ID_HEADER, requestId);
   }
-  const id = requestId;
-  return requestScope.run(id, async () => {
-    try {
-      return await fn.invoke(request, id);
-    } catch (err) {
-      // Inside the scope, so every line of the stack carries the request id.
-      console.error(err);
-      const message = err instanceof Error ? err.message : String(err);
-      return jsonError(500, "function_error", message, `see forge logs ${fn.function ?? "<function>"} for the stack`);
-    }
-  });
+  return requestId;
 }
 
-// A function's floating promise should not take down an instance that other requests share.
-process.on("unhandledRejection", (reason) => console.error("unhandled rejection:", reason));
+async function control(request: Request, path: string): Promise<Response | undefined> {
+  if (path === CONTROL_HEALTH && request.method === "GET") {
+    return Response.json({
+      ok: true,
+      specialized: loaded !== undefined,
+      function: loaded?.info.name ?? null,
+      version: loaded?.info.version ?? null,
+      pid: process.pid,
+      kind: loaded?.kind ?? null,
+      pending: pendingWork,
+    });
+  }
+  if (request.method !== "POST") return undefined;
+  if (path === CONTROL_SPECIALIZE) return specialize(request);
+  if (path === CONTROL_DRAIN) {
+    const bound = Number(request.headers.get(DRAIN_MS_HEADER));
+    await drained(Number.isFinite(bound) && bound >= 0 && request.headers.has(DRAIN_MS_HEADER) ? bound : DEFAULT_DRAIN_MS);
+    return Response.json({ pending: pendingWork });
+  }
+  const invoke = path === CONTROL_INVOKE || path.startsWith(CONTROL_INVOKE + "/");
+  const scheduled = path === CONTROL_SCHEDULED || path.startsWith(CONTROL_SCHEDULED + "/");
+  if (!invoke && !scheduled) return undefined;
+  const fn = loaded;
+  if (!fn) return notSpecialized();
+  return new Call(requestIdOf(request)).run(invoke ? runInvoke : runScheduled, fn, request);
+}
 
-// 4. Load the bundle given at start (a function instance), or stay generic (a stem cell).
+function handle(request: Request): Response | Promise<Response> {
+  if (isControl(request.headers.get(CONTROL_HEADER))) {
+    return control(request, new URL(request.url).pathname).then((answer) => answer ?? serve(request));
+  }
+  return serve(request);
+}
+
+function serve(request: Request): Response | Promise<Response> {
+  const fn = loaded;
+  if (!fn) return notSpecialized();
+  return new Call(requestIdOf(request)).run(fn.kind === "fetch" ? runFetch : runLambdaHttp, fn, request);
+}
+
+/** Bun.serve's last resort (production mode: never its HTML page with paths). */
+function onServeError(err: unknown): Response {
+  console.error("forge: the shim failed to serve a request:", err);
+  return jsonError(500, "shim_error", errorParts(err).message);
+}
+
+// 7. Load the bundle given at start (a function instance), or stay generic (a stem cell).
 if (settings.bundle) {
+  const env = startWorkersEnv();
   try {
-    loaded = await load(settings.bundle, settings.function, settings.version);
+    if (startInfo.dir) process.chdir(startInfo.dir);
+    setLambdaEnv(startInfo, env);
+    loaded = await load(settings.bundle, startInfo, env);
   } catch (err) {
-    console.error(`forge: ${err instanceof Error ? err.message : String(err)}`);
-    if (err instanceof Error && err.cause) console.error(err.cause);
+    const failure = loadFailure(err);
+    console.error(`forge: ${failure.message}${failure.stack ? `\n${failure.stack}` : ""}`);
     process.exit(1);
   }
 }
 
-// 5. Listen. Forge's timeouts apply upstream, so the shim's own idle timeout is off.
+// 8. Listen. Forge's timeouts apply upstream, so the shim's own idle timeout is off.
 // bun-types allow idleTimeout only with a port, yet Bun honors it on a Unix socket too
 // (checked on 1.4.5: without it a request idle for 10 s is cut); spread untyped to pass it.
-const noIdleTimeout: object = { idleTimeout: 0 };
+const serveOptions: object = { idleTimeout: 0, development: false, error: onServeError };
 
 function listenOnSocket(path: string) {
   // Socket mode 0666: forge may run as another uid than the container's user. Through the
   // umask rather than chmod, which would need node:fs on the cold path.
   const umask = process.umask(0o111);
   try {
-    return Bun.serve({ unix: path, fetch: handle, ...noIdleTimeout });
+    return Bun.serve({ unix: path, fetch: handle, ...serveOptions });
   } finally {
     process.umask(umask);
   }
 }
 
 async function listen() {
-  if (!settings.socket) return Bun.serve({ hostname: "0.0.0.0", port: settings.port, fetch: handle, ...noIdleTimeout });
+  if (!settings.socket) return Bun.serve({ hostname: "0.0.0.0", port: settings.port, fetch: handle, ...serveOptions });
   try {
     return listenOnSocket(settings.socket);
   } catch (err) {
