@@ -134,8 +134,8 @@ if (!engine) {
       expect(["EROFS", "EACCES"]).toContain(seen.write as string);
       expect(seen.dataDir).toBe(false);
       expect(seen.run).toEqual(["forge"]);
-      // Its folder holds its own socket (and at most its own bundle); /app at most its own bundle.
-      for (const entry of seen.forge as string[]) expect(["s.sock", "fn.mjs"]).toContain(entry);
+      // Its folder holds its own socket (and at most its own bundle, or its copy of its own folder, fn/); /app at most its own bundle.
+      for (const entry of seen.forge as string[]) expect(["s.sock", "fn.mjs", "fn"]).toContain(entry);
       for (const entry of (seen.app as string[] | null) ?? []) expect(entry).toBe("bundle.mjs");
       expect(seen.root).not.toContain("functions");
       expect(JSON.stringify(seen)).not.toContain("hello");

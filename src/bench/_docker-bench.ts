@@ -1,11 +1,11 @@
 /** What the docker benches share: the engine with the runtime image, a function image, stats. */
-import { mkdtemp, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import type Dockerode from "dockerode";
 import { buildRuntimeImage, createImageBuilder } from "../build/index.ts";
 import { loadConfig } from "../config.ts";
-import { connectDocker, pingDocker } from "../pool/index.ts";
+import { BUNDLE_FILE, connectDocker, pingDocker } from "../pool/index.ts";
 
 /** The function every docker bench runs: the smallest answer, so the path is what is measured. */
 export const BENCH_BUNDLE = `export default { fetch() { return new Response("ok"); } };\n`;
@@ -13,7 +13,7 @@ export const BENCH_BUNDLE = `export default { fetch() { return new Response("ok"
 export interface BenchEngine {
   docker: Dockerode;
   runtimeImage: string;
-  /** A folder holding fn.mjs (BENCH_BUNDLE). */
+  /** A folder holding task/BUNDLE_FILE (BENCH_BUNDLE): the bundle in the folder of a version. */
   dir: string;
   bundlePath: string;
 }
@@ -25,7 +25,8 @@ export async function benchEngine(): Promise<BenchEngine> {
   if (problem !== undefined) throw new Error(`no Docker engine answers: ${problem} (run .ci/services.sh)`);
   await buildRuntimeImage(docker, "bun", { image: config.runtimeImage });
   const dir = await mkdtemp(join(tmpdir(), "forge-bench-"));
-  const bundlePath = join(dir, "fn.mjs");
+  const bundlePath = join(dir, "task", BUNDLE_FILE);
+  await mkdir(dirname(bundlePath), { recursive: true });
   await writeFile(bundlePath, BENCH_BUNDLE);
   return { docker, runtimeImage: config.runtimeImage, dir, bundlePath };
 }
@@ -33,7 +34,7 @@ export async function benchEngine(): Promise<BenchEngine> {
 /** forge/fn-<name>:v1 holding BENCH_BUNDLE, as a deploy would build it. */
 export async function benchImage(engine: BenchEngine, name: string): Promise<string> {
   const builder = createImageBuilder({ docker: engine.docker, runtimeImage: engine.runtimeImage });
-  return builder.buildBundleImage(name, 1, engine.bundlePath, () => {});
+  return builder.buildBundleImage(name, 1, dirname(engine.bundlePath), () => {});
 }
 
 export async function removeBenchImage(engine: BenchEngine, name: string): Promise<void> {

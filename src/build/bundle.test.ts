@@ -1,10 +1,10 @@
 import { describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
-import { mkdir, readdir, writeFile } from "node:fs/promises";
+import { cp, mkdir, readdir, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { ErrorCode, ForgeError } from "../errors.ts";
 import { tempDir } from "./_test-helpers.ts";
-import { bundleEntry, findEntry } from "./bundle.ts";
+import { bundleEntry, findEntry, relocatePaths } from "./bundle.ts";
 
 async function writeTree(root: string, files: Record<string, string>): Promise<void> {
   for (const [path, text] of Object.entries(files)) {
@@ -132,14 +132,14 @@ describe("findEntry", () => {
   test("takes the configured entry when it exists", async () => {
     await using tmp = await tempDir();
     await writeTree(tmp.path, { "index.ts": "", "src/server.ts": "" });
-    expect(findEntry(tmp.path, "src/server.ts")).toBe("src/server.ts");
+    expect(await findEntry(tmp.path, "src/server.ts")).toBe("src/server.ts");
   });
 
   test("a configured entry that is missing or leaves the folder is BuildFailed", async () => {
     await using tmp = await tempDir();
     await writeTree(tmp.path, { "index.ts": "" });
     for (const entry of ["main.ts", "../index.ts", "/etc/hostname"]) {
-      const err = await buildError(Promise.resolve().then(() => findEntry(tmp.path, entry)));
+      const err = await buildError(findEntry(tmp.path, entry));
       expect(err.message).toBe(`entry ${entry} not found in the function folder`);
     }
   });
@@ -147,15 +147,145 @@ describe("findEntry", () => {
   test("picks the first candidate that exists", async () => {
     await using tmp = await tempDir();
     await writeTree(tmp.path, { "main.ts": "", "src/index.ts": "", "index.mjs": "" });
-    expect(findEntry(tmp.path)).toBe("index.mjs");
+    expect(await findEntry(tmp.path)).toBe("index.mjs");
     await writeTree(tmp.path, { "index.ts": "" });
-    expect(findEntry(tmp.path)).toBe("index.ts");
+    expect(await findEntry(tmp.path)).toBe("index.ts");
   });
 
   test("no candidate is BuildFailed naming index.ts", async () => {
     await using tmp = await tempDir();
     await mkdir(join(tmp.path, "index.ts")); // a folder is not an entry
-    const err = await buildError(Promise.resolve().then(() => findEntry(tmp.path)));
+    const err = await buildError(findEntry(tmp.path));
     expect(err.message).toBe("entry index.ts not found in the function folder");
+  });
+});
+
+describe("findEntry hints", () => {
+  test("the module of a forge.json handler names the entry, with .ts .js .mjs or .cjs", async () => {
+    await using tmp = await tempDir();
+    await writeTree(tmp.path, { "index.ts": "", "src/api.cjs": "", "lambda.mjs": "" });
+    expect(await findEntry(tmp.path, { handler: "src/api.main" })).toBe("src/api.cjs");
+    expect(await findEntry(tmp.path, { handler: "lambda.handler" })).toBe("lambda.mjs");
+    // entry wins over handler
+    expect(await findEntry(tmp.path, { entry: "index.ts", handler: "src/api.main" })).toBe("index.ts");
+    const err = await buildError(findEntry(tmp.path, { handler: "nope.handler" }));
+    expect(err.message).toContain("nope.ts");
+    expect(err.hint).toContain("handler");
+  });
+
+  test("package.json main comes before the candidates, when it is a file of the folder", async () => {
+    await using tmp = await tempDir();
+    await writeTree(tmp.path, { "index.ts": "", "lib/app.js": "", "package.json": '{"main": "./lib/app.js"}' });
+    expect(await findEntry(tmp.path)).toBe("lib/app.js");
+    await writeTree(tmp.path, { "package.json": '{"main": "../outside.js"}' });
+    expect(await findEntry(tmp.path)).toBe("index.ts");
+    await writeTree(tmp.path, { "package.json": '{"main": "missing.js"}' });
+    expect(await findEntry(tmp.path)).toBe("index.ts");
+  });
+
+  test("index.cjs is a candidate", async () => {
+    await using tmp = await tempDir();
+    await writeTree(tmp.path, { "index.cjs": "", "main.ts": "" });
+    expect(await findEntry(tmp.path)).toBe("index.cjs");
+  });
+});
+
+/** A function whose modules read their own place four ways; copied elsewhere, it must see the copy. */
+const PLACES = {
+  "index.cjs": `const fs = require("fs");
+const path = require("path");
+const lib = require("./lib/where.cjs");
+const esm = require("./sub/meta.mjs");
+exports.handler = async () => ({
+  template: fs.readFileSync(path.join(__dirname, "template.html"), "utf8"),
+  dirname: __dirname,
+  filename: __filename,
+  lib: lib.where(),
+  esm: esm.meta(),
+});
+`,
+  "lib/where.cjs": `module.exports = { where: () => ({ dirname: __dirname, filename: __filename, text: require("fs").readFileSync(__dirname + "/data.txt", "utf8") }) };\n`,
+  "lib/data.txt": "lib data",
+  "sub/meta.mjs": `export const meta = () => ({ dir: import.meta.dir, dirname: import.meta.dirname, path: import.meta.path, file: import.meta.file, url: import.meta.url });\n`,
+  "template.html": "<h1>hello</h1>",
+};
+
+for (const trusted of [false, true]) {
+  describe(`bundle paths (${trusted ? "trusted" : "untrusted"})`, () => {
+    test("__dirname, __filename and import.meta of every module name the copy the bundle sits in", async () => {
+      await using tmp = await tempDir();
+      const dir = join(tmp.path, "src");
+      await writeTree(dir, PLACES);
+      const copy = join(tmp.path, "elsewhere");
+      await writeTree(copy, PLACES);
+      const bundle = join(copy, ".forge-bundle.mjs");
+      await bundleEntry(dir, "index.cjs", bundle, { trusted });
+      const code = await Bun.file(bundle).text();
+      expect(code).not.toContain(dir); // no baked path of the source folder is left
+
+      const mod = (await import(bundle)) as { handler: () => Promise<Record<string, unknown>> };
+      expect(await mod.handler()).toEqual({
+        template: "<h1>hello</h1>",
+        dirname: copy,
+        filename: join(copy, "index.cjs"),
+        lib: { dirname: join(copy, "lib"), filename: join(copy, "lib/where.cjs"), text: "lib data" },
+        esm: {
+          dir: join(copy, "sub"),
+          dirname: join(copy, "sub"),
+          path: join(copy, "sub/meta.mjs"),
+          file: "meta.mjs",
+          url: Bun.pathToFileURL(join(copy, "sub/meta.mjs")).href,
+        },
+      });
+    });
+
+    test("packages holding native addons stay out of the bundle and load from node_modules beside it", async () => {
+      await using tmp = await tempDir();
+      const dir = join(tmp.path, "src");
+      await writeTree(dir, {
+        "index.ts": `import bufferutil from "bufferutil";
+export default () => { const b = Buffer.from([1, 2, 3, 4]); bufferutil.mask(b, Buffer.from([1, 1, 1, 1]), b, 0, 4); return [...b]; };
+`,
+      });
+      // the real package (a devDependency of forge): node-gyp-build loads a prebuilt .node
+      for (const name of ["bufferutil", "node-gyp-build"]) {
+        await cp(join(import.meta.dir, "../../node_modules", name), join(dir, "node_modules", name), { recursive: true });
+      }
+      const bundle = join(dir, ".forge-bundle.mjs");
+      const result = await bundleEntry(dir, "index.ts", bundle, { trusted });
+      expect(result.external).toEqual(["bufferutil"]);
+      const code = await Bun.file(bundle).text();
+      expect(code).not.toContain("node-gyp-build"); // not bundled: its dynamic lookup stays in the package
+      const mod = (await import(bundle)) as { default: () => number[] };
+      expect(mod.default()).toEqual([0, 3, 2, 5]);
+    });
+  });
+}
+
+describe("relocatePaths", () => {
+  test("leaves paths outside the folder and other code alone", () => {
+    const code = [
+      "// @bun",
+      "",
+      "// ../other/x.cjs",
+      'var __dirname = "/elsewhere/other", __filename = "/elsewhere/other/x.cjs";',
+      'console.log(import.meta.require, import.meta.main, "__dirname");',
+    ].join("\n");
+    expect(relocatePaths(code, "/abs/fn", "/abs/fn")).toBe(code);
+  });
+
+  test("the first module, right below the // @bun pragma, is found too", () => {
+    const code = ["// @bun", "// sub/note.ts", "var note = () => import.meta.dir;", "", "// index.ts", "var x = import.meta.dir;"].join("\n");
+    const root = join(import.meta.dir, "__fixture_root__");
+    // the paths must exist: use this very folder as the root, with files that are here
+    const here = import.meta.dir;
+    const real = ["// @bun", "// bundle.ts", "var a = import.meta.path;", "", "// native.ts", "var b = import.meta.file;"].join("\n");
+    expect(relocatePaths(real, here, here)).toBe(["// @bun", "// bundle.ts", 'var a = (import.meta.dir + "/bundle.ts");', "", "// native.ts", 'var b = "native.ts";'].join("\n"));
+    expect(relocatePaths(code, root, root)).toBe(code); // files that do not exist are not modules of the folder
+  });
+
+  test("a baked root path becomes import.meta.dir", () => {
+    const code = 'var __dirname = "/abs/fn";\nvar __filename = "/abs/fn/deep/x.js";';
+    expect(relocatePaths(code, "/abs/fn", "/")).toBe('var __dirname = import.meta.dir;\nvar __filename = (import.meta.dir + "/deep/x.js");');
   });
 });

@@ -16,12 +16,18 @@ import { existsSync, statSync } from "node:fs";
 import { mkdir, mkdtemp, readdir, realpath, rm } from "node:fs/promises";
 import { dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { ErrorCode, ForgeError } from "../errors.ts";
+import { nativePackages, packageMain } from "./native.ts";
 
 export interface BundleOptions {
   /** The folder is the caller's own code (the CLI): build in-process, allow inputs outside it. Default false. */
   trusted?: boolean;
   /** How long an untrusted build may take before it is killed. Default 60000. */
   timeoutMs?: number;
+  /**
+   * Packages left out of the bundle and imported from `<dir>/node_modules` at run time.
+   * Default: the packages holding native addons (nativePackages of the folder).
+   */
+  external?: string[];
 }
 
 export interface BundleResult {
@@ -29,22 +35,45 @@ export interface BundleResult {
   bytes: number;
   /** sha256 of the bundle, hex. */
   digest: string;
+  /** Packages left external (imported from node_modules at run time), sorted. */
+  external: string[];
 }
 
-/** Entry modules tried, in order, when forge.json names none. */
-export const ENTRY_CANDIDATES = ["index.ts", "index.js", "index.mjs", "src/index.ts", "main.ts"] as const;
+/** Entry modules tried, in order, when forge.json names none (after package.json `main`). */
+export const ENTRY_CANDIDATES = ["index.ts", "index.js", "index.mjs", "index.cjs", "src/index.ts", "main.ts"] as const;
+
+/** Extensions tried for the module part of a forge.json `handler` ("src/api.main" -> src/api.ts, ...). */
+export const HANDLER_EXTENSIONS = [".ts", ".js", ".mjs", ".cjs"] as const;
+
+/** What names the entry: forge.json's `entry` and `handler` as written (not defaulted). */
+export interface EntryHints {
+  entry?: string;
+  /** Lambda's "file.export": the module part names the entry when `entry` is not set. */
+  handler?: string;
+}
 
 /**
- * The entry module of `dir`, relative to it: `configured` if given (it must exist),
- * else the first of ENTRY_CANDIDATES that exists. Throws BuildFailed when there is none.
+ * The entry module of `dir`, relative to it: `entry` if given (it must exist); else the
+ * module of `handler` (with .ts, .js, .mjs or .cjs); else package.json `main` when it is a
+ * file of the folder; else the first of ENTRY_CANDIDATES that exists. Throws BuildFailed
+ * when there is none. A string is taken as `entry`.
  */
-export function findEntry(dir: string, configured?: string): string {
-  if (configured !== undefined) {
-    if (!isFileInside(dir, configured)) throw entryMissing(configured, true);
-    return configured;
+export async function findEntry(dir: string, hints: EntryHints | string = {}): Promise<string> {
+  const { entry, handler } = typeof hints === "string" ? { entry: hints, handler: undefined } : hints;
+  if (entry !== undefined) {
+    if (!isFileInside(dir, entry)) throw entryMissing(entry, "entry");
+    return entry;
   }
+  if (handler !== undefined) {
+    const module = handler.slice(0, handler.lastIndexOf("."));
+    const found = HANDLER_EXTENSIONS.map((ext) => module + ext).find((candidate) => isFileInside(dir, candidate));
+    if (found === undefined) throw entryMissing(`${module}.ts (or .js, .mjs, .cjs)`, "handler");
+    return found;
+  }
+  const main = await packageMain(dir);
+  if (main !== undefined && isFileInside(dir, main)) return main;
   const found = ENTRY_CANDIDATES.find((candidate) => isFileInside(dir, candidate));
-  if (found === undefined) throw entryMissing("index.ts", false);
+  if (found === undefined) throw entryMissing("index.ts", "none");
   return found;
 }
 
@@ -54,14 +83,117 @@ export function findEntry(dir: string, configured?: string): string {
  * bundle, with the first build messages in the error.
  */
 export async function bundleEntry(dir: string, entry: string, outFile: string, options: BundleOptions = {}): Promise<BundleResult> {
-  if (!isFileInside(dir, entry)) throw entryMissing(entry, true);
+  if (!isFileInside(dir, entry)) throw entryMissing(entry, "entry");
   await mkdir(dirname(outFile), { recursive: true });
-  const code = options.trusted ? await buildInProcess(dir, entry) : await buildInChild(dir, entry, outFile, options.timeoutMs ?? 60_000);
+  const external = [...(options.external ?? (await nativePackages(dir)))].sort();
+  const built = options.trusted
+    ? await buildInProcess(dir, entry, external)
+    : await buildInChild(dir, entry, outFile, options.timeoutMs ?? 60_000, external);
+  const code = new TextEncoder().encode(relocatePaths(new TextDecoder().decode(built.code), built.root, built.cwd));
   await Bun.write(outFile, code);
-  return { bytes: code.byteLength, digest: new Bun.CryptoHasher("sha256").update(code).digest("hex") };
+  return { bytes: code.byteLength, digest: new Bun.CryptoHasher("sha256").update(code).digest("hex"), external };
+}
+
+/**
+ * Makes a bundle that sits at the root of a copy of `root` see that copy, not `root`:
+ *
+ * - Bun bakes a CommonJS module's paths into the bundle as literals
+ *   (`var __dirname = "/abs/src/lib", __filename = "/abs/src/lib/x.js";`): those inside
+ *   `root` become expressions of `import.meta.dir`, the bundle's own folder.
+ * - It also declares them with `var` at the top level for every converted module, so the
+ *   last module's value wins for all of them (Bun 1.4: a module in lib/ read the root's
+ *   __dirname): such a module's names are renamed to its own.
+ * - An ES module's `import.meta.dir`, `.dirname`, `.path`, `.filename`, `.file` and `.url`
+ *   are left as is and name the bundle: in a module of a subfolder they get its folder
+ *   and file instead (everywhere the module's own file, as if the source ran in place).
+ *
+ * Modules are told apart by the `// <path>` line (relative to the build's `cwd`) Bun
+ * writes above each one when not minifying; those lines become relative to `root`. Paths
+ * outside `root` are left alone.
+ */
+export function relocatePaths(code: string, root: string, cwd: string): string {
+  const lines = code.split("\n");
+  // 1. sections: [start, end) line ranges of each module of the folder, with its path in it
+  const sections: { start: number; end: number; rel: string }[] = [];
+  let current: { start: number; end: number; rel: string } | undefined;
+  for (let i = 0; i < lines.length; i++) {
+    const header = /^\/\/ (\S.*)$/.exec(lines[i] ?? "");
+    // a module's line follows a blank line, or the `// @bun` pragma when it is the first
+    if (!header || (i > 0 && lines[i - 1] !== "" && !/^\/\/ @bun\b/.test(lines[i - 1] ?? ""))) continue;
+    const file = resolve(cwd, header[1] ?? "");
+    if (current) current.end = i;
+    current = undefined;
+    const rel = relative(root, file);
+    if (rel === "" || rel.startsWith("..") || isAbsolute(rel) || !existsSync(file)) continue;
+    current = { start: i + 1, end: lines.length, rel: rel.split(sep).join("/") };
+    sections.push(current);
+    lines[i] = `// ${current.rel}`; // the builder's folders are nobody's business in the instance
+  }
+  // 2. which names are declared at the top level more than once (they clobber each other)
+  const topLevel = { __dirname: 0, __filename: 0 };
+  for (const line of lines) {
+    if (/^var __dirname = "/.test(line) || /^var __filename = "/.test(line)) {
+      if (/\b__dirname = "/.test(line)) topLevel.__dirname++;
+      if (/\b__filename = "/.test(line)) topLevel.__filename++;
+    }
+  }
+  let renamed = 0;
+  for (const section of sections) {
+    const text = lines.slice(section.start, section.end).join("\n");
+    let out = text.replace(IMPORT_META, (_all, prop: string) => metaExpression(prop, section.rel));
+    const declaresTopLevel = /^var (__dirname|__filename) = "/m.test(out);
+    if (declaresTopLevel && (topLevel.__dirname > 1 || topLevel.__filename > 1)) {
+      const n = ++renamed;
+      // (not inside a string that is just the name, e.g. typeof checks' messages)
+      out = out.replace(/(?<![\w$."'`])(__dirname|__filename)(?![\w$"'`])/g, (name) => `${name}$forge${n}`);
+    }
+    const replaced = out.split("\n");
+    lines.splice(section.start, section.end - section.start, ...replaced);
+    // sections after this one shift if the line count changed (it does not: no newlines are added)
+  }
+  // 3. baked literals anywhere (modules of the folder whose header was not recognised too)
+  return lines.join("\n").replace(BAKED, (all, name: string, literal: string) => {
+    let value: unknown;
+    try {
+      value = JSON.parse(literal);
+    } catch {
+      return all;
+    }
+    if (typeof value !== "string") return all;
+    const rel = relative(root, value);
+    if (rel.startsWith("..") || isAbsolute(rel)) return all;
+    return `${name} = ${dirExpression(rel.split(sep).join("/"))}`;
+  });
 }
 
 // --- internal ---
+
+/** `import.meta.<prop>` naming the module's place (not .require, .resolve, .main, .env). */
+const IMPORT_META = /(?<![\w$.])import\.meta\.(dirname|dir|filename|file|path|url)(?![\w$])/g;
+
+/** A baked `__dirname = "..."` / `__filename = "..."` of a `var` statement (renamed or not). */
+const BAKED = /(?<![\w$.])(__dirname(?:\$forge\d+)?|__filename(?:\$forge\d+)?) = ("(?:[^"\\\n]|\\.)*")/g;
+
+function dirExpression(rel: string): string {
+  return rel === "" ? "import.meta.dir" : `(import.meta.dir + ${JSON.stringify(`/${rel}`)})`;
+}
+
+function metaExpression(prop: string, rel: string): string {
+  const slash = rel.lastIndexOf("/");
+  const dir = slash < 0 ? "" : rel.slice(0, slash);
+  switch (prop) {
+    case "dir":
+    case "dirname":
+      return dirExpression(dir);
+    case "path":
+    case "filename":
+      return dirExpression(rel);
+    case "file":
+      return JSON.stringify(rel.slice(slash + 1));
+    default: // url: relative to the bundle's own URL, each segment encoded
+      return `new URL(${JSON.stringify(rel.split("/").map(encodeURIComponent).join("/"))}, import.meta.url).href`;
+  }
+}
 
 const MAX_MESSAGES = 5;
 const DEPENDENCY_HINT = "npm install the package in the function folder and deploy with `forge deploy`, which bundles dependencies";
@@ -72,12 +204,27 @@ interface BuildMessageLike {
   position?: { file: string; line: number; column: number } | null;
 }
 
-async function buildInProcess(dir: string, entry: string): Promise<Uint8Array> {
+interface Built {
+  code: Uint8Array;
+  /** The folder as the bundler saw it (real path). */
+  root: string;
+  /** The bundler's working folder: the `// <path>` lines are relative to it. */
+  cwd: string;
+}
+
+/** `pkg` and `pkg/*`: subpath imports of an external package stay external too. */
+function externalPatterns(external: string[]): string[] {
+  return external.flatMap((name) => [name, `${name}/*`]);
+}
+
+async function buildInProcess(dir: string, entry: string, external: string[]): Promise<Built> {
+  const root = await realpath(dir);
   const result = await Bun.build({
-    entrypoints: [join(dir, entry)],
+    entrypoints: [join(root, entry)],
     target: "bun",
     format: "esm",
     minify: false,
+    external: externalPatterns(external),
     throw: false,
   });
   if (!result.success) {
@@ -86,10 +233,10 @@ async function buildInProcess(dir: string, entry: string): Promise<Uint8Array> {
   const outputs = result.outputs.filter((o) => o.kind !== "sourcemap");
   const entryPoint = outputs.find((o) => o.kind === "entry-point");
   if (outputs.length !== 1 || entryPoint === undefined) throw notOneFile(outputs.map((o) => o.path));
-  return new Uint8Array(await entryPoint.arrayBuffer());
+  return { code: new Uint8Array(await entryPoint.arrayBuffer()), root, cwd: await realpath(process.cwd()) };
 }
 
-async function buildInChild(dir: string, entry: string, outFile: string, timeoutMs: number): Promise<Uint8Array> {
+async function buildInChild(dir: string, entry: string, outFile: string, timeoutMs: number, external: string[]): Promise<Built> {
   const root = await realpath(dir);
   // 1. an empty working folder of our own: `bun build` reads bunfig.toml and .env from its cwd
   const work = await mkdtemp(join(dirname(outFile), ".bundle-"));
@@ -107,6 +254,7 @@ async function buildInChild(dir: string, entry: string, outFile: string, timeout
         "--env=disable",
         `--outdir=${outDir}`,
         `--metafile=${metaFile}`,
+        ...externalPatterns(external).map((pattern) => `--external=${pattern}`),
         join(root, entry),
       ],
       { cwd: work, env: { NO_COLOR: "1" }, stdin: "ignore", stdout: "ignore", stderr: "pipe", timeout: timeoutMs },
@@ -137,7 +285,7 @@ async function buildInChild(dir: string, entry: string, outFile: string, timeout
       .map((e) => join(e.parentPath, e.name));
     const [only] = outputs;
     if (outputs.length !== 1 || only === undefined) throw notOneFile(outputs.map((p) => relative(outDir, p)));
-    return new Uint8Array(await Bun.file(only).arrayBuffer());
+    return { code: new Uint8Array(await Bun.file(only).arrayBuffer()), root, cwd: await realpath(work) };
   } finally {
     await rm(work, { recursive: true, force: true });
   }
@@ -182,11 +330,14 @@ function notOneFile(paths: string[]): ForgeError {
   });
 }
 
-function entryMissing(entry: string, configured: boolean): ForgeError {
+function entryMissing(entry: string, from: "entry" | "handler" | "none"): ForgeError {
   return new ForgeError(ErrorCode.BuildFailed, 400, `entry ${entry} not found in the function folder`, {
-    hint: configured
-      ? `add ${entry} to the folder, or set "entry" in forge.json to the module that exports your handler`
-      : `add index.ts (or index.js, index.mjs, src/index.ts, main.ts), or set "entry" in forge.json, e.g. {"entry": "src/server.ts"}`,
+    hint:
+      from === "entry"
+        ? `add ${entry} to the folder, or set "entry" in forge.json to the module that exports your handler`
+        : from === "handler"
+          ? `forge.json "handler" is "file.export": add that file, or set "entry" in forge.json to the module`
+          : `add index.ts (or index.js, index.mjs, index.cjs, src/index.ts, main.ts), set package.json "main", or set "entry" in forge.json, e.g. {"entry": "src/server.ts"}`,
   });
 }
 

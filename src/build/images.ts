@@ -14,9 +14,14 @@ import type Dockerode from "dockerode";
 import tar from "tar-stream";
 import type { Header } from "tar-stream";
 import { ErrorCode, ForgeError } from "../errors.ts";
+// the one constant of the pool's contract that builds need (driver.ts imports nothing: no cycle)
+import { BUNDLE_FILE } from "../pool/driver.ts";
+
+/** Where a bun function's folder sits inside its version image, as Lambda's LAMBDA_TASK_ROOT. */
+export const IMAGE_TASK_ROOT = "/var/task";
 
 /** Where a bun function's bundle sits inside its image (the driver points FORGE_BUNDLE here). */
-export const IMAGE_BUNDLE_PATH = "/app/bundle.mjs";
+export const IMAGE_BUNDLE_PATH = `${IMAGE_TASK_ROOT}/${BUNDLE_FILE}`;
 
 /** Image labels forge sets and reads (DESIGN §7). */
 export const IMAGE_LABELS = {
@@ -25,6 +30,8 @@ export const IMAGE_LABELS = {
   version: "dev.forge.version",
   /** Path of the bundle inside a bun function's image. */
   bundle: "dev.forge.bundle",
+  /** Path of the function's folder inside a bun function's image (the bundle's folder). */
+  dir: "dev.forge.dir",
   /** Hash of the recipe a runtime image was built from: a changed recipe means a rebuild. */
   recipe: "dev.forge.recipe",
 } as const;
@@ -73,6 +80,11 @@ export function contextTar(entries: ContextEntry[]): Readable {
  * are skipped rather than followed.
  */
 export async function folderContext(dir: string, replace: Record<string, string> = {}): Promise<Readable> {
+  return contextTar(await folderEntries(dir, "", replace));
+}
+
+/** The entries of `dir` below `prefix` (e.g. "task/"), as folderContext reads them. */
+async function folderEntries(dir: string, prefix: string, replace: Record<string, string> = {}): Promise<ContextEntry[]> {
   const entries: ContextEntry[] = [];
   async function walk(rel: string): Promise<void> {
     const names = (await readdir(join(dir, rel))).sort();
@@ -80,17 +92,17 @@ export async function folderContext(dir: string, replace: Record<string, string>
       const path = rel ? `${rel}/${name}` : name;
       const info = await lstat(join(dir, path));
       if (info.isDirectory()) {
-        entries.push({ path, type: "directory", mode: info.mode & 0o7777 });
+        entries.push({ path: prefix + path, type: "directory", mode: info.mode & 0o7777 });
         await walk(path);
       } else if (info.isFile() && replace[path] !== undefined) {
-        entries.push({ path, data: replace[path], mode: info.mode & 0o7777 });
+        entries.push({ path: prefix + path, data: replace[path], mode: info.mode & 0o7777 });
       } else if (info.isFile()) {
-        entries.push({ path, type: "disk", from: join(dir, path), size: info.size, mode: info.mode & 0o7777 });
+        entries.push({ path: prefix + path, type: "disk", from: join(dir, path), size: info.size, mode: info.mode & 0o7777 });
       }
     }
   }
   await walk("");
-  return contextTar(entries);
+  return entries;
 }
 
 export interface BuildOptions {
@@ -200,7 +212,8 @@ export interface ImageBuilderOptions {
 
 /** What FunctionService asks of image builds (its ImageBuilder interface, implemented over Docker). */
 export interface FunctionImageBuilder {
-  buildBundleImage(fn: string, version: number, bundlePath: string, onLog: (line: string) => void): Promise<string>;
+  /** `artifactDir`: the version's folder, the bundle at its root as BUNDLE_FILE. */
+  buildBundleImage(fn: string, version: number, artifactDir: string, onLog: (line: string) => void): Promise<string>;
   buildDockerfileImage(fn: string, version: number, contextDir: string, onLog: (line: string) => void): Promise<string>;
   removeImages(fn: string): Promise<void>;
 }
@@ -220,18 +233,19 @@ export function createImageBuilder(options: ImageBuilderOptions): FunctionImageB
   });
 
   return {
-    async buildBundleImage(fn, version, bundlePath, onLog) {
+    async buildBundleImage(fn, version, artifactDir, onLog) {
       const tag = functionImageName(fn, version);
-      const bundle = Bun.file(bundlePath);
       const dockerfile = [
         `FROM ${runtimeImage}`,
-        `COPY bundle.mjs ${IMAGE_BUNDLE_PATH}`,
+        // the folder as Lambda's task root: the function's files, the bundle at its root
+        `COPY task/ ${IMAGE_TASK_ROOT}/`,
         // Lets `docker run` of the image serve the function without forge telling it where.
-        `ENV FORGE_BUNDLE=${IMAGE_BUNDLE_PATH}`,
-      ].join("\n") + labelLine({ ...labelsOf(fn, version), [IMAGE_LABELS.bundle]: IMAGE_BUNDLE_PATH });
+        `ENV FORGE_BUNDLE=${IMAGE_BUNDLE_PATH} FORGE_FUNCTION_DIR=${IMAGE_TASK_ROOT} LAMBDA_TASK_ROOT=${IMAGE_TASK_ROOT}`,
+      ].join("\n") + labelLine({ ...labelsOf(fn, version), [IMAGE_LABELS.bundle]: IMAGE_BUNDLE_PATH, [IMAGE_LABELS.dir]: IMAGE_TASK_ROOT });
       const context = contextTar([
         { path: "Dockerfile", data: dockerfile },
-        { path: "bundle.mjs", type: "disk", from: bundlePath, size: bundle.size, mode: 0o644 },
+        { path: "task", type: "directory", mode: 0o755 },
+        ...(await folderEntries(artifactDir, "task/")),
       ]);
       const started = performance.now();
       await buildImage(docker, context, {

@@ -31,6 +31,34 @@ describe("packDir", () => {
     expect(await names(await packDir(tmp.path))).toEqual(["index.ts", "lib/", "lib/util.ts"]);
   });
 
+  test("packs included folders under node_modules and in-memory files over the folder's", async () => {
+    await using tmp = await tempDir();
+    await writeTree(tmp.path, {
+      "index.ts": "export default 1",
+      ".forge-bundle.mjs": "stale",
+      "node_modules/native/index.js": "n",
+      "node_modules/native/node_modules/nested/index.js": "skipped unless included",
+      "node_modules/@s/dep/index.js": "d",
+      "node_modules/bundled/index.js": "b",
+    });
+    const gz = await packDir(tmp.path, {
+      include: ["node_modules/native", "node_modules/@s/dep", "node_modules/missing"],
+      files: [{ path: ".forge-bundle.mjs", data: "fresh" }],
+    });
+    expect(await names(gz)).toEqual([
+      ".forge-bundle.mjs",
+      "index.ts",
+      "node_modules/",
+      "node_modules/@s/",
+      "node_modules/@s/dep/",
+      "node_modules/@s/dep/index.js",
+      "node_modules/native/",
+      "node_modules/native/index.js",
+    ]);
+    const bundle = (await listArchive(gz)).find((e) => e.name === ".forge-bundle.mjs");
+    expect(bundle?.text).toBe("fresh");
+  });
+
   test("respects .forgeignore: comments, folders, globs, anchors and re-includes", async () => {
     await using tmp = await tempDir();
     await writeTree(tmp.path, {

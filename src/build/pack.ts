@@ -15,6 +15,14 @@ export interface PackOptions {
   ignore?: string[];
   /** Stop with ArchiveTooLarge once file contents pass this many bytes. Default no limit. */
   maxBytes?: number;
+  /**
+   * Folders (relative, `/`-separated) packed although they lie under an always-ignored
+   * name, e.g. `node_modules/bufferutil` (native addons ship as packages); ignore files do
+   * not apply inside them. Default none.
+   */
+  include?: string[];
+  /** Files added from memory; one at the path of a file of the folder replaces it. Default none. */
+  files?: PackFile[];
 }
 
 export interface PackFile {
@@ -47,7 +55,34 @@ export async function packDir(dir: string, options: PackOptions = {}): Promise<U
   const entries: PackEntry[] = [];
   const budget = { left: options.maxBytes ?? Number.POSITIVE_INFINITY };
   await walk(root, root, "", rules, new Set([root]), entries, budget);
-  return tarGz(entries);
+  for (const include of options.include ?? []) {
+    const path = checkRelativePath(include);
+    const real = await realpath(join(root, path)).catch(() => null);
+    if (real === null || !isInside(root, real) || !(await stat(real)).isDirectory()) continue;
+    const parts = path.split("/");
+    for (let i = 1; i <= parts.length; i++) entries.push({ type: "directory", path: parts.slice(0, i).join("/") });
+    await walk(root, real, path, [], new Set([root, real]), entries, budget);
+  }
+  // one entry a path, in path order as packFiles gives; an in-memory file replaces the folder's
+  const byPath = new Map<string, PackEntry>();
+  for (const entry of entries) if (!byPath.has(entry.path)) byPath.set(entry.path, entry);
+  for (const file of options.files ?? []) {
+    const path = checkRelativePath(file.path);
+    const data = typeof file.data === "string" ? new TextEncoder().encode(file.data) : file.data;
+    budget.left -= data.byteLength;
+    const parts = path.split("/");
+    for (let i = 1; i < parts.length; i++) {
+      const parent = parts.slice(0, i).join("/");
+      if (!byPath.has(parent)) byPath.set(parent, { type: "directory", path: parent });
+    }
+    byPath.set(path, { type: "file", path, data, mode: normalMode(file.mode ?? 0o644) });
+  }
+  if (budget.left < 0) {
+    throw new ForgeError(ErrorCode.ArchiveTooLarge, 413, `the folder is over the upload limit`, {
+      hint: `list large files and build output in ${IGNORE_FILE}, one pattern a line (e.g. dist/ or *.mp4)`,
+    });
+  }
+  return tarGz([...byPath.values()].sort((a, b) => compare(a.path, b.path)));
 }
 
 /** A tar.gz of in-memory files, in path order; parent folders are implied. */

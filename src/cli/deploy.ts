@@ -2,8 +2,9 @@ import { defineCommand } from "citty";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, join, resolve } from "node:path";
-import { bundleEntry, findEntry, packDir, packFiles, parseConfigInput, type FunctionConfigInput } from "../build/index.ts";
+import { bundleEntry, findEntry, nativePackages, packageClosure, packDir, parseConfigInput, type FunctionConfigInput } from "../build/index.ts";
 import { assertName, ErrorCode, ForgeError } from "../errors.ts";
+import { BUNDLE_FILE } from "../pool/index.ts";
 import { client, intArg, jsonArg, many, output, ui } from "./_shared.ts";
 
 /** Every value of a repeatable flag: citty keeps only the last of `--env A=1 --env B=2`. */
@@ -71,17 +72,18 @@ export default defineCommand({
     say(`[1/3] Packaging ${name} from ${dir} ...`);
     let archive: Uint8Array;
     if ((fromFile.runtime ?? "bun") === "bun") {
-      // Bundle here, where the function's node_modules are, as wrangler does; the server gets one file.
+      // Bundle here, where the function's node_modules are, as wrangler does; the whole folder
+      // ships with the bundle at its root (its files are read at run time through __dirname,
+      // import.meta.dir, process.cwd()), and packages with native addons ship unbundled.
       const tmp = await mkdtemp(join(tmpdir(), "forge-deploy-"));
       try {
-        const entry = findEntry(dir, fromFile.entry);
-        const out = join(tmp, "index.js");
-        await bundleEntry(dir, entry, out, { trusted: true });
-        const config = { ...fromFile, entry: "index.js" };
-        archive = await packFiles([
-          { path: "index.js", data: new Uint8Array(await Bun.file(out).arrayBuffer()) },
-          { path: "forge.json", data: JSON.stringify(config, null, 2) },
-        ]);
+        const entry = await findEntry(dir, { ...(fromFile.entry ? { entry: fromFile.entry } : {}), ...(fromFile.handler ? { handler: fromFile.handler } : {}) });
+        const out = join(tmp, BUNDLE_FILE);
+        const external = await nativePackages(dir);
+        await bundleEntry(dir, entry, out, { trusted: true, external });
+        const files = [{ path: BUNDLE_FILE, data: new Uint8Array(await Bun.file(out).arrayBuffer()) }];
+        if (await file.exists()) files.push({ path: "forge.json", data: new Uint8Array(await file.arrayBuffer()) });
+        archive = await packDir(dir, { include: await packageClosure(dir, external), files });
       } finally {
         await rm(tmp, { recursive: true, force: true });
       }

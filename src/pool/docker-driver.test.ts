@@ -4,7 +4,7 @@
  * socket bridge, adoption after a restart). Skipped without an engine, failed under CI.
  */
 import { describe, expect, test } from "bun:test";
-import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createConsola } from "consola";
@@ -14,7 +14,7 @@ import { ErrorCode, ForgeError } from "../errors.ts";
 import { LABEL } from "./_docker-names.ts";
 import { createDockerDriver, type DockerDriver, type DockerDriverOptions } from "./docker-driver.ts";
 import { CONTRACT_BUNDLE, driverContract } from "./driver.case.ts";
-import type { ExitInfo, InstanceSpec } from "./driver.ts";
+import { BUNDLE_FILE, type ExitInfo, type InstanceSpec } from "./driver.ts";
 import { forward } from "./instance-client.ts";
 
 const quiet = createConsola({ level: -999 });
@@ -120,16 +120,22 @@ if (!engine) {
     test("a version image carries the bundle; removeImages deletes the function's images", async () => {
       await using driver = await makeDriver();
       const builder = createImageBuilder({ docker, runtimeImage });
-      const bundlePath = join(driver.dataDir, "fn.mjs");
+      const artifactDir = join(driver.dataDir, "artifact");
+      const bundlePath = join(artifactDir, BUNDLE_FILE);
+      await mkdir(artifactDir, { recursive: true });
       await writeFile(bundlePath, CONTRACT_BUNDLE);
+      await writeFile(join(artifactDir, "data.txt"), "in the image");
       const fn = `img-${crypto.randomUUID().slice(0, 6)}`;
       const lines: string[] = [];
       try {
-        const image = await builder.buildBundleImage(fn, 1, bundlePath, (l) => lines.push(l));
+        const image = await builder.buildBundleImage(fn, 1, artifactDir, (l) => lines.push(l));
         expect(image).toBe(`forge/fn-${fn}:v1`);
         expect(lines.join("\n")).toContain("Successfully tagged");
-        const handle = await driver.start(spec({ function: fn, image, bundlePath, env: { GREETING: "from the image" } }));
+        const handle = await driver.start(spec({ function: fn, image, bundlePath, artifactDir, env: { GREETING: "from the image" } }));
         expect(await text(handle, "/hi")).toBe("ok from the image");
+        // the folder sits at /var/task, as Lambda's task root, and is the working directory
+        expect(await text(handle, "/file")).toBe("in the image");
+        expect(await (await forward(handle, new Request("http://probe.localhost/where"), "r-where")).json()).toEqual({ dir: "/var/task", cwd: "/var/task" });
         // The bundle came with the image: nothing was copied into the instance folder.
         expect(await readdir(join(driver.dataDir, "instances", handle.id))).toEqual(["s.sock"]);
       } finally {

@@ -12,9 +12,10 @@
  * of the host: not forge's data dir, not another function's code.
  *
  * - Stem cells run the runtime image generic; the pool specializes them over the socket.
- * - A bun function's instance runs its version image `forge/fn-<name>:v<N>`, the bundle
- *   inside it (label dev.forge.bundle); without such an image the bundle is copied into the
- *   instance folder.
+ * - A bun function's instance runs its version image `forge/fn-<name>:v<N>`, the function's
+ *   folder inside it at /var/task (labels dev.forge.dir, dev.forge.bundle); without such an
+ *   image the folder is copied (hard links) into the instance folder, at /run/forge/fn, as
+ *   placeArtifact does for a stem cell about to be specialized.
  * - A runtime "docker" instance runs the user's image, which serves HTTP on $PORT over TCP.
  *   With no network, nothing outside can reach that port, so a second container (the socket
  *   bridge, runtimes/bun/bridge.ts) joins its network namespace and serves the Unix socket.
@@ -34,11 +35,13 @@ import { join, resolve } from "node:path";
 import { createConsola, type ConsolaInstance } from "consola";
 import type Dockerode from "dockerode";
 import { ErrorCode, ForgeError } from "../errors.ts";
+import { ARTIFACT_COPY, copyArtifact } from "./_artifact-copy.ts";
 import { DockerEvents, type ContainerEvent } from "./_docker-events.ts";
 import { demux, logLines } from "./_docker-logs.ts";
 import { containerName, LABEL, ownerOf, specHash, type ContainerRole } from "./_docker-names.ts";
 import { InstanceLog } from "./_log-parse.ts";
-import type { Driver, ExitInfo, InstanceHandle, InstanceSpec, ListedInstance, LogLine, LogOptions } from "./driver.ts";
+import { shimSettings } from "./_shim-env.ts";
+import { BUNDLE_FILE, type Driver, type ExitInfo, type InstanceHandle, type InstanceSpec, type ListedInstance, type LogLine, type LogOptions } from "./driver.ts";
 import { health, waitReady } from "./instance-client.ts";
 
 export interface DockerDriverOptions {
@@ -163,7 +166,7 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
   const adoptableContainers = new Map<string, Adoptable>();
   const exitListeners = new Set<(info: ExitInfo) => void>();
   const logListeners = new Set<(line: LogLine) => void>();
-  const imageBundles = new Map<string, Promise<string | undefined>>();
+  const imageBundles = new Map<string, Promise<ImageFolder | undefined>>();
   const adoption = { kept: 0, claimed: 0, removed: 0 };
   let disposed = false;
 
@@ -274,14 +277,19 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
           FORGE_CONTROL_TOKEN: controlToken,
           FORGE_INSTANCE_ID: spec.id,
           FORGE_WORK_DIR: "/tmp",
-          ...(spec.function !== undefined ? { FORGE_FUNCTION: spec.function } : {}),
-          ...(spec.version !== undefined ? { FORGE_VERSION: String(spec.version) } : {}),
+          ...shimSettings(spec),
         };
-        if (spec.role === "instance" && spec.bundlePath) {
+        if (spec.role === "instance" && (spec.artifactDir || spec.bundlePath)) {
           const inImage = await bundleInImage(image);
           if (inImage) {
-            env.FORGE_BUNDLE = inImage;
-          } else {
+            env.FORGE_BUNDLE = inImage.bundle;
+            if (inImage.dir) env.FORGE_FUNCTION_DIR = inImage.dir;
+          } else if (spec.artifactDir) {
+            // no version image: the instance folder gets the copy, as a cell does
+            const placed = await placeIn(instance, spec.artifactDir);
+            env.FORGE_BUNDLE = placed.bundle;
+            env.FORGE_FUNCTION_DIR = placed.dir;
+          } else if (spec.bundlePath) {
             await copyFile(spec.bundlePath, join(dir, "fn.mjs"));
             await chmod(join(dir, "fn.mjs"), 0o644);
             env.FORGE_BUNDLE = `${MOUNT}/fn.mjs`;
@@ -295,6 +303,7 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
           Image: image,
           Cmd: SHIM_CMD,
           Env: toEnv(env),
+          ...(env.FORGE_FUNCTION_DIR ? { WorkingDir: env.FORGE_FUNCTION_DIR } : {}),
           Labels: labels,
           HostConfig: hostConfig(spec.memoryMb, { Binds: [`${dir}:${MOUNT}`], NetworkMode: spec.networks?.[0] ?? opts.networkMode }),
         });
@@ -374,7 +383,7 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
   }
 
   async function createContainer(instance: DockerInstance, role: ContainerRole, config: Dockerode.ContainerCreateOptions): Promise<string> {
-    const container = await docker.createContainer({ ...config, User: INSTANCE_USER, WorkingDir: "/tmp" });
+    const container = await docker.createContainer({ ...config, User: INSTANCE_USER, WorkingDir: config.WorkingDir ?? "/tmp" });
     instance.containers.push(container.id);
     byContainer.set(container.id, instance);
     logger.debug(`created ${role} container ${config.name ?? container.id}`);
@@ -441,18 +450,38 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
     return dir;
   }
 
-  /** Where a version image carries its bundle (label dev.forge.bundle), if it does. */
-  function bundleInImage(image: string): Promise<string | undefined> {
+  /**
+   * Where a version image carries its bundle (label dev.forge.bundle) and its folder
+   * (dev.forge.dir, /var/task; absent in images built before folders shipped), if it does.
+   */
+  function bundleInImage(image: string): Promise<ImageFolder | undefined> {
     let found = imageBundles.get(image);
     if (!found) {
       found = docker
         .getImage(image)
         .inspect()
-        .then((info) => info.Config?.Labels?.["dev.forge.bundle"] || undefined);
+        .then((info) => {
+          const labels = info.Config?.Labels ?? {};
+          const bundle = labels["dev.forge.bundle"];
+          return bundle ? { bundle, ...(labels["dev.forge.dir"] ? { dir: labels["dev.forge.dir"] } : {}) } : undefined;
+        });
       imageBundles.set(image, found);
       found.catch(() => imageBundles.delete(image));
     }
     return found;
+  }
+
+  /** The version's folder into the instance's bind-mounted folder: the paths as the container sees them. */
+  async function placeIn(instance: DockerInstance, artifactDir: string): Promise<{ dir: string; bundle: string }> {
+    await copyArtifact(artifactDir, join(instance.dir, ARTIFACT_COPY));
+    const dir = `${MOUNT}/${ARTIFACT_COPY}`;
+    return { dir, bundle: `${dir}/${BUNDLE_FILE}` };
+  }
+
+  async function placeArtifact(id: string, artifactDir: string): Promise<{ dir: string; bundle: string }> {
+    const instance = instances.get(id);
+    if (!instance || instance.stopping || !instance.running) throw new ForgeError(ErrorCode.InstanceCrashed, 502, `instance ${id} is not running`);
+    return placeIn(instance, artifactDir);
   }
 
   // --- stop, list, logs ---
@@ -707,6 +736,7 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
     onExit,
     onLog,
     setMemory,
+    placeArtifact,
     reconcile,
     dropUnclaimed,
     containersOf: (id) => [...(instances.get(id)?.containers ?? [])],
@@ -716,6 +746,12 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
 }
 
 // --- internal ---
+
+/** What a version image says of the function inside it. */
+interface ImageFolder {
+  bundle: string;
+  dir?: string;
+}
 
 function toEnv(env: Record<string, string>): string[] {
   return Object.entries(env).map(([k, v]) => `${k}=${v}`);

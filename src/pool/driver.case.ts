@@ -4,11 +4,11 @@
  * an instance from outside, what a spec needs, e.g. an image) comes in through options.
  */
 import { expect, test } from "bun:test";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ErrorCode, ForgeError } from "../errors.ts";
-import type { Driver, ExitInfo, InstanceHandle, InstanceSpec, LogLine } from "./driver.ts";
+import { BUNDLE_FILE, type Driver, type ExitInfo, type InstanceHandle, type InstanceSpec, type LogLine } from "./driver.ts";
 import type { FakeHandler } from "./fake-driver.ts";
 import { forward, health, specialize } from "./instance-client.ts";
 
@@ -19,6 +19,16 @@ export default {
     const url = new URL(req.url);
     if (url.pathname === "/exit") process.exit(3);
     if (url.pathname === "/env") return Response.json(Object.keys(process.env));
+    if (url.pathname === "/file") return new Response(await Bun.file(import.meta.dir + "/data.txt").text());
+    if (url.pathname === "/where") return Response.json({ dir: import.meta.dir, cwd: process.cwd() });
+    if (url.pathname === "/write") {
+      try {
+        require("node:fs").writeFileSync(import.meta.dir + "/data.txt", "overwritten");
+        return new Response("written");
+      } catch {
+        return new Response("refused");
+      }
+    }
     if (url.pathname === "/slow") {
       const n = url.searchParams.get("n");
       console.log("before " + n);
@@ -43,6 +53,10 @@ export const contractBundleEmulation: FakeHandler = async (request, spec, ctx) =
     return new Response("exiting", { status: 500 });
   }
   if (url.pathname === "/env") return Response.json(Object.keys(spec.env));
+  // the fake's instance "runs" in the folder it was given (its copy after a specialization)
+  if (url.pathname === "/file") return new Response(await Bun.file(join(spec.artifactDir ?? "", "data.txt")).text());
+  if (url.pathname === "/where") return Response.json({ dir: spec.artifactDir ?? null, cwd: spec.artifactDir ?? null });
+  if (url.pathname === "/write") return new Response("refused");
   if (url.pathname === "/slow") {
     const n = url.searchParams.get("n");
     ctx.log(`before ${n}`);
@@ -83,6 +97,13 @@ export function driverContract<D extends Driver>(
     const dir = await mkdtemp(join(tmpdir(), "forge-contract-"));
     const bundlePath = join(dir, "fn.mjs");
     await writeFile(bundlePath, CONTRACT_BUNDLE);
+    // a version's folder as a deploy leaves it: the bundle at its root, files read-only
+    const artifactDir = join(dir, "artifact");
+    await mkdir(join(artifactDir, "lib"), { recursive: true });
+    for (const [path, text] of [[BUNDLE_FILE, CONTRACT_BUNDLE], ["data.txt", "data of the version"], ["lib/more.txt", "more"]] as const) {
+      await writeFile(join(artifactDir, path), text);
+      await chmod(join(artifactDir, path), 0o444);
+    }
     let driver: D;
     try {
       driver = await make();
@@ -105,6 +126,7 @@ export function driverContract<D extends Driver>(
     return {
       driver,
       instanceSpec,
+      artifactDir,
       async [Symbol.asyncDispose]() {
         try {
           await driver.dispose();
@@ -175,6 +197,38 @@ export function driverContract<D extends Driver>(
       ForgeError,
     );
     expect(await (await get(cell, "/hello")).text()).toBe("ok Hi");
+  }, timeout);
+
+  test(`${name}: a cell gets its own copy of a version's folder and runs in it once specialized`, async () => {
+    await using t = await setup();
+    const cell = await t.driver.start(
+      t.instanceSpec({ role: "cell", function: undefined, version: undefined, bundlePath: undefined, env: {} }),
+    );
+    const placed = await t.driver.placeArtifact(cell.id, t.artifactDir);
+    expect(placed.bundle).toBe(`${placed.dir}/${BUNDLE_FILE}`);
+    expect(placed.dir).not.toBe(t.artifactDir);
+    await specialize(cell, cell.controlToken, { function: "folder", version: 4, ...placed, env: { GREETING: "Hi" } });
+    expect(await (await get(cell, "/file")).text()).toBe("data of the version");
+    expect(await (await get(cell, "/where")).json()).toEqual({ dir: placed.dir, cwd: placed.dir });
+    // the copy is read-only to the function: the version's folder stays as deployed
+    expect(await (await get(cell, "/write")).text()).toBe("refused");
+    expect(await Bun.file(join(t.artifactDir, "data.txt")).text()).toBe("data of the version");
+    expect(await (await get(cell, "/hello")).text()).toBe("ok Hi");
+  }, timeout);
+
+  test(`${name}: an instance started from a version's folder runs in its copy`, async () => {
+    await using t = await setup();
+    const handle = await t.driver.start(t.instanceSpec({ artifactDir: t.artifactDir, bundlePath: join(t.artifactDir, BUNDLE_FILE) }));
+    expect(await (await get(handle, "/file")).text()).toBe("data of the version");
+    const where = (await (await get(handle, "/where")).json()) as { dir: string; cwd: string };
+    expect(where.cwd).toBe(where.dir);
+    expect(await (await get(handle, "/write")).text()).toBe("refused");
+    expect(await Bun.file(join(t.artifactDir, "data.txt")).text()).toBe("data of the version");
+  }, timeout);
+
+  test(`${name}: placing a folder for an instance that does not exist fails`, async () => {
+    await using t = await setup();
+    await expect(t.driver.placeArtifact("never-started", t.artifactDir)).rejects.toBeInstanceOf(ForgeError);
   }, timeout);
 
   test(`${name}: control routes need the instance's token`, async () => {

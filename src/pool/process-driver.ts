@@ -14,15 +14,18 @@ import { fileURLToPath } from "node:url";
 import type { Subprocess } from "bun";
 import { createConsola, type ConsolaInstance } from "consola";
 import { ErrorCode, ForgeError } from "../errors.ts";
+import { ARTIFACT_COPY, copyArtifact } from "./_artifact-copy.ts";
+import { shimSettings } from "./_shim-env.ts";
 import { InstanceLog, parseLogLine, readLines } from "./_log-parse.ts";
-import type {
-  Driver,
-  ExitInfo,
-  InstanceHandle,
-  InstanceSpec,
-  ListedInstance,
-  LogLine,
-  LogOptions,
+import {
+  BUNDLE_FILE,
+  type Driver,
+  type ExitInfo,
+  type InstanceHandle,
+  type InstanceSpec,
+  type ListedInstance,
+  type LogLine,
+  type LogOptions,
 } from "./driver.ts";
 import { waitReady } from "./instance-client.ts";
 
@@ -180,14 +183,21 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
     const socketPath = join(dir, "s.sock");
     const uid = isolate ? INSTANCE_UID_BASE + (nextUid++ % INSTANCE_UID_SPAN) : undefined;
     let bundle: string | undefined;
+    let fnDir: string | undefined;
     try {
-      if (spec.bundlePath) {
+      if (spec.artifactDir) {
+        // the version's folder, its own copy: the function's working directory
+        fnDir = join(dir, ARTIFACT_COPY);
+        await copyArtifact(spec.artifactDir, fnDir);
+        bundle = join(fnDir, BUNDLE_FILE);
+      } else if (spec.bundlePath) {
         bundle = join(dir, "fn.mjs");
         await copyFile(spec.bundlePath, bundle);
       }
       if (uid !== undefined) {
         await chown(dir, uid, uid);
-        if (bundle) await chown(bundle, uid, uid);
+        // the copy of a folder stays forge's (read-only to the instance); a lone bundle is the instance's
+        if (bundle && !fnDir) await chown(bundle, uid, uid);
       }
     } catch (err) {
       await rm(dir, { recursive: true, force: true });
@@ -215,8 +225,8 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
       FORGE_WORK_DIR: dir,
       FORGE_EXIT_WITH_PARENT: "1",
       ...(bundle ? { FORGE_BUNDLE: bundle } : {}),
-      ...(spec.function ? { FORGE_FUNCTION: spec.function } : {}),
-      ...(spec.version !== undefined ? { FORGE_VERSION: String(spec.version) } : {}),
+      ...(fnDir ? { FORGE_FUNCTION_DIR: fnDir } : {}),
+      ...shimSettings(spec),
     };
     // Memory is not enforced on a process (no cgroup of its own without root or systemd);
     // small limits only get a thriftier heap. The docker driver enforces memoryMb.
@@ -224,7 +234,7 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
     let proc: Subprocess<"pipe", "pipe", "pipe">;
     try {
       proc = Bun.spawn([opts.bunPath, ...flags, opts.shimPath], {
-        cwd: dir,
+        cwd: fnDir ?? dir,
         env,
         ...(uid !== undefined ? { uid, gid: uid } : {}),
         // Never written: the shim exits when it closes, i.e. when forge dies.
@@ -303,6 +313,14 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
     return handle;
   }
 
+  async function placeArtifact(id: string, artifactDir: string): Promise<{ dir: string; bundle: string }> {
+    const instance = instances.get(id);
+    if (!instance || instance.stopping) throw new ForgeError(ErrorCode.InstanceCrashed, 502, `instance ${id} is not running`);
+    const dir = join(instance.dir, ARTIFACT_COPY);
+    await copyArtifact(artifactDir, dir);
+    return { dir, bundle: join(dir, BUNDLE_FILE) };
+  }
+
   function stop(id: string): Promise<void> {
     const instance = instances.get(id);
     if (!instance) return Promise.resolve();
@@ -362,7 +380,9 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
     logs,
     onExit,
     onLog,
+    placeArtifact,
     dispose,
     [Symbol.asyncDispose]: dispose,
   };
 }
+

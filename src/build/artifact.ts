@@ -1,0 +1,60 @@
+/**
+ * A bun version's artifact: the function's folder as uploaded, with the bundle at its root
+ * as BUNDLE_FILE, node_modules cut down to the packages the bundle imports at run time
+ * (native addons and what they depend on), and every file read-only. Instances get a copy
+ * of it (hard links) they see as their working directory.
+ */
+import { chmod, readdir, rm } from "node:fs/promises";
+import { join } from "node:path";
+
+/** Names never part of an artifact, at its root: version control and forge's own state. */
+const DROPPED = [".git", ".forge"] as const;
+
+/**
+ * Makes an unpacked folder an artifact in place: drops .git and .forge, keeps of
+ * node_modules only the folders in `keep` (relative paths, e.g. from packageClosure) and
+ * the folders above them, and makes every file read-only (folders stay writable by forge,
+ * so it can delete them; an instance's copy is a folder of its own).
+ */
+export async function sealArtifact(dir: string, keep: string[]): Promise<void> {
+  for (const name of DROPPED) await rm(join(dir, name), { recursive: true, force: true });
+  await prune(dir, "node_modules", new Set(keep));
+  await readOnly(dir);
+}
+
+/** sha256 (hex) of a folder: every file's path and bytes, in path order. */
+export async function digestFolder(dir: string): Promise<string> {
+  const hasher = new Bun.CryptoHasher("sha256");
+  const files = [...new Bun.Glob("**/*").scanSync({ cwd: dir, dot: true, onlyFiles: true, followSymlinks: false })].sort();
+  for (const file of files) {
+    hasher.update(file);
+    hasher.update("\0");
+    hasher.update(await Bun.file(join(dir, file)).bytes());
+  }
+  return hasher.digest("hex");
+}
+
+// --- internal ---
+
+/** Removes what under `rel` is neither kept nor above something kept. */
+async function prune(dir: string, rel: string, keep: Set<string>): Promise<void> {
+  if (keep.has(rel)) return;
+  const above = [...keep].some((k) => k.startsWith(`${rel}/`));
+  if (!above) {
+    await rm(join(dir, rel), { recursive: true, force: true });
+    return;
+  }
+  for (const entry of await readdir(join(dir, rel), { withFileTypes: true })) {
+    const child = `${rel}/${entry.name}`;
+    if (entry.isDirectory()) await prune(dir, child, keep);
+    else await rm(join(dir, child), { force: true });
+  }
+}
+
+async function readOnly(path: string): Promise<void> {
+  for (const entry of await readdir(path, { withFileTypes: true })) {
+    const child = join(path, entry.name);
+    if (entry.isDirectory()) await readOnly(child);
+    else if (entry.isFile()) await chmod(child, ((await Bun.file(child).stat()).mode & 0o111) !== 0 ? 0o555 : 0o444);
+  }
+}
