@@ -14,6 +14,8 @@ export const ErrorCode = {
   ArchiveTooLarge: "archive_too_large",
   BodyTooLarge: "body_too_large",
   BuildFailed: "build_failed",
+  /** A deployed module did not load (or its container did not answer): the version is not activated. */
+  LoadFailed: "load_failed",
   Unauthorized: "unauthorized",
   NotFound: "not_found",
   FunctionNotFound: "function_not_found",

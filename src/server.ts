@@ -60,6 +60,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
     logger,
     stemCells: config.stemCells,
     memoryBudgetMb: config.memoryBudgetMb,
+    region: config.region,
     keepAlive: fixedKeepAlive(config.keepAliveMs),
     queueTimeoutMs: config.queueTimeoutMs,
     maxQueue: config.maxQueue,
@@ -124,9 +125,12 @@ export async function startServer(config: Config, options: StartOptions = {}): P
   // One set of kept-alive connections to instances for HTTP requests and triggers alike.
   const upstream = new UpstreamPool();
   const triggerPlane = new DataPlane({ pool, recorder, logger, upstream });
+  // A payload, not an HTTP request: a Lambda handler gets it as its event, a Workers module's
+  // `scheduled` gets the tick (the shim's control routes); the ids are the triggers' own.
   const invokeTrigger: InvokeFn = (name, req, kind) => {
     const u = new URL(req.url);
-    return triggerPlane.invoke(name, req, { path: u.pathname + u.search, kind });
+    const requestId = req.headers.get("x-forge-request-id") ?? undefined;
+    return triggerPlane.invoke(name, req, { path: u.pathname + u.search, kind, control: kind === "schedule" ? "scheduled" : "invoke", ...(requestId ? { requestId } : {}) });
   };
   const triggerRedis = config.redisUrl ? connectRedis(config.redisUrl, logger) : undefined;
   const scheduler = new Scheduler({

@@ -35,7 +35,7 @@ beforeAll(async () => {
        let sum = 0;
        for (const b of body) sum = (sum + b) % 65521;
        return Response.json({ method: req.method, path: url.pathname + url.search, length: body.length, sum,
-         id: req.headers.get("x-forge-request-id"), te: req.headers.get("transfer-encoding"), connection: req.headers.get("connection") });
+         id: req.headers.get("x-forge-request-id"), te: req.headers.get("transfer-encoding"), connection: req.headers.get("connection"), control: req.headers.get("x-forge-control") });
      } };`,
   );
   writeFileSync(join(dir, "forge.json"), JSON.stringify({ timeoutMs: 2500 }));
@@ -222,12 +222,20 @@ describe("the gateway's fast path", () => {
     expect(json(responses[0]).connection).not.toBe("close");
   });
 
-  test("a valid client request id is kept, an invalid one replaced", async () => {
-    const { responses } = await exchange([get("/k", "X-Forge-Request-Id: my-trace-0001\r\n") + get("/k", "X-Forge-Request-Id: bad id!\r\n")], 2);
-    expect(responses[0]?.headers.get("x-forge-request-id")).toBe("my-trace-0001");
-    expect(json(responses[0]).id).toBe("my-trace-0001");
-    expect(responses[1]?.headers.get("x-forge-request-id")).not.toBe("bad id!");
+  test("a client's request id is never used: two requests sending one id get two ids of forge's", async () => {
+    const { responses } = await exchange([get("/k", "X-Forge-Request-Id: my-trace-0001\r\n") + get("/k", "X-Forge-Request-Id: my-trace-0001\r\n")], 2);
+    const ids = responses.map((r) => r.headers.get("x-forge-request-id"));
+    expect(ids[0]).not.toBe("my-trace-0001");
+    expect(ids[1]).not.toBe("my-trace-0001");
+    expect(ids[0]).not.toBe(ids[1]);
+    expect(json(responses[0]).id).toBe(ids[0]);
     expect(String(json(responses[1]).id)).toMatch(/^[A-Za-z0-9._:-]{8,}$/);
+  });
+
+  test("a client's x-forge-control header never reaches the instance", async () => {
+    const { responses } = await exchange([get("/k", "X-Forge-Control: guess\r\n")], 1);
+    expect(responses[0]?.status).toBe(200);
+    expect(json(responses[0]).control).toBeNull();
   });
 
   test("a body over the limit is a 413 with a hint, and the connection closes", async () => {

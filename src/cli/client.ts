@@ -39,6 +39,9 @@ export interface VersionView {
   active: boolean;
   digest: string;
   image: string | null;
+  /** starting, ready or failed (absent from a forge older than verified deploys). */
+  status?: "starting" | "ready" | "failed";
+  error?: string | null;
   createdAt: number;
 }
 

@@ -9,16 +9,21 @@ import { join, relative, resolve } from "node:path";
 import type { ConsolaInstance } from "consola";
 import {
   bundleEntry,
+  digestFolder,
   findEntry,
+  nativePackages,
+  packageClosure,
   parseConfigInput,
   PATCHABLE_FIELDS,
   resolveConfig,
   safeUnpack,
+  sealArtifact,
+  splitHandler,
   type FunctionConfig,
   type FunctionConfigInput,
 } from "../build/index.ts";
-import { assertName, ErrorCode, ForgeError } from "../errors.ts";
-import type { PoolManager, PoolSpec } from "../pool/index.ts";
+import { assertName, ErrorCode, ForgeError, isForgeError } from "../errors.ts";
+import { BUNDLE_FILE, type Activation, type PoolManager, type PoolSpec } from "../pool/index.ts";
 import type { FunctionRecord, InvocationQuery, InvocationRecord, Store, VersionRecord } from "../store/index.ts";
 
 export interface DeployProgress {
@@ -34,12 +39,15 @@ export interface DeployResult {
   url: string;
   image: string | null;
   digest: string;
+  /** How the module is called: "lambda" handlers get one event at a time unless concurrency was set. */
+  kind: "fetch" | "lambda" | null;
+  concurrency: number;
 }
 
 /** Builds an image for a version (docker driver); absent on the process driver. */
 export interface ImageBuilder {
-  /** Image of a bun function: the runtime image plus the bundle. */
-  buildBundleImage(fn: string, version: number, bundlePath: string, onLog: (line: string) => void): Promise<string>;
+  /** Image of a bun function: the runtime image plus the version's folder (the bundle at its root). */
+  buildBundleImage(fn: string, version: number, artifactDir: string, onLog: (line: string) => void): Promise<string>;
   /** Image of a runtime "docker" function from its own Dockerfile. */
   buildDockerfileImage(fn: string, version: number, contextDir: string, onLog: (line: string) => void): Promise<string>;
   removeImages(fn: string): Promise<void>;
@@ -83,8 +91,9 @@ export class FunctionService {
     return this.o.store.functions.list().filter((f) => f.activeVersion !== null);
   }
 
+  /** Versions, newest first; also of a function whose every deploy failed (it has no active version). */
   versions(name: string): VersionRecord[] {
-    this.get(name);
+    if (!this.o.store.functions.get(name)) this.get(name);
     return this.o.store.versions.list(name);
   }
 
@@ -112,7 +121,8 @@ export class FunctionService {
   async rollback(name: string, to?: number): Promise<VersionRecord> {
     const fn = this.get(name);
     const versions = this.o.store.versions.list(name);
-    const target = to ?? versions.find((v) => fn.activeVersion !== null && v.version < fn.activeVersion)?.version;
+    // By default the newest earlier version that loaded; --to may name a failed one (it is verified again).
+    const target = to ?? versions.find((v) => fn.activeVersion !== null && v.version < fn.activeVersion && v.status !== "failed")?.version;
     if (target === undefined) {
       throw new ForgeError(ErrorCode.VersionNotFound, 409, `${name} has no version before v${fn.activeVersion} to roll back to`, {
         hint: "see `forge versions " + name + "`; pass --to N to pick one",
@@ -124,7 +134,8 @@ export class FunctionService {
         hint: `known versions: ${versions.map((v) => v.version).join(", ")}`,
       });
     }
-    await this.o.pool.activate(await this.poolSpec(version, version.config));
+    await this.activateVerified(name, target, await this.poolSpec(version, version.config));
+    if (version.status !== "ready") this.o.store.versions.settle(name, target, { status: "ready" });
     return this.o.store.versions.activate(name, target);
   }
 
@@ -141,24 +152,33 @@ export class FunctionService {
     }
     const next: FunctionConfig = resolveConfig(name, fn.config, input);
     if (input.env) next.env = input.env; // PATCH env replaces the whole map, so a variable can be removed
-    const updated = this.o.store.functions.updateConfig(name, next);
     const needsNewInstances = input.env !== undefined || (input.memoryMb !== undefined && input.memoryMb !== fn.config.memoryMb);
     const version = fn.activeVersion === null ? undefined : this.o.store.versions.get(name, fn.activeVersion);
     if (needsNewInstances && version) {
-      await this.o.pool.activate(await this.poolSpec(version, next));
-    } else {
-      this.o.pool.updateLive(name, {
-        concurrency: next.concurrency,
-        minWarm: next.minWarm,
-        maxInstances: next.maxInstances,
-        timeoutMs: next.timeoutMs,
-      });
+      // Verified like a deploy: new instances with the new env must load before they serve;
+      // if they do not, the config stays as it was and the running instances go on.
+      try {
+        await this.o.pool.activate(await this.poolSpec(version, next));
+      } catch (err) {
+        throw new ForgeError(ErrorCode.LoadFailed, 400, `${name} v${version.version} did not start with the new settings, so nothing changed: ${err instanceof Error ? err.message : String(err)}`, {
+          hint: "fix the setting (or the code that reads it) and PATCH again",
+          cause: err,
+        });
+      }
+      return this.o.store.functions.updateConfig(name, next);
     }
+    const updated = this.o.store.functions.updateConfig(name, next);
+    this.o.pool.updateLive(name, {
+      concurrency: next.concurrency,
+      minWarm: next.minWarm,
+      maxInstances: next.maxInstances,
+      timeoutMs: next.timeoutMs,
+    });
     return updated;
   }
 
   async delete(name: string): Promise<void> {
-    this.get(name);
+    if (!this.o.store.functions.get(name)) this.get(name); // one whose deploys all failed can be deleted too
     await this.o.pool.remove(name);
     this.o.store.schedules.deleteForFunction(name);
     this.o.store.functions.delete(name);
@@ -180,7 +200,7 @@ export class FunctionService {
       const version = fn.activeVersion === null ? undefined : this.o.store.versions.get(fn.name, fn.activeVersion);
       if (!version) continue;
       try {
-        await this.o.pool.activate(await this.poolSpec(version, fn.config));
+        await this.o.pool.activate(await this.poolSpec(version, fn.config), { verify: false });
       } catch (err) {
         this.o.logger.error(`could not restore ${fn.name} v${version.version}:`, err);
       }
@@ -197,22 +217,33 @@ export class FunctionService {
     try {
       onProgress({ step: 1, of: 3, phase: "packaging", message: `unpacking ${archive.byteLength} bytes` });
       const unpacked = await safeUnpack(archive, src, this.o.limits);
-      const config = await this.readConfig(name, src, flags);
+      const { config, concurrencySet } = await this.readConfig(name, src, flags);
 
       onProgress({ step: 2, of: 3, phase: "building", message: `${unpacked.files} files, runtime ${config.runtime}` });
       let artifact: string;
       let digest: string;
-      let bundlePath: string | undefined;
+      let artifactDir: string | undefined;
       if (config.runtime === "bun") {
-        const entry = findEntry(src, config.entry);
-        const out = join(work, "bundle.mjs");
-        const built = await bundleEntry(src, entry, out);
-        digest = built.digest;
+        // The version's folder: the upload, the bundle at its root. The CLI uploads its own
+        // (trusted, in-process) bundle as BUNDLE_FILE; raw source is bundled here, untrusted.
+        const bundleFile = join(src, BUNDLE_FILE);
+        const external = await nativePackages(src);
+        if (!existsSync(bundleFile)) {
+          const forgeJson = Bun.file(join(src, "forge.json"));
+          // as written (readConfig checked it): a defaulted entry must not hide package.json main or handler
+          const declared = (await forgeJson.exists()) ? parseConfigInput(await forgeJson.json()) : {};
+          const entry = await findEntry(src, { ...(declared.entry ? { entry: declared.entry } : {}), ...(declared.handler ? { handler: declared.handler } : {}) });
+          // built beside the folder (the untrusted build's working folder must not lie in it), then moved in
+          await bundleEntry(src, entry, join(work, BUNDLE_FILE), { external });
+          renameSync(join(work, BUNDLE_FILE), bundleFile);
+        }
+        await sealArtifact(src, await packageClosure(src, external));
+        digest = await digestFolder(src);
         const artifactsDir = join(fnDir, "artifacts");
         mkdirSync(artifactsDir, { recursive: true });
-        bundlePath = join(artifactsDir, `${digest.slice(0, 32)}.mjs`);
-        if (!existsSync(bundlePath)) renameSync(out, bundlePath);
-        artifact = relative(this.o.dataDir, bundlePath);
+        artifactDir = join(artifactsDir, digest.slice(0, 32));
+        if (!existsSync(artifactDir)) renameSync(src, artifactDir);
+        artifact = relative(this.o.dataDir, artifactDir);
       } else {
         if (!this.o.images) {
           throw new ForgeError(ErrorCode.InvalidConfig, 400, `runtime "docker" needs the docker driver, and forge runs the process driver`, {
@@ -237,26 +268,30 @@ export class FunctionService {
         if (this.o.images) {
           const log = (line: string): void => onProgress({ step: 2, of: 3, phase: "building", message: line });
           image =
-            config.runtime === "bun" && bundlePath
-              ? await this.o.images.buildBundleImage(name, version.version, bundlePath, log)
+            config.runtime === "bun" && artifactDir
+              ? await this.o.images.buildBundleImage(name, version.version, artifactDir, log)
               : await this.o.images.buildDockerfileImage(name, version.version, resolve(this.o.dataDir, artifact), log);
         }
-        onProgress({ step: 3, of: 3, phase: "starting", message: `version ${version.version}` });
-        const withImage: VersionRecord = { ...version, image };
-        await this.o.pool.activate(await this.poolSpec(withImage, config));
       } catch (err) {
+        // Nothing ran: the number stays used, the version goes.
         this.o.store.versions.discard(name, version.version);
         throw err;
       }
       if (image) this.o.store.versions.setImage(name, version.version, image);
+      onProgress({ step: 3, of: 3, phase: "starting", message: `version ${version.version}` });
+      const spec = await this.poolSpec({ ...version, image }, config);
+      const running = await this.activateVerified(name, version.version, concurrencySet ? spec : { ...spec, lambdaConcurrency: 1 });
+      this.o.store.versions.settle(name, version.version, { status: "ready", config: { ...config, concurrency: running.concurrency } });
+      if (running.concurrency !== config.concurrency) this.o.store.functions.updateConfig(name, { ...config, concurrency: running.concurrency });
       this.o.store.versions.activate(name, version.version);
-      return { name, version: version.version, url: this.o.urlOf(name), image, digest };
+      return { name, version: version.version, url: this.o.urlOf(name), image, digest, kind: running.kind, concurrency: running.concurrency };
     } finally {
       rmSync(work, { recursive: true, force: true });
     }
   }
 
-  private async readConfig(name: string, src: string, flags: FunctionConfigInput): Promise<FunctionConfig> {
+  /** The config of a deploy, and whether it names a concurrency (else a Lambda handler gets 1). */
+  private async readConfig(name: string, src: string, flags: FunctionConfigInput): Promise<{ config: FunctionConfig; concurrencySet: boolean }> {
     const file = Bun.file(join(src, "forge.json"));
     let fromFile = {};
     if (await file.exists()) {
@@ -272,7 +307,29 @@ export class FunctionService {
     }
     const config = resolveConfig(name, fromFile, flags);
     this.o.store.functions.ensure(name, config);
-    return config;
+    return { config, concurrencySet: (fromFile as FunctionConfigInput).concurrency !== undefined || flags.concurrency !== undefined };
+  }
+
+  /**
+   * Activates a version once one of its instances loaded it. When none does, the version is
+   * kept as failed (with why, for `forge versions`), the active one goes on serving, and the
+   * error says both.
+   */
+  private async activateVerified(name: string, version: number, spec: PoolSpec): Promise<Activation> {
+    try {
+      return await this.o.pool.activate(spec);
+    } catch (err) {
+      const why = err instanceof Error ? err.message : String(err);
+      this.o.store.versions.settle(name, version, { status: "failed", error: why.slice(0, 8_000) });
+      const active = this.o.store.functions.get(name)?.activeVersion ?? null;
+      throw new ForgeError(ErrorCode.LoadFailed, isForgeError(err) && err.status < 500 ? err.status : 400, `${name} v${version} was not activated: ${why}`, {
+        hint:
+          active !== null && active !== version
+            ? `v${active} is still active and serving; fix the error and deploy again (\`forge versions ${name}\` shows v${version} as failed)`
+            : `${name} has no active version; fix the error and deploy again`,
+        cause: err,
+      });
+    }
   }
 
   private async poolSpec(version: VersionRecord, config: FunctionConfig): Promise<PoolSpec> {
@@ -292,9 +349,11 @@ export class FunctionService {
       maxInstances: config.maxInstances,
       memoryMb: config.memoryMb,
       timeoutMs: config.timeoutMs,
+      ...(config.handler ? { handler: splitHandler(config.handler).exportName } : {}),
       env: { ...config.env, ...bound.env },
       ...(bound.networks.length > 0 ? { networks: bound.networks } : {}),
-      ...(config.runtime === "bun" ? { bundlePath: artifactPath } : {}),
+      // a folder (the bundle at its root), or the single .mjs of a version deployed before folders shipped
+      ...(config.runtime === "bun" ? (artifactPath.endsWith(".mjs") ? { bundlePath: artifactPath } : { bundlePath: join(artifactPath, BUNDLE_FILE), artifactDir: artifactPath }) : {}),
       ...(version.image ? { image: version.image } : {}),
     };
   }

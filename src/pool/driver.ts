@@ -102,6 +102,12 @@ export interface Driver extends AsyncDisposable {
   onExit(listener: (info: ExitInfo) => void): () => void;
   /** Registers a listener for every log line of every instance; returns an unsubscribe. */
   onLog(listener: (line: LogLine) => void): () => void;
+  /**
+   * Gives a running instance (a stem cell about to be specialized) its own copy of a version's
+   * folder (InstanceSpec.artifactDir) and answers the paths the instance sees: the folder and
+   * the bundle in it. Cheap enough for the cell path (hard links where the filesystem allows).
+   */
+  placeArtifact(id: string, artifactDir: string): Promise<{ dir: string; bundle: string }>;
   /** Optional: change a running instance's memory limit (docker, after a cell is specialized). */
   setMemory?(id: string, memoryMb: number): Promise<void>;
   /** Stops everything this driver started. */

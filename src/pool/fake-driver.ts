@@ -9,8 +9,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Server } from "bun";
 import { ErrorCode, ForgeError } from "../errors.ts";
+import { ARTIFACT_COPY, copyArtifact } from "./_artifact-copy.ts";
 import { InstanceLog } from "./_log-parse.ts";
 import {
+  BUNDLE_FILE,
   CONTROL_HEADER,
   CONTROL_HEALTH,
   CONTROL_SPECIALIZE,
@@ -44,6 +46,8 @@ export interface FakeDriverOptions {
   startDelayMs?: number | ((spec: InstanceSpec) => Promise<void>);
   /** Answers function requests; `spec` is the effective one (after specialization). Default: JSON {instance, function, version}. */
   handler?: FakeHandler;
+  /** How the fake module is called, as the shim's health answers it. Default "fetch". */
+  kindOf?: (spec: InstanceSpec) => "fetch" | "lambda";
   /** Makes a start fail with InstanceStartFailed when it returns true. Default: never. */
   failStart?: (spec: InstanceSpec) => boolean;
 }
@@ -88,7 +92,7 @@ const defaultHandler: FakeHandler = (_request, spec, ctx) =>
   Response.json({ instance: ctx.instance, function: spec.function ?? null, version: spec.version ?? null });
 
 export function createFakeDriver(options: FakeDriverOptions = {}): FakeDriver {
-  const opts = { startDelayMs: 0, handler: defaultHandler, failStart: () => false, ...options } satisfies Required<FakeDriverOptions>;
+  const opts = { startDelayMs: 0, handler: defaultHandler, failStart: () => false, kindOf: () => "fetch" as const, ...options } satisfies Required<FakeDriverOptions>;
   const instances = new Map<string, FakeInstance>();
   const exitListeners = new Set<(info: ExitInfo) => void>();
   const logListeners = new Set<(line: LogLine) => void>();
@@ -128,6 +132,8 @@ export function createFakeDriver(options: FakeDriverOptions = {}): FakeDriver {
         function: spec.function ?? null,
         version: spec.version ?? null,
         pid: process.pid,
+        kind: spec.function === undefined ? null : opts.kindOf(spec),
+        pending: 0,
       });
     }
     if (path === CONTROL_SPECIALIZE && request.method === "POST") {
@@ -136,7 +142,7 @@ export function createFakeDriver(options: FakeDriverOptions = {}): FakeDriver {
       }
       const body = (await request.json()) as SpecializeRequest;
       instance.specialization = { ...body, at: Date.now() };
-      instance.spec = { ...instance.spec, function: body.function, version: body.version, env: body.env };
+      instance.spec = { ...instance.spec, function: body.function, version: body.version, env: body.env, ...(body.dir ? { artifactDir: body.dir } : {}) };
       return Response.json({ ok: true, loadMs: 0 });
     }
     return undefined;
@@ -257,6 +263,14 @@ export function createFakeDriver(options: FakeDriverOptions = {}): FakeDriver {
     onLog(listener) {
       logListeners.add(listener);
       return () => logListeners.delete(listener);
+    },
+    async placeArtifact(id: string, artifactDir: string): Promise<{ dir: string; bundle: string }> {
+      const instance = instances.get(id);
+      if (!instance?.running) throw new ForgeError(ErrorCode.InstanceCrashed, 502, `instance ${id} is not running`);
+      // a real copy (the fake runs no code, but tests look at what an instance was given)
+      const dir = join(instance.dir, ARTIFACT_COPY);
+      await copyArtifact(artifactDir, dir);
+      return { dir, bundle: join(dir, BUNDLE_FILE) };
     },
     async setMemory(id: string, memoryMb: number): Promise<void> {
       const instance = instances.get(id);

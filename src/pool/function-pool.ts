@@ -24,8 +24,8 @@ export interface PoolHost {
   /** Reserves memory for one more instance of the pool, evicting idle ones elsewhere; false if impossible. */
   reserveMemory(pool: FunctionPool, mb: number): boolean;
   releaseMemory(mb: number): void;
-  /** Stops an instance by its driver id (the handle's). */
-  stopInstance(driverId: string): void;
+  /** Stops an instance by its driver id (the handle's); with its handle, after its pending ctx.waitUntil work (a graceful retire). */
+  stopInstance(driverId: string, handle?: InstanceHandle): void;
   newInstanceId(): string;
   countStart(fn: string, kind: StartKind): void;
   onIdle(fn: string, idleMs: number): void;
@@ -163,12 +163,17 @@ export class FunctionPool {
     let live = this.liveCount;
     while (live < desired) {
       if (!this.host.reserveMemory(this, this.spec.memoryMb)) break; // waiters wait for memory, then 503
-      this.startOne();
+      // A failed start fails the queue (startOne) when nobody else can serve it.
+      this.startOne().catch(() => {});
       live++;
     }
   }
 
-  /** Starts `n` instances and waits until they are ready (used to warm a version before it gets traffic). */
+  /**
+   * Starts `n` instances and waits until they are ready (a version is warmed before it gets
+   * traffic). Rejects when none of them is ready: with the first start's error (the module
+   * did not load, the container did not answer) or, when not even one fit, a memory error.
+   */
   async warm(n: number): Promise<void> {
     const target = Math.min(n, this.spec.maxInstances);
     const starting: Promise<void>[] = [];
@@ -176,7 +181,19 @@ export class FunctionPool {
       if (!this.host.reserveMemory(this, this.spec.memoryMb)) break;
       starting.push(this.startOne());
     }
-    await Promise.all(starting);
+    const results = await Promise.allSettled(starting);
+    if (target === 0 || this.readyCount > 0) return;
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
+    if (failed) throw failed.reason;
+    throw new ForgeError(ErrorCode.QueueTimeout, 503, `no memory is left for an instance of ${this.function} (${this.spec.memoryMb} MiB)`, {
+      hint: "raise FORGE_MEMORY_BUDGET_MB, lower memoryMb, or delete functions you no longer need",
+    });
+  }
+
+  /** The handle of a ready instance, if there is one (to ask its shim about the module). */
+  readyHandle(): InstanceHandle | undefined {
+    for (const i of this.instances.values()) if (i.state === "ready" && i.handle) return i.handle;
+    return undefined;
   }
 
   /** Keep-alive: stops instances idle past keepAliveMs, keeping minWarm and what demand needs. */
@@ -240,7 +257,7 @@ export class FunctionPool {
       w.timer.cancel();
       w.reject(reason);
     }
-    for (const inst of [...this.instances.values()]) this.retire(inst);
+    for (const inst of [...this.instances.values()]) this.retire(inst, false);
     this.drained?.();
   }
 
@@ -306,7 +323,7 @@ export class FunctionPool {
   /** @internal The instance failed under a lease (PoolLease.fail): out of the pool. */
   failInstance(inst: PoolInstance): void {
     if (this.instances.get(inst.id) === inst) {
-      this.retire(inst);
+      this.retire(inst, false);
       this.scale();
     }
   }
@@ -351,11 +368,12 @@ export class FunctionPool {
           }
         }
         this.checkDrained();
+        throw err;
       },
     );
   }
 
-  private retire(inst: PoolInstance): void {
+  private retire(inst: PoolInstance, graceful = true): void {
     if (inst.state === "stopping") return;
     const wasStarting = inst.state === "starting";
     inst.state = "stopping";
@@ -364,7 +382,7 @@ export class FunctionPool {
     inst.inFlight = 0;
     this.host.releaseMemory(inst.memoryMb);
     // A starting instance is stopped when its start resolves (see startOne).
-    if (!wasStarting) this.host.stopInstance(inst.handle?.id ?? inst.id);
+    if (!wasStarting) this.host.stopInstance(inst.handle?.id ?? inst.id, graceful ? inst.handle : undefined);
   }
 
   private checkDrained(): void {

@@ -5,8 +5,8 @@ export type { InstanceSnapshot, Lease, PoolSnapshot, PoolSpec, StartCounts, Star
 export { FakeClock, realClock, type Clock, type TimerHandle } from "./clock.ts";
 export { fixedKeepAlive, type KeepAlivePolicy } from "./keep-alive.ts";
 export { FunctionPool } from "./function-pool.ts";
-export { PoolManager, type PoolManagerOptions } from "./pool-manager.ts";
-export { forward, health, specialize, waitReady } from "./instance-client.ts";
+export { PoolManager, type Activation, type PoolManagerOptions } from "./pool-manager.ts";
+export { drain, forward, health, specialize, waitReady } from "./instance-client.ts";
 export { Abort, UpstreamPool, type UpstreamPoolOptions, type UpstreamReply, type UpstreamRequest } from "./upstream.ts";
 export { createProcessDriver } from "./process-driver.ts";
 export { createFakeDriver } from "./fake-driver.ts";

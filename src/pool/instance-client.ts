@@ -7,6 +7,7 @@ import { type FSWatcher, watch } from "node:fs";
 import { basename, dirname } from "node:path";
 import { ErrorCode, ForgeError } from "../errors.ts";
 import {
+  CONTROL_DRAIN,
   CONTROL_HEADER,
   CONTROL_HEALTH,
   CONTROL_SPECIALIZE,
@@ -167,6 +168,27 @@ function pause(ms: number, signal: AbortSignal, wake: Wake): Promise<void> {
     const timer = setTimeout(done, ms);
     signal.addEventListener("abort", done, { once: true });
   });
+}
+
+/**
+ * Waits until the instance's pending ctx.waitUntil work has settled, at most `maxMs` (the
+ * shim bounds it too). Resolves with what is still pending; an instance that cannot be
+ * reached (it crashed, or is not a shim) counts as settled.
+ */
+export async function drain(target: Target, maxMs: number): Promise<number> {
+  const token = "controlToken" in target ? target.controlToken : "";
+  try {
+    const response = await fetch(`http://instance${CONTROL_DRAIN}`, {
+      method: "POST",
+      unix: endpointOf(target).socketPath,
+      headers: { [CONTROL_HEADER]: token, "x-forge-drain-ms": String(maxMs) },
+      signal: AbortSignal.timeout(maxMs + 1_000),
+    });
+    const body = (await response.json().catch(() => ({}))) as { pending?: unknown };
+    return response.ok && typeof body.pending === "number" ? body.pending : 0;
+  } catch {
+    return 0;
+  }
 }
 
 /** Turns a generic stem cell into an instance of `request.function`. A cell is specialized once. */

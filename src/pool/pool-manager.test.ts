@@ -6,9 +6,9 @@
 import { describe, expect, test } from "bun:test";
 import { createConsola } from "consola";
 import { until } from "../../test/_helpers.ts";
-import { ForgeError } from "../errors.ts";
+import { ErrorCode, ForgeError } from "../errors.ts";
 import { FakeClock } from "./clock.ts";
-import { createFakeDriver, type FakeDriver } from "./fake-driver.ts";
+import { createFakeDriver, type FakeDriver, type FakeDriverOptions } from "./fake-driver.ts";
 import { fixedKeepAlive } from "./keep-alive.ts";
 import { PoolManager, type PoolManagerOptions } from "./pool-manager.ts";
 import type { Lease, PoolSpec } from "./types.ts";
@@ -39,10 +39,14 @@ interface Rig extends AsyncDisposable {
   releaseStarts(): void;
 }
 
-function rig(options: Partial<PoolManagerOptions> = {}, driverOptions: { hold?: boolean } = {}): Rig {
+/** Decision tests of the request path start from a pool with no instance (no verification start). */
+const IDLE = { verify: false } as const;
+
+function rig(options: Partial<PoolManagerOptions> = {}, driverOptions: { hold?: boolean } & Pick<FakeDriverOptions, "failStart" | "kindOf"> = {}): Rig {
   let gate: { promise: Promise<void>; resolve: () => void } = Promise.withResolvers<void>();
   if (!driverOptions.hold) gate.resolve();
-  const driver = createFakeDriver({ startDelayMs: () => gate.promise });
+  const { hold: _hold, ...fakeOptions } = driverOptions;
+  const driver = createFakeDriver({ startDelayMs: () => gate.promise, ...fakeOptions });
   const clock = new FakeClock();
   const pool = new PoolManager({
     driver,
@@ -94,7 +98,7 @@ function acquireMany(pool: PoolManager, fn: string, n: number): (Lease | Promise
 describe("autoscaling", () => {
   test("a 200-request burst at concurrency 8 makes exactly 25 instances, never more", async () => {
     await using r = rig({}, { hold: true });
-    await r.pool.activate(spec("burst"));
+    await r.pool.activate(spec("burst"), IDLE);
     const leases = acquireMany(r.pool, "burst", 200);
     // All 25 starts were asked for at once, while none had finished.
     expect(r.pool.snapshot("burst")?.instances.length).toBe(25);
@@ -115,7 +119,7 @@ describe("autoscaling", () => {
 
   test("maxInstances caps the scale-up; the rest queue and are served as slots free up", async () => {
     await using r = rig();
-    await r.pool.activate(spec("capped", { maxInstances: 10 }));
+    await r.pool.activate(spec("capped", { maxInstances: 10 }), IDLE);
     const leases = acquireMany(r.pool, "capped", 200);
     await until(() => r.pool.snapshot("capped")?.inFlight === 80, 5000, "80 in flight");
     expect(r.driver.started).toBe(10);
@@ -129,7 +133,7 @@ describe("autoscaling", () => {
 
   test("overflow past maxQueue is a 429", async () => {
     await using r = rig({ maxQueue: 5 });
-    await r.pool.activate(spec("small", { maxInstances: 1, concurrency: 1 }));
+    await r.pool.activate(spec("small", { maxInstances: 1, concurrency: 1 }), IDLE);
     const held = acquireMany(r.pool, "small", 5); // all 5 wait: the one instance is still starting
     let err: unknown;
     try {
@@ -145,7 +149,7 @@ describe("autoscaling", () => {
 
   test("a request waiting past the queue timeout gets a 503", async () => {
     await using r = rig({ queueTimeoutMs: 1000 });
-    await r.pool.activate(spec("slow", { maxInstances: 1, concurrency: 1 }));
+    await r.pool.activate(spec("slow", { maxInstances: 1, concurrency: 1 }), IDLE);
     const first = await r.pool.acquire("slow");
     const waiting = Promise.resolve(r.pool.acquire("slow"));
     waiting.catch(() => {});
@@ -160,7 +164,7 @@ describe("autoscaling", () => {
 
   test("idle instances are stopped after the keep-alive; minWarm instances are kept", async () => {
     await using r = rig({ keepAlive: fixedKeepAlive(60_000), sweepEveryMs: 1000 });
-    await r.pool.activate(spec("ka", { minWarm: 2 }));
+    await r.pool.activate(spec("ka", { minWarm: 2 }), IDLE);
     expect(r.driver.started).toBe(2); // minWarm is started at deploy
     const leases = await settle(acquireMany(r.pool, "ka", 40));
     expect(r.driver.started).toBe(5);
@@ -180,7 +184,7 @@ describe("stem cells", () => {
     await using r = rig({ stemCells: 2 });
     await until(() => r.driver.live().length === 2, 5000, "2 cells");
     const cells = r.driver.live();
-    await r.pool.activate(spec("fresh"));
+    await r.pool.activate(spec("fresh"), IDLE);
     const lease = await r.pool.acquire("fresh");
     expect(lease.start).toBe("cell");
     expect(cells).toContain(lease.instance.id);
@@ -201,8 +205,8 @@ describe("stem cells", () => {
   test("a cell is never handed to a second function", async () => {
     await using r = rig({ stemCells: 1 });
     await until(() => r.pool.stats().cells === 1, 5000, "1 cell");
-    await r.pool.activate(spec("a"));
-    await r.pool.activate(spec("b"));
+    await r.pool.activate(spec("a"), IDLE);
+    await r.pool.activate(spec("b"), IDLE);
     const a = await r.pool.acquire("a");
     const b = await r.pool.acquire("b");
     expect(a.instance.id).not.toBe(b.instance.id);
@@ -214,7 +218,7 @@ describe("stem cells", () => {
 
   test("with no cell left, the request is a true cold start", async () => {
     await using r = rig({ stemCells: 0 });
-    await r.pool.activate(spec("cold"));
+    await r.pool.activate(spec("cold"), IDLE);
     const lease = await r.pool.acquire("cold");
     expect(lease.start).toBe("cold");
     lease.release();
@@ -224,7 +228,7 @@ describe("stem cells", () => {
 describe("memory budget", () => {
   test("idle instances of other functions are evicted least recently used first", async () => {
     await using r = rig({ memoryBudgetMb: 3 * 128 });
-    for (const fn of ["a", "b", "c", "d"]) await r.pool.activate(spec(fn));
+    for (const fn of ["a", "b", "c", "d"]) await r.pool.activate(spec(fn), IDLE);
     const a = await r.pool.acquire("a");
     r.clock.advance(10);
     const b = await r.pool.acquire("b");
@@ -244,8 +248,8 @@ describe("memory budget", () => {
 
   test("when nothing can be evicted, requests queue and then get a 503", async () => {
     await using r = rig({ memoryBudgetMb: 128, queueTimeoutMs: 1000 });
-    await r.pool.activate(spec("x"));
-    await r.pool.activate(spec("y"));
+    await r.pool.activate(spec("x"), IDLE);
+    await r.pool.activate(spec("y"), IDLE);
     const x = await r.pool.acquire("x"); // busy: not evictable
     const waiting = Promise.resolve(r.pool.acquire("y"));
     waiting.catch(() => {});
@@ -259,7 +263,7 @@ describe("memory budget", () => {
 describe("health and version switches", () => {
   test("a crashed instance leaves the pool at once and is replaced when minWarm asks", async () => {
     await using r = rig();
-    await r.pool.activate(spec("crashy", { minWarm: 1 }));
+    await r.pool.activate(spec("crashy", { minWarm: 1 }), IDLE);
     const before = r.pool.snapshot("crashy")?.instances[0]?.id;
     expect(before).toBeTruthy();
     await r.driver.crash(before ?? "");
@@ -274,7 +278,7 @@ describe("health and version switches", () => {
 
   test("a lease that fails takes its instance out; the next request gets another", async () => {
     await using r = rig();
-    await r.pool.activate(spec("flaky"));
+    await r.pool.activate(spec("flaky"), IDLE);
     const l1 = await r.pool.acquire("flaky");
     const id = l1.instance.id;
     l1.fail();
@@ -301,5 +305,47 @@ describe("health and version switches", () => {
     // ...and stops once it is done.
     await until(() => !r.driver.live().includes(oldId), 5000, "old instance stopped");
     (next as Lease).release();
+  });
+});
+
+describe("verified activation", () => {
+  test("a version none of whose instances start is not activated: the active one keeps serving", async () => {
+    await using r = rig({}, { failStart: (s) => s.version === 2 });
+    await r.pool.activate(spec("v", { version: 1 }));
+    const err = await r.pool.activate(spec("v", { version: 2 })).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ForgeError);
+    expect((err as ForgeError).code).toBe(ErrorCode.LoadFailed);
+    expect((err as ForgeError).message).toContain("failed to start");
+    const lease = await r.pool.acquire("v");
+    expect(lease.version).toBe(1);
+    lease.release();
+    // Nothing of v2 is left running.
+    expect(r.driver.live().length).toBe(1);
+  });
+
+  test("a first version that does not start leaves the function with no active pool", async () => {
+    await using r = rig({}, { failStart: () => true });
+    await expect(r.pool.activate(spec("never"))).rejects.toThrow("did not start");
+    expect(r.pool.pool("never")).toBeUndefined();
+  });
+
+  test("activation starts one instance even with minWarm 0; restoring after a restart starts none", async () => {
+    await using r = rig();
+    await r.pool.activate(spec("one"));
+    expect(r.driver.started).toBe(1);
+    await r.pool.activate(spec("restored"), IDLE);
+    expect(r.driver.started).toBe(1);
+  });
+
+  test("a Lambda module gets the Lambda concurrency when the config set none; a fetch module keeps its own", async () => {
+    await using r = rig({}, { kindOf: (s) => (s.function === "lam" ? "lambda" : "fetch") });
+    expect(await r.pool.activate(spec("lam", { concurrency: 8, lambdaConcurrency: 1 }))).toEqual({ kind: "lambda", concurrency: 1 });
+    expect(r.pool.pool("lam")?.spec.concurrency).toBe(1);
+    expect(await r.pool.activate(spec("web", { concurrency: 8, lambdaConcurrency: 1 }))).toEqual({ kind: "fetch", concurrency: 8 });
+    // Four requests at once on a Lambda function: four instances, one event each.
+    const leases = await settle(acquireMany(r.pool, "lam", 4));
+    const ids = new Set(leases.map((x) => (x.status === "fulfilled" ? x.value.instance.id : "failed")));
+    expect(ids.size).toBe(4);
+    for (const x of leases) if (x.status === "fulfilled") x.value.release();
   });
 });

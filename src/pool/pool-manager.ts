@@ -13,7 +13,7 @@ import { ErrorCode, ForgeError } from "../errors.ts";
 import type { Driver, ExitInfo, InstanceHandle } from "./driver.ts";
 import { realClock, type Clock } from "./clock.ts";
 import { FunctionPool, type PoolHost, type PoolInstance } from "./function-pool.ts";
-import { specialize } from "./instance-client.ts";
+import { drain, health, specialize } from "./instance-client.ts";
 import { fixedKeepAlive, type KeepAlivePolicy } from "./keep-alive.ts";
 import type { Lease, PoolSnapshot, PoolSpec, StartCounts, StartKind } from "./types.ts";
 
@@ -40,6 +40,8 @@ export interface PoolManagerOptions {
   maxQueue?: number;
   /** Default 1.0. */
   targetUtilization?: number;
+  /** AWS_REGION of Lambda-style functions. Default us-east-1. */
+  region?: string;
   /** Reads a bundle to send to a cell (cached per version). Default Bun.file(path).text(). */
   readBundle?: (path: string) => Promise<string>;
 }
@@ -50,6 +52,25 @@ export interface PoolManagerOptions {
  * (measured on docker: p50 of a cell start 8-14 ms with the refill at once, ~4 ms after).
  */
 const CELL_REFILL_DELAY_MS = 25;
+
+/** How long a retired instance may go on with pending ctx.waitUntil work (Workers allows 30 s). */
+const WAIT_UNTIL_GRACE_MS = 30_000;
+
+/** What activating a version found out. */
+export interface Activation {
+  /** How the module is called (null for runtime "docker"). */
+  kind: "fetch" | "lambda" | null;
+  /** Requests one instance serves at once, as the version now runs. */
+  concurrency: number;
+}
+
+function loadFailed(spec: PoolSpec, err: unknown): ForgeError {
+  const why = err instanceof Error ? err.message : String(err);
+  return new ForgeError(ErrorCode.LoadFailed, 400, `${spec.function} v${spec.version} did not start: ${why}`, {
+    hint: spec.runtime === "docker" ? "the container must serve HTTP on $PORT; see the lines above" : "fix the error above (run the module locally to check) and deploy again",
+    cause: err,
+  });
+}
 
 interface Cell {
   handle: InstanceHandle;
@@ -69,6 +90,7 @@ export class PoolManager implements PoolHost, AsyncDisposable {
   private readonly budgetMb: number;
   private readonly runtimeImage: string | undefined;
   private readonly readBundle: (path: string) => Promise<string>;
+  private readonly region: string;
   private readonly sweepEveryMs: number;
 
   /** Active pool per function. */
@@ -100,6 +122,7 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     this.maxQueue = options.maxQueue ?? 1000;
     this.targetUtilization = options.targetUtilization ?? 1.0;
     this.readBundle = options.readBundle ?? ((p) => Bun.file(p).text());
+    this.region = options.region ?? "us-east-1";
   }
 
   /** Starts the stem cells and the keep-alive sweep. */
@@ -127,20 +150,38 @@ export class PoolManager implements PoolHost, AsyncDisposable {
 
   /**
    * Makes a version the active one with no failed request: the new pool is warmed (as many
-   * instances as the old one had ready, at least minWarm) before traffic moves, then the
-   * old pool drains its in-flight and queued requests and stops.
+   * instances as the old one had ready, at least minWarm, and at least one unless `verify`
+   * is false) before traffic moves, then the old pool drains its in-flight and queued
+   * requests and stops. When no instance of the new version starts, nothing moves: the
+   * error (LoadFailed) carries why, and the old pool goes on serving.
    */
-  async activate(spec: PoolSpec): Promise<void> {
+  async activate(spec: PoolSpec, options: { verify?: boolean } = {}): Promise<Activation> {
     this.assertLive();
     const old = this.active.get(spec.function);
     const next = new FunctionPool(spec, this);
-    const warmCount = Math.max(spec.minWarm, old ? Math.min(old.readyCount, spec.maxInstances) : 0);
-    await next.warm(warmCount);
+    // At least one when verifying: a version serves only once an instance of it has loaded
+    // the module. Restoring versions that already served after a restart starts none.
+    const verify = options.verify ?? true;
+    const warmCount = Math.max(verify ? 1 : 0, spec.minWarm, old ? Math.min(old.readyCount, spec.maxInstances) : 0);
+    try {
+      await next.warm(warmCount);
+    } catch (err) {
+      next.close(new ForgeError(ErrorCode.LoadFailed, 400, `${spec.function} v${spec.version} did not load`));
+      throw loadFailed(spec, err);
+    }
+    const kind = await this.kindOf(next);
+    // A Lambda handler expects one event at a time per environment (module state is per event).
+    if (kind === "lambda" && spec.lambdaConcurrency !== undefined) next.spec = { ...next.spec, concurrency: spec.lambdaConcurrency };
+    if (this.disposed) {
+      next.close(new ForgeError(ErrorCode.Disposed, 503, "forge is shutting down"));
+      this.assertLive();
+    }
     this.active.set(spec.function, next);
     if (old) {
       this.draining.add(old);
       void old.drain().then(() => this.draining.delete(old));
     }
+    return { kind, concurrency: next.spec.concurrency };
   }
 
   /** Applies config that needs no new instances (concurrency, minWarm, maxInstances, timeoutMs). */
@@ -166,8 +207,8 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     return { ...pool.snapshot(), starts: { ...(this.starts.get(fn) ?? { warm: 0, cell: 0, cold: 0 }) } };
   }
 
-  stats(): { cells: number; cellsStarting: number; usedMb: number; budgetMb: number; pools: number } {
-    return { cells: this.cells.length, cellsStarting: this.cellsStarting, usedMb: this.usedMb, budgetMb: this.budgetMb, pools: this.active.size };
+  stats(): { cells: number; cellsStarting: number; stopping: number; usedMb: number; budgetMb: number; pools: number } {
+    return { cells: this.cells.length, cellsStarting: this.cellsStarting, stopping: this.stopping.size, usedMb: this.usedMb, budgetMb: this.budgetMb, pools: this.active.size };
   }
 
   /** The function and version an instance serves (by driver id); undefined for cells and unknown ids. */
@@ -183,6 +224,15 @@ export class PoolManager implements PoolHost, AsyncDisposable {
 
   startCounts(fn: string): StartCounts {
     return { ...(this.starts.get(fn) ?? { warm: 0, cell: 0, cold: 0 }) };
+  }
+
+  /**
+   * Stops a function's idle instances above minWarm now, as the keep-alive would once they
+   * have idled long enough (benchmarks measure first requests from zero this way, since a
+   * deploy leaves the instance it verified the version with).
+   */
+  retireIdle(fn: string): void {
+    this.active.get(fn)?.sweep(0);
   }
 
   /** Runs the keep-alive sweep now (the timer calls this; tests may too). */
@@ -232,12 +282,17 @@ export class PoolManager implements PoolHost, AsyncDisposable {
         this.usedMb = Math.max(0, this.usedMb - this.cellMemoryMb);
         this.owner.set(cell.handle.id, { pool, poolId: id });
         try {
-          const code = await this.bundle(spec.bundlePath);
+          // The version's folder goes into the cell's own folder; a bare bundle (benches, old versions) is sent as source.
+          const files = spec.artifactDir ? await this.driver.placeArtifact(cell.handle.id, spec.artifactDir) : { code: await this.bundle(spec.bundlePath) };
           await specialize(cell.handle.endpoint, cell.handle.controlToken, {
             function: spec.function,
             version: spec.version,
-            code,
+            ...files,
             env: spec.env,
+            timeoutMs: spec.timeoutMs,
+            memoryMb: spec.memoryMb,
+            region: this.region,
+            ...(spec.handler ? { handler: spec.handler } : {}),
           });
         } catch (err) {
           this.owner.delete(cell.handle.id);
@@ -262,6 +317,10 @@ export class PoolManager implements PoolHost, AsyncDisposable {
         function: spec.function,
         version: spec.version,
         ...(spec.bundlePath ? { bundlePath: spec.bundlePath } : {}),
+        ...(spec.artifactDir ? { artifactDir: spec.artifactDir } : {}),
+        ...(spec.handler ? { handler: spec.handler } : {}),
+        timeoutMs: spec.timeoutMs,
+        region: this.region,
         ...(spec.image ? { image: spec.image } : {}),
         ...(spec.networks?.length ? { networks: spec.networks } : {}),
         env: spec.env,
@@ -293,12 +352,20 @@ export class PoolManager implements PoolHost, AsyncDisposable {
 
   private readonly stopping = new Set<Promise<void>>();
 
-  stopInstance(id: string): void {
-    this.owner.delete(id);
-    const p = this.driver
-      .stop(id)
+  stopInstance(id: string, handle?: InstanceHandle): void {
+    // A retired instance first finishes its ctx.waitUntil work (bounded), as Workers does;
+    // a failed one, or one of a forge shutting down, is stopped at once. Its owner is kept
+    // until then, so what it logs meanwhile is still its function's.
+    const graceful = handle?.spec.runtime === "bun" && !this.disposed;
+    if (!graceful) this.owner.delete(id);
+    const settled = graceful ? drain(handle, WAIT_UNTIL_GRACE_MS) : Promise.resolve();
+    const p = settled
+      .then(() => this.driver.stop(id))
       .catch((err: unknown) => this.logger.warn(`could not stop instance ${id}:`, err))
-      .finally(() => this.stopping.delete(p));
+      .finally(() => {
+        this.stopping.delete(p);
+        if (graceful) this.owner.delete(id);
+      });
     this.stopping.add(p);
   }
 
@@ -313,6 +380,17 @@ export class PoolManager implements PoolHost, AsyncDisposable {
   }
 
   // --- internal ---
+
+  /** How the version's module is called, asked of one of its ready instances (null: not a shim, or no answer). */
+  private async kindOf(pool: FunctionPool): Promise<"fetch" | "lambda" | null> {
+    const handle = pool.readyHandle();
+    if (!handle || pool.spec.runtime !== "bun") return null;
+    try {
+      return (await health(handle, handle.controlToken, AbortSignal.timeout(5_000))).kind ?? null;
+    } catch {
+      return null;
+    }
+  }
 
   private onExit(info: ExitInfo): void {
     const cellIndex = this.cells.findIndex((c) => c.handle.id === info.id);

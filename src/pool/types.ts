@@ -9,14 +9,20 @@ export interface PoolSpec {
   runtime: "bun" | "docker";
   /** Requests one instance serves at once. */
   concurrency: number;
+  /** Concurrency instead when the module turns out to be a Lambda handler (the config set none). */
+  lambdaConcurrency?: number;
   minWarm: number;
   maxInstances: number;
   memoryMb: number;
   timeoutMs: number;
   /** The function's environment, database bindings included. */
   env: Record<string, string>;
-  /** Bun runtime: path of the bundled entry module. */
+  /** Bun runtime: path of the bundled entry module (inside artifactDir when there is one). */
   bundlePath?: string;
+  /** Bun runtime: the version's folder (the function's files and the bundle as BUNDLE_FILE). */
+  artifactDir?: string;
+  /** The export called as a Lambda handler (forge.json `handler`, the part after the dot). */
+  handler?: string;
   /** Image of this version (docker driver; runtime "docker" always). */
   image?: string;
   /** Networks the instances join (docker driver: bound databases); none means no network at all. */

@@ -214,7 +214,7 @@ export function createRouter(o: RouterOptions): ForgeApp {
   v1.get("/functions/:name/versions", (c) => {
     const versions = o.functions.versions(c.req.param("name"));
     return c.json({
-      versions: versions.map((v) => ({ version: v.version, active: v.active, digest: v.digest, image: v.image, createdAt: v.createdAt, config: v.config })),
+      versions: versions.map((v) => ({ version: v.version, active: v.active, digest: v.digest, image: v.image, status: v.status, error: v.error, createdAt: v.createdAt, config: v.config })),
     });
   });
 
@@ -245,7 +245,7 @@ export function createRouter(o: RouterOptions): ForgeApp {
       const { id } = await o.invokeAsync(name, { body, contentType: req.headers.get("content-type"), path: "/" + url.search });
       return c.json({ id, status: "queued" }, 202, { location: `/v1/invocations/${id}` });
     }
-    return dataPlane.invoke(name, req, { path: "/" + url.search, dropHeaders: ["authorization"] });
+    return dataPlane.invoke(name, req, { path: "/" + url.search, dropHeaders: ["authorization"], control: "invoke" });
   });
 
   o.extend?.(v1);

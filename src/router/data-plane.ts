@@ -6,7 +6,7 @@
 import type { ConsolaInstance } from "consola";
 import { ErrorCode, ForgeError, isForgeError } from "../errors.ts";
 import type { InvocationRecorder } from "../functions/index.ts";
-import { Abort, UpstreamPool, type Lease, type PoolManager, type UpstreamReply } from "../pool/index.ts";
+import { Abort, CONTROL_HEADER, CONTROL_INVOKE, CONTROL_SCHEDULED, UpstreamPool, type Lease, type PoolManager, type UpstreamReply } from "../pool/index.ts";
 import type { InvocationRecord } from "../store/index.ts";
 import { tooLarge } from "./_body.ts";
 
@@ -26,24 +26,29 @@ export interface InvokeOptions {
   kind?: InvocationRecord["kind"];
   /** Headers not to pass on (the control API's Authorization). */
   dropHeaders?: readonly string[];
+  /**
+   * An invocation rather than an HTTP request (forge invoke, async, cron): the body is a
+   * payload the shim hands a Lambda handler as its event (a Workers module's `scheduled`
+   * gets the cron tick). Sent on the instance's control route, with its token.
+   */
+  control?: "invoke" | "scheduled";
+  /** The request id, from forge's own callers (async attempts); clients never choose it. */
+  requestId?: string;
 }
 
 /** Bodies up to this size with a known length are read whole rather than streamed. */
 const BUFFER_LIMIT = 256 * 1024;
 
-const REQUEST_ID = /^[A-Za-z0-9._:-]{8,128}$/;
 let counter = 0;
 // Unique across restarts: the process's start time and a random part, then a counter.
 const prefix = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}-`;
 
-/** A request id: the client's when it sent a valid one, else a new one. */
-export function requestIdOf(req: Request): string {
-  return requestIdFrom(req.headers.get("x-forge-request-id"));
-}
-
-/** The id a request goes by, from the x-forge-request-id it came with (if any). */
-export function requestIdFrom(given: string | null | undefined): string {
-  if (given && REQUEST_ID.test(given)) return given;
+/**
+ * A new request id. Always forge's own, never a client's x-forge-request-id: the id keys
+ * the invocation record and is the function's awsRequestId, which Lambda code takes to be
+ * unique (idempotency keys, log correlation), so two clients sending one id must not share it.
+ */
+export function newRequestId(): string {
   return prefix + (counter++).toString(36);
 }
 
@@ -155,7 +160,7 @@ export class DataPlane {
   async invoke(name: string, req: Request, options: InvokeOptions): Promise<Response> {
     const started = performance.now();
     const createdAt = Date.now();
-    const requestId = requestIdOf(req);
+    const requestId = options.requestId ?? newRequestId();
     const pool = this.o.pool.pool(name);
     if (!pool) throw functionNotFound(name);
     const max = this.o.maxBodyBytes;
@@ -188,9 +193,16 @@ export class DataPlane {
     const kind = options.kind ?? "sync";
 
     const socketPath = lease.instance.endpoint.socketPath;
+    let path = options.path;
+    if (options.control) {
+      path = (options.control === "invoke" ? CONTROL_INVOKE : CONTROL_SCHEDULED) + (path.startsWith("/") ? path : "/" + path);
+      headers.set(CONTROL_HEADER, lease.instance.controlToken);
+    } else if (headers.has(CONTROL_HEADER)) {
+      headers.delete(CONTROL_HEADER); // a client's guess never reaches the shim's control routes
+    }
     let upstream: UpstreamReply;
     try {
-      upstream = await this.upstream.send(socketPath, { method, path: options.path, headers, body, signal });
+      upstream = await this.upstream.send(socketPath, { method, path, headers, body, signal });
     } catch (err) {
       deadline.done();
       const timedOut = signal.aborted;

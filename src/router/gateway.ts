@@ -23,7 +23,7 @@ import type { InvocationRecorder } from "../functions/index.ts";
 import type { FunctionPool, Lease, PoolManager } from "../pool/index.ts";
 import { tooLarge } from "./_body.ts";
 import { functionOfHost, toForgeError } from "./app.ts";
-import { functionNotFound, functionTimedOut, instanceFailed, recordLeased, recordUnleased, requestIdFrom } from "./data-plane.ts";
+import { functionNotFound, functionTimedOut, instanceFailed, recordLeased, recordUnleased, newRequestId } from "./data-plane.ts";
 
 export interface GatewayOptions {
   pool: PoolManager;
@@ -152,7 +152,7 @@ const REQUEST_HEAD = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+ \/[!-~]* HTTP\/1\.1(?:\r\n[!#
  * head (no lowercase copy): routing and framing, what sends a request to Bun.serve instead
  * (transfer codings, protocol changes), and what is not passed on (hop-by-hop, forge's id).
  */
-const REQUEST_SPECIAL = /\r\n(host|content-length|transfer-encoding|upgrade|expect|http2-settings|connection|keep-alive|proxy-connection|te|x-forge-request-id):[ \t]*([^\r]*)/gi;
+const REQUEST_SPECIAL = /\r\n(host|content-length|transfer-encoding|upgrade|expect|http2-settings|connection|keep-alive|proxy-connection|te|x-forge-request-id|x-forge-control):[ \t]*([^\r]*)/gi;
 /** The response headers the gateway looks at: framing, and what is not passed on. */
 const RESPONSE_SPECIAL = /\r\n(content-length|transfer-encoding|connection|keep-alive|proxy-connection|x-forge-request-id|x-forge-start):[ \t]*([^\r]*)/gi;
 
@@ -169,7 +169,6 @@ export function parseRequest(head: string, suffix: string, seen: Map<string, str
   let host: string | undefined;
   let length = -1;
   let close = false;
-  let given: string | undefined;
   // Lines not passed on, as [start, end) ranges (rarely any).
   let cut: number[] | undefined;
   REQUEST_SPECIAL.lastIndex = 0;
@@ -192,8 +191,8 @@ export function parseRequest(head: string, suffix: string, seen: Map<string, str
         (cut ??= []).push(m.index, m.index + m[0].length);
         break;
       }
-      case "x-forge-request-id":
-        given = value;
+      case "x-forge-request-id": // forge's own id replaces it
+      case "x-forge-control": // the shim's control routes are forge's alone
         (cut ??= []).push(m.index, m.index + m[0].length);
         break;
       case "keep-alive":
@@ -209,7 +208,7 @@ export function parseRequest(head: string, suffix: string, seen: Map<string, str
   const name = functionOf(host, suffix, seen);
   if (name === undefined) return undefined;
   const method = head.slice(0, head.indexOf(" "));
-  const requestId = requestIdFrom(given);
+  const requestId = newRequestId(); // a client's id is cut above, never used (see newRequestId)
   let out = (cut ? cutRanges(head, cut) : head) + "\r\nx-forge-request-id: " + requestId + "\r\n";
   if (length < 0 && (method === "POST" || method === "PUT" || method === "PATCH")) out += "content-length: 0\r\n";
   out += "\r\n";
@@ -1079,7 +1078,7 @@ class Client {
           hint: "the server log says why; restarting forge recreates its socket (<data dir>/api.sock)",
         });
         this.tunnel = undefined;
-        this.write(errorBytes(e, requestIdFrom(undefined), true, false));
+        this.write(errorBytes(e, newRequestId(), true, false));
         this.closing = true;
         if (!this.out.pending) this.end();
       },

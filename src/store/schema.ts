@@ -8,7 +8,7 @@
  */
 import { blob, foreignKey, index, integer, primaryKey, sqliteTable, text } from "drizzle-orm/sqlite-core";
 import type { FunctionConfig } from "../build/function-config.ts";
-import type { InvocationRecord, ScheduleRecord, StartKind } from "./types.ts";
+import type { InvocationRecord, ScheduleRecord, StartKind, VersionStatus } from "./types.ts";
 
 export const functions = sqliteTable(
   "functions",
@@ -34,6 +34,10 @@ export const versions = sqliteTable(
     artifact: text("artifact").notNull(),
     image: text("image"),
     active: integer("active", { mode: "boolean" }).notNull().default(false),
+    /** ready: it loaded and may serve; failed: no instance of it loaded (kept to show why); starting: being verified. */
+    status: text("status").$type<VersionStatus>().notNull().default("ready"),
+    /** Why it failed, for `forge versions`. */
+    error: text("error"),
     createdAt: integer("created_at").notNull(),
   },
   (t) => [

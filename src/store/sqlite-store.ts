@@ -179,6 +179,8 @@ function versionRepo(live: Live): VersionRepo {
             artifact: v.artifact,
             image: v.image,
             active: false,
+            status: "starting",
+            error: null,
             createdAt: Date.now(),
           };
           tx.insert(versions).values(record).run();
@@ -231,6 +233,13 @@ function versionRepo(live: Live): VersionRepo {
       live()
         .update(versions)
         .set({ image })
+        .where(and(eq(versions.function, fn), eq(versions.version, version)))
+        .run();
+    },
+    settle(fn, version, outcome) {
+      live()
+        .update(versions)
+        .set(outcome.status === "ready" ? { status: "ready", error: null, ...(outcome.config ? { config: outcome.config } : {}) } : { status: "failed", error: outcome.error })
         .where(and(eq(versions.function, fn), eq(versions.version, version)))
         .run();
     },

@@ -29,8 +29,14 @@ export interface VersionRecord {
   /** Image built for this version (docker driver), else null. */
   image: string | null;
   active: boolean;
+  /** starting while its first instance is verified; ready once one loaded; failed when none could. */
+  status: VersionStatus;
+  /** Why it failed (the module's error and first stack frames); null otherwise. */
+  error: string | null;
   createdAt: number;
 }
+
+export type VersionStatus = "starting" | "ready" | "failed";
 
 export interface NewVersion {
   digest: string;
@@ -83,8 +89,10 @@ export interface VersionRepo {
   activate(fn: string, version: number): VersionRecord;
   /** Records the image built for a version (set once, before it becomes active). */
   setImage(fn: string, version: number, image: string): void;
-  /** Removes a version that never became active (a failed deploy). */
+  /** Removes a version that never became active (a failed build, before any instance ran it). */
   discard(fn: string, version: number): void;
+  /** Settles a starting version: ready (with the config it runs with), or failed with why. */
+  settle(fn: string, version: number, outcome: { status: "ready"; config?: FunctionConfig } | { status: "failed"; error: string }): void;
 }
 
 export interface InvocationQuery {

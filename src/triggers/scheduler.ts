@@ -278,6 +278,7 @@ function tickRequest(record: ScheduleRecord, tick: number): Request {
     "user-agent": "forge-scheduler",
     "x-forge-schedule-id": record.id,
     "x-forge-schedule-tick": new Date(tick).toISOString(),
+    "x-forge-schedule-cron": record.cron,
   };
   if (record.payload !== null) headers["content-type"] = "application/json";
   return new Request("http://forge/", { method: "POST", headers, ...(record.payload !== null ? { body: record.payload } : {}) });

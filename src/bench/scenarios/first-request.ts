@@ -1,6 +1,7 @@
 /**
- * First requests of just-deployed functions (minWarm 0, so nothing runs before the
- * request): a true cold start when no stem cell is ready, a cell start when one is. Each
+ * First requests of functions with no instance (minWarm 0, the instance that verified the
+ * deploy retired, as after the keep-alive): a true cold start when no stem cell is ready, a
+ * cell start when one is. Each
  * sample is a new function; the gateway's x-forge-start header says which kind it was, so
  * a sample is never filed under the wrong scenario (a running forge may have cells or not).
  */
@@ -27,8 +28,13 @@ export async function firstRequests(ctx: SuiteContext, target: BenchTarget, want
     const fn = await deployFunction(target, name, { minWarm: 0 });
     try {
       const pool = target.pool;
+      // A deploy keeps the instance it verified the version with (its first request is
+      // warm): from zero again, as after the keep-alive, to time a first request.
+      pool?.retireIdle(name);
       // A ready cell and no refill under way: the first request of a function on an idle forge.
       if (want === "cell" && pool) await waitFor(() => pool.stats().cells > 0 && pool.stats().cellsStarting === 0, "a ready stem cell");
+      // ...and the retired instance gone, so its stop does not compete for the CPU.
+      if (pool) await waitFor(() => pool.stats().stopping === 0, "the retired instance stopped");
       const r = await timedRequest(target, fn.host);
       if (r.status !== 200) {
         errors++;
