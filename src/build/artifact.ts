@@ -7,6 +7,9 @@
 import { chmod, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 
+/** Name of the bundle at the root of a version's folder (and of an instance's copy of it). */
+export const BUNDLE_FILE = ".forge-bundle.mjs";
+
 /** Names never part of an artifact, at its root: version control and forge's own state. */
 const DROPPED = [".git", ".forge"] as const;
 

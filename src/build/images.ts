@@ -15,7 +15,7 @@ import tar from "tar-stream";
 import type { Header } from "tar-stream";
 import { ErrorCode, ForgeError } from "../errors.ts";
 // the one constant of the pool's contract that builds need (driver.ts imports nothing: no cycle)
-import { BUNDLE_FILE } from "../pool/driver.ts";
+import { BUNDLE_FILE } from "./artifact.ts";
 
 /** Where a bun function's folder sits inside its version image, as Lambda's LAMBDA_TASK_ROOT. */
 export const IMAGE_TASK_ROOT = "/var/task";

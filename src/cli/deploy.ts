@@ -2,9 +2,9 @@ import { defineCommand } from "citty";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, join, resolve } from "node:path";
-import { bundleEntry, findEntry, nativePackages, packageClosure, packDir, parseConfigInput, type FunctionConfigInput } from "../build/index.ts";
+// Not ../pool: the CLI would load dockerode and the drivers (~150 ms of start-up) for one constant.
+import { BUNDLE_FILE, bundleEntry, findEntry, nativePackages, packageClosure, packDir, parseConfigInput, type FunctionConfigInput } from "../build/index.ts";
 import { assertName, ErrorCode, ForgeError } from "../errors.ts";
-import { BUNDLE_FILE } from "../pool/index.ts";
 import { client, intArg, jsonArg, many, output, ui } from "./_shared.ts";
 
 /** Every value of a repeatable flag: citty keeps only the last of `--env A=1 --env B=2`. */

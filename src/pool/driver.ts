@@ -134,8 +134,8 @@ export const CONTROL_INVOKE = "/__forge/invoke";
 export const CONTROL_SCHEDULED = "/__forge/scheduled";
 /** `POST /__forge/drain`: answers once the instance's pending ctx.waitUntil work has settled (bounded). */
 export const CONTROL_DRAIN = "/__forge/drain";
-/** Name of the bundle at the root of a version's folder (and of the instance's copy). */
-export const BUNDLE_FILE = ".forge-bundle.mjs";
+/** Name of the bundle at the root of a version's folder (and of the instance's copy); the artifact's layout is build's. */
+export { BUNDLE_FILE } from "../build/artifact.ts";
 
 /** Body of a specialize call: what turns a stem cell into a function's instance. */
 export interface SpecializeRequest {
