@@ -217,7 +217,7 @@ export class FunctionService {
     try {
       onProgress({ step: 1, of: 3, phase: "packaging", message: `unpacking ${archive.byteLength} bytes` });
       const unpacked = await safeUnpack(archive, src, this.o.limits);
-      const { config, concurrencySet } = await this.readConfig(name, src, flags);
+      const { config, fromFile } = await this.readConfig(name, src, flags);
 
       onProgress({ step: 2, of: 3, phase: "building", message: `${unpacked.files} files, runtime ${config.runtime}` });
       let artifact: string;
@@ -229,10 +229,8 @@ export class FunctionService {
         const bundleFile = join(src, BUNDLE_FILE);
         const external = await nativePackages(src);
         if (!existsSync(bundleFile)) {
-          const forgeJson = Bun.file(join(src, "forge.json"));
-          // as written (readConfig checked it): a defaulted entry must not hide package.json main or handler
-          const declared = (await forgeJson.exists()) ? parseConfigInput(await forgeJson.json()) : {};
-          const entry = await findEntry(src, { ...(declared.entry ? { entry: declared.entry } : {}), ...(declared.handler ? { handler: declared.handler } : {}) });
+          // forge.json as written: a defaulted entry must not hide package.json main or handler
+          const entry = await findEntry(src, { ...(fromFile.entry ? { entry: fromFile.entry } : {}), ...(fromFile.handler ? { handler: fromFile.handler } : {}) });
           // built beside the folder (the untrusted build's working folder must not lie in it), then moved in
           await bundleEntry(src, entry, join(work, BUNDLE_FILE), { external });
           renameSync(join(work, BUNDLE_FILE), bundleFile);
@@ -280,9 +278,11 @@ export class FunctionService {
       if (image) this.o.store.versions.setImage(name, version.version, image);
       onProgress({ step: 3, of: 3, phase: "starting", message: `version ${version.version}` });
       const spec = await this.poolSpec({ ...version, image }, config);
+      // A Lambda handler gets one event at a time, unless forge.json or a flag says otherwise.
+      const concurrencySet = fromFile.concurrency !== undefined || flags.concurrency !== undefined;
       const running = await this.activateVerified(name, version.version, concurrencySet ? spec : { ...spec, lambdaConcurrency: 1 });
+      // The concurrency it runs with is the version's (and, once active, the function's).
       this.o.store.versions.settle(name, version.version, { status: "ready", config: { ...config, concurrency: running.concurrency } });
-      if (running.concurrency !== config.concurrency) this.o.store.functions.updateConfig(name, { ...config, concurrency: running.concurrency });
       this.o.store.versions.activate(name, version.version);
       return { name, version: version.version, url: this.o.urlOf(name), image, digest, kind: running.kind, concurrency: running.concurrency };
     } finally {
@@ -290,10 +290,10 @@ export class FunctionService {
     }
   }
 
-  /** The config of a deploy, and whether it names a concurrency (else a Lambda handler gets 1). */
-  private async readConfig(name: string, src: string, flags: FunctionConfigInput): Promise<{ config: FunctionConfig; concurrencySet: boolean }> {
+  /** The config of a deploy, and forge.json's own fields (what it sets, not the defaults). */
+  private async readConfig(name: string, src: string, flags: FunctionConfigInput): Promise<{ config: FunctionConfig; fromFile: FunctionConfigInput }> {
     const file = Bun.file(join(src, "forge.json"));
-    let fromFile = {};
+    let fromFile: FunctionConfigInput = {};
     if (await file.exists()) {
       let raw: unknown;
       try {
@@ -307,7 +307,7 @@ export class FunctionService {
     }
     const config = resolveConfig(name, fromFile, flags);
     this.o.store.functions.ensure(name, config);
-    return { config, concurrencySet: (fromFile as FunctionConfigInput).concurrency !== undefined || flags.concurrency !== undefined };
+    return { config, fromFile };
   }
 
   /**
