@@ -30,6 +30,8 @@ export interface Config {
   stemCells: number;
   /** FORGE_MEMORY_BUDGET_MB: cap on the sum of instance memory. Default 4096. */
   memoryBudgetMb: number;
+  /** FORGE_START_TIMEOUT: longest an instance may take to start and load its module (a deploy fails past it). Default 30s. */
+  startTimeoutMs: number;
   /** FORGE_REGION: AWS_REGION (and AWS_DEFAULT_REGION) functions see, as on Lambda. Default us-east-1. */
   region: string;
   /** FORGE_KEEP_ALIVE: idle time before an instance is stopped. Default 10m. */
@@ -107,6 +109,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     apiKey: r.opt("FORGE_API_KEY"),
     stemCells: r.int("FORGE_STEM_CELLS", 2, 0, 64),
     memoryBudgetMb: r.int("FORGE_MEMORY_BUDGET_MB", 4096, 64, 1 << 24),
+    startTimeoutMs: r.duration("FORGE_START_TIMEOUT", 30_000),
     region: r.match("FORGE_REGION", "us-east-1", /^[a-z]{2,}(-[a-z0-9]+)+$/, "an AWS region name such as us-east-1 or eu-west-3"),
     keepAliveMs: r.duration("FORGE_KEEP_ALIVE", 10 * 60_000),
     queueTimeoutMs: r.duration("FORGE_QUEUE_TIMEOUT", 30_000),

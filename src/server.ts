@@ -61,6 +61,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
     stemCells: config.stemCells,
     memoryBudgetMb: config.memoryBudgetMb,
     region: config.region,
+    startTimeoutMs: config.startTimeoutMs,
     keepAlive: fixedKeepAlive(config.keepAliveMs),
     queueTimeoutMs: config.queueTimeoutMs,
     maxQueue: config.maxQueue,

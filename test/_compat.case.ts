@@ -37,7 +37,7 @@ export function compatSuite(driver: "process" | "docker", options: { dataDir?: s
   const deployed = new Set<string>();
 
   beforeAll(async () => {
-    forge = await startForge({ ...(options.dataDir ? { dataDir: options.dataDir } : {}), env: { FORGE_DRIVER: driver, FORGE_STEM_CELLS: "1" } });
+    forge = await startForge({ ...(options.dataDir ? { dataDir: options.dataDir } : {}), env: { FORGE_DRIVER: driver, FORGE_STEM_CELLS: "1", FORGE_START_TIMEOUT: "10s" } });
   });
   afterAll(async () => {
     if (!forge) return;
@@ -251,6 +251,33 @@ export function compatSuite(driver: "process" | "docker", options: { dataDir?: s
       expect(d.stdout + d.stderr).toContain("notAHandler");
       expect(d.stdout + d.stderr).toContain("no active version");
       expect((await forge.fn("c-nothing", "/")).status).toBe(404);
+    });
+
+    test("a module that never finishes loading fails its deploy after FORGE_START_TIMEOUT; the next deploy goes ahead", async () => {
+      const hung = await deploy("load-hangs", "c-hang");
+      expect(hung.code).toBe(1);
+      expect(hung.stdout + hung.stderr).toMatch(/not ready within|did not finish loading/);
+      const ok = await deployOk("itty", "c-hang");
+      expect(ok.stdout).toContain("version 2");
+      expect((await forge.fn("c-hang", "/items/3")).status).toBe(200);
+    }, 60_000);
+
+    test("a delete while a deploy verifies waits for it: afterwards nothing serves the function", async () => {
+      const deploying = deploy("slow-load", "c-race");
+      await until(async () => {
+        const r = await forge.api("/v1/functions/c-race/versions");
+        return r.ok && ((await r.json()) as { versions: { status: string }[] }).versions.some((v) => v.status === "starting");
+      }, 15_000, "the version being verified");
+      const del = await forge.api("/v1/functions/c-race", { method: "DELETE" });
+      expect((await deploying).code).toBe(0);
+      expect(del.status).toBe(200);
+      expect((await forge.fn("c-race", "/")).status).toBe(404);
+    });
+
+    test("an error answered before the function carries forge's request id, never the client's", async () => {
+      const r = await fetch(`${forge.url}/fn/c-nowhere/x`, { headers: { "x-forge-request-id": "client-chosen-id-123" } });
+      expect(r.status).toBe(404);
+      expect(r.headers.get("x-forge-request-id")).not.toBe("client-chosen-id-123");
     });
 
     test("an uncaught exception from one request's timer fails at most that request; the instance and the others go on", async () => {

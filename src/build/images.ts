@@ -216,6 +216,8 @@ export interface FunctionImageBuilder {
   buildBundleImage(fn: string, version: number, artifactDir: string, onLog: (line: string) => void): Promise<string>;
   buildDockerfileImage(fn: string, version: number, contextDir: string, onLog: (line: string) => void): Promise<string>;
   removeImages(fn: string): Promise<void>;
+  /** Removes the image of one version (a version that failed to load keeps no image). */
+  removeImage(fn: string, version: number): Promise<void>;
 }
 
 /**
@@ -297,6 +299,16 @@ export function createImageBuilder(options: ImageBuilderOptions): FunctionImageB
         }
         if (tags.length === (image.RepoTags ?? []).length) void reap(image.Id);
       }
+    },
+    async removeImage(fn, version) {
+      const tag = functionImageName(fn, version);
+      // As in removeImages: force, and the parents kept for builds that share them.
+      await docker
+        .getImage(tag)
+        .remove({ force: true, noprune: true })
+        .catch((err: unknown) => {
+          if ((err as { statusCode?: number }).statusCode !== 404) logger.warn(`could not remove ${tag}:`, err);
+        });
     },
   };
 

@@ -4,7 +4,7 @@
  * nothing of HTTP.
  */
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, renameSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { join, relative, resolve } from "node:path";
 import type { ConsolaInstance } from "consola";
 import {
@@ -48,6 +48,8 @@ export interface DeployResult {
 export interface ImageBuilder {
   /** Image of a bun function: the runtime image plus the version's folder (the bundle at its root). */
   buildBundleImage(fn: string, version: number, artifactDir: string, onLog: (line: string) => void): Promise<string>;
+  /** Removes the image of one version. */
+  removeImage(fn: string, version: number): Promise<void>;
   /** Image of a runtime "docker" function from its own Dockerfile. */
   buildDockerfileImage(fn: string, version: number, contextDir: string, onLog: (line: string) => void): Promise<string>;
   removeImages(fn: string): Promise<void>;
@@ -73,7 +75,7 @@ export interface FunctionServiceOptions {
 }
 
 export class FunctionService {
-  private readonly deploying = new Map<string, Promise<unknown>>();
+  private readonly changing = new Map<string, Promise<unknown>>();
 
   constructor(private readonly o: FunctionServiceOptions) {}
 
@@ -106,19 +108,31 @@ export class FunctionService {
   async deploy(name: string, archive: Uint8Array, onProgress: (p: DeployProgress) => void = () => {}, overrides: unknown = {}): Promise<DeployResult> {
     assertName(name);
     const flags = parseConfigInput(overrides, "deploy flags");
-    // One deploy of a function at a time: versions switch in the order they were built.
-    const previous = this.deploying.get(name) ?? Promise.resolve();
-    const run = previous.catch(() => {}).then(() => this.deployNow(name, archive, onProgress, flags));
-    this.deploying.set(name, run);
-    try {
-      return await run;
-    } finally {
-      if (this.deploying.get(name) === run) this.deploying.delete(name);
-    }
+    return this.serially(name, () => this.deployNow(name, archive, onProgress, flags));
   }
 
   /** Switches to another version (default: the one before the active one). */
-  async rollback(name: string, to?: number): Promise<VersionRecord> {
+  rollback(name: string, to?: number): Promise<VersionRecord> {
+    return this.serially(name, () => this.rollbackNow(name, to));
+  }
+
+  /**
+   * Changes of one function run one at a time, in the order they came (deploy, rollback,
+   * PATCH, delete): each verifies and switches a version, and two interleaved would leave
+   * the store and the pool disagreeing on which one serves.
+   */
+  private async serially<T>(name: string, job: () => Promise<T>): Promise<T> {
+    const previous = this.changing.get(name) ?? Promise.resolve();
+    const run = previous.catch(() => {}).then(job);
+    this.changing.set(name, run);
+    try {
+      return await run;
+    } finally {
+      if (this.changing.get(name) === run) this.changing.delete(name);
+    }
+  }
+
+  private async rollbackNow(name: string, to?: number): Promise<VersionRecord> {
     const fn = this.get(name);
     const versions = this.o.store.versions.list(name);
     // By default the newest earlier version that loaded; --to may name a failed one (it is verified again).
@@ -134,13 +148,19 @@ export class FunctionService {
         hint: `known versions: ${versions.map((v) => v.version).join(", ")}`,
       });
     }
-    await this.activateVerified(name, target, await this.poolSpec(version, version.config));
+    const image = version.image ?? (await this.rebuildImage(version));
+    await this.activateVerified(name, target, await this.poolSpec({ ...version, image }, version.config));
+    if (image !== version.image) this.o.store.versions.setImage(name, target, image);
     if (version.status !== "ready") this.o.store.versions.settle(name, target, { status: "ready" });
     return this.o.store.versions.activate(name, target);
   }
 
   /** Changes config; env and memory need new instances (a zero-downtime switch), the rest applies live. */
-  async patch(name: string, body: unknown): Promise<FunctionRecord> {
+  patch(name: string, body: unknown): Promise<FunctionRecord> {
+    return this.serially(name, () => this.patchNow(name, body));
+  }
+
+  private async patchNow(name: string, body: unknown): Promise<FunctionRecord> {
     const fn = this.get(name);
     const input = parseConfigInput(body, "PATCH body");
     for (const key of Object.keys(input)) {
@@ -177,7 +197,11 @@ export class FunctionService {
     return updated;
   }
 
-  async delete(name: string): Promise<void> {
+  delete(name: string): Promise<void> {
+    return this.serially(name, () => this.deleteNow(name));
+  }
+
+  private async deleteNow(name: string): Promise<void> {
     if (!this.o.store.functions.get(name)) this.get(name); // one whose deploys all failed can be deleted too
     await this.o.pool.remove(name);
     this.o.store.schedules.deleteForFunction(name);
@@ -196,6 +220,12 @@ export class FunctionService {
 
   /** Re-creates the pools of active versions after a restart (no instance starts unless minWarm asks). */
   async restore(): Promise<void> {
+    // Versions being verified when forge stopped never finished: they did not load here.
+    for (const fn of this.o.store.functions.list()) {
+      for (const v of this.o.store.versions.list(fn.name)) {
+        if (v.status === "starting") this.o.store.versions.settle(fn.name, v.version, { status: "failed", error: "forge stopped while it was verifying this version; deploy it again" });
+      }
+    }
     for (const fn of this.list()) {
       const version = fn.activeVersion === null ? undefined : this.o.store.versions.get(fn.name, fn.activeVersion);
       if (!version) continue;
@@ -280,7 +310,7 @@ export class FunctionService {
       const spec = await this.poolSpec({ ...version, image }, config);
       // A Lambda handler gets one event at a time, unless forge.json or a flag says otherwise.
       const concurrencySet = fromFile.concurrency !== undefined || flags.concurrency !== undefined;
-      const running = await this.activateVerified(name, version.version, concurrencySet ? spec : { ...spec, lambdaConcurrency: 1 });
+      const running = await this.activateVerified(name, version.version, concurrencySet ? spec : { ...spec, lambdaConcurrency: 1 }, true);
       // The concurrency it runs with is the version's (and, once active, the function's).
       this.o.store.versions.settle(name, version.version, { status: "ready", config: { ...config, concurrency: running.concurrency } });
       this.o.store.versions.activate(name, version.version);
@@ -310,17 +340,36 @@ export class FunctionService {
     return { config, fromFile };
   }
 
+  /** The image of a version that has none (it failed once and lost it), on the docker driver. */
+  private async rebuildImage(version: VersionRecord): Promise<string | null> {
+    if (!this.o.images) return null;
+    const dir = resolve(this.o.dataDir, version.artifact);
+    if (version.config.runtime === "docker") return this.o.images.buildDockerfileImage(version.function, version.version, dir, () => {});
+    // A single-file artifact is a version from before whole-folder artifacts: it ran without an image.
+    return statSync(dir).isDirectory() ? this.o.images.buildBundleImage(version.function, version.version, dir, () => {}) : null;
+  }
+
   /**
    * Activates a version once one of its instances loaded it. When none does, the version is
    * kept as failed (with why, for `forge versions`), the active one goes on serving, and the
    * error says both.
    */
-  private async activateVerified(name: string, version: number, spec: PoolSpec): Promise<Activation> {
+  private async activateVerified(name: string, version: number, spec: PoolSpec, fresh = false): Promise<Activation> {
     try {
       return await this.o.pool.activate(spec);
     } catch (err) {
+      if (!(isForgeError(err) && err.code === ErrorCode.LoadFailed)) {
+        // Never tried (no memory for an instance, forge stopping): a new version goes, as after a failed build.
+        if (fresh) this.o.store.versions.discard(name, version);
+        throw err;
+      }
       const why = err instanceof Error ? err.message : String(err);
       this.o.store.versions.settle(name, version, { status: "failed", error: why.slice(0, 8_000) });
+      // A failed version keeps no image (deploy after deploy would pile them up); a rollback to it builds it again.
+      if (spec.image && this.o.images) {
+        await this.o.images.removeImage(name, version);
+        this.o.store.versions.setImage(name, version, null);
+      }
       const active = this.o.store.functions.get(name)?.activeVersion ?? null;
       throw new ForgeError(ErrorCode.LoadFailed, isForgeError(err) && err.status < 500 ? err.status : 400, `${name} v${version} was not activated: ${why}`, {
         hint:

@@ -24,8 +24,12 @@ export interface PoolHost {
   /** Reserves memory for one more instance of the pool, evicting idle ones elsewhere; false if impossible. */
   reserveMemory(pool: FunctionPool, mb: number): boolean;
   releaseMemory(mb: number): void;
-  /** Stops an instance by its driver id (the handle's); with its handle, after its pending ctx.waitUntil work (a graceful retire). */
-  stopInstance(driverId: string, handle?: InstanceHandle): void;
+  /**
+   * Stops an instance by its driver id (the handle's). Graceful (with its handle and the
+   * memory it holds): after its pending ctx.waitUntil work, the memory released once it is
+   * gone, so a draining instance still counts against the budget.
+   */
+  stopInstance(driverId: string, graceful?: { handle: InstanceHandle; memoryMb: number }): void;
   newInstanceId(): string;
   countStart(fn: string, kind: StartKind): void;
   onIdle(fn: string, idleMs: number): void;
@@ -185,8 +189,8 @@ export class FunctionPool {
     if (target === 0 || this.readyCount > 0) return;
     const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
     if (failed) throw failed.reason;
-    throw new ForgeError(ErrorCode.QueueTimeout, 503, `no memory is left for an instance of ${this.function} (${this.spec.memoryMb} MiB)`, {
-      hint: "raise FORGE_MEMORY_BUDGET_MB, lower memoryMb, or delete functions you no longer need",
+    throw new ForgeError(ErrorCode.ServiceUnavailable, 503, `no memory is left for an instance of ${this.function} (${this.spec.memoryMb} MiB): instances in use fill FORGE_MEMORY_BUDGET_MB`, {
+      hint: "retry once traffic calms down, raise FORGE_MEMORY_BUDGET_MB, lower memoryMb, or delete functions you no longer need",
     });
   }
 
@@ -238,8 +242,9 @@ export class FunctionPool {
     return best;
   }
 
+  /** Stops an idle instance at once (no waitUntil grace): its memory is wanted now. */
   evict(inst: PoolInstance): void {
-    this.retire(inst);
+    this.retire(inst, false);
   }
 
   /** Stops taking requests; resolves when in-flight requests and queued ones are done, then stops all instances. */
@@ -380,9 +385,14 @@ export class FunctionPool {
     this.instances.delete(inst.id);
     this.inFlightTotal -= inst.inFlight;
     inst.inFlight = 0;
+    const handle = inst.handle;
+    if (!wasStarting && graceful && handle) {
+      this.host.stopInstance(handle.id, { handle, memoryMb: inst.memoryMb });
+      return;
+    }
     this.host.releaseMemory(inst.memoryMb);
     // A starting instance is stopped when its start resolves (see startOne).
-    if (!wasStarting) this.host.stopInstance(inst.handle?.id ?? inst.id, graceful ? inst.handle : undefined);
+    if (!wasStarting) this.host.stopInstance(handle?.id ?? inst.id);
   }
 
   private checkDrained(): void {

@@ -175,14 +175,14 @@ function pause(ms: number, signal: AbortSignal, wake: Wake): Promise<void> {
  * shim bounds it too). Resolves with what is still pending; an instance that cannot be
  * reached (it crashed, or is not a shim) counts as settled.
  */
-export async function drain(target: Target, maxMs: number): Promise<number> {
+export async function drain(target: Target, maxMs: number, signal?: AbortSignal): Promise<number> {
   const token = "controlToken" in target ? target.controlToken : "";
   try {
     const response = await fetch(`http://instance${CONTROL_DRAIN}`, {
       method: "POST",
       unix: endpointOf(target).socketPath,
       headers: { [CONTROL_HEADER]: token, "x-forge-drain-ms": String(maxMs) },
-      signal: AbortSignal.timeout(maxMs + 1_000),
+      signal: signal ? AbortSignal.any([signal, AbortSignal.timeout(maxMs + 1_000)]) : AbortSignal.timeout(maxMs + 1_000),
     });
     const body = (await response.json().catch(() => ({}))) as { pending?: unknown };
     return response.ok && typeof body.pending === "number" ? body.pending : 0;

@@ -348,4 +348,44 @@ describe("verified activation", () => {
     expect(ids.size).toBe(4);
     for (const x of leases) if (x.status === "fulfilled") x.value.release();
   });
+
+  test("no memory for the instance that would verify a version is a 503, not a failed load", async () => {
+    await using r = rig({ memoryBudgetMb: 128 });
+    await r.pool.activate(spec("busy"));
+    const held = await r.pool.acquire("busy");
+    const err = await r.pool.activate(spec("late")).catch((e: unknown) => e);
+    expect((err as ForgeError).code).toBe(ErrorCode.ServiceUnavailable);
+    expect((err as ForgeError).status).toBe(503);
+    held.release();
+  });
+
+  test("a retired instance's memory stays counted until it has stopped (its waitUntil work done)", async () => {
+    const gate = Promise.withResolvers<void>();
+    let draining = false;
+    const driver = createFakeDriver({
+      handler: async (request) => {
+        if (new URL(request.url).pathname !== "/__forge/drain") return new Response("ok");
+        draining = true;
+        await gate.promise;
+        return Response.json({ pending: 0 });
+      },
+    });
+    const pool = new PoolManager({ driver, logger: quiet, clock: new FakeClock(), stemCells: 0, memoryBudgetMb: 1_000, keepAlive: fixedKeepAlive(60_000) });
+    pool.start();
+    try {
+      await pool.activate(spec("w", { version: 1 }));
+      expect(pool.stats().usedMb).toBe(128);
+      await pool.activate(spec("w", { version: 2 }));
+      // v1's instance drains (its waitUntil work holds it): both count.
+      await until(() => draining, 5000, "the drain of v1's instance");
+      expect(pool.stats().usedMb).toBe(256);
+      expect(pool.stats().stopping).toBe(1);
+      gate.resolve();
+      await until(() => pool.stats().stopping === 0, 5000, "v1's instance stopped");
+      expect(pool.stats().usedMb).toBe(128);
+    } finally {
+      await pool.dispose();
+      await driver.dispose();
+    }
+  });
 });

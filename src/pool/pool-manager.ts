@@ -40,6 +40,8 @@ export interface PoolManagerOptions {
   maxQueue?: number;
   /** Default 1.0. */
   targetUtilization?: number;
+  /** Longest a stem cell may take to load a function's module, ms. Default 30000. */
+  startTimeoutMs?: number;
   /** AWS_REGION of Lambda-style functions. Default us-east-1. */
   region?: string;
   /** Reads a bundle to send to a cell (cached per version). Default Bun.file(path).text(). */
@@ -91,6 +93,7 @@ export class PoolManager implements PoolHost, AsyncDisposable {
   private readonly runtimeImage: string | undefined;
   private readonly readBundle: (path: string) => Promise<string>;
   private readonly region: string;
+  private readonly startTimeoutMs: number;
   private readonly sweepEveryMs: number;
 
   /** Active pool per function. */
@@ -123,6 +126,7 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     this.targetUtilization = options.targetUtilization ?? 1.0;
     this.readBundle = options.readBundle ?? ((p) => Bun.file(p).text());
     this.region = options.region ?? "us-east-1";
+    this.startTimeoutMs = options.startTimeoutMs ?? 30_000;
   }
 
   /** Starts the stem cells and the keep-alive sweep. */
@@ -167,6 +171,8 @@ export class PoolManager implements PoolHost, AsyncDisposable {
       await next.warm(warmCount);
     } catch (err) {
       next.close(new ForgeError(ErrorCode.LoadFailed, 400, `${spec.function} v${spec.version} did not load`));
+      // No room to try it (the memory budget is full) or forge is stopping: not the version's fault.
+      if (err instanceof ForgeError && (err.code === ErrorCode.ServiceUnavailable || err.code === ErrorCode.Disposed)) throw err;
       throw loadFailed(spec, err);
     }
     const kind = await this.kindOf(next);
@@ -250,6 +256,7 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     for (const pool of this.draining) pool.close(closing);
     this.active.clear();
     for (const cell of this.cells.splice(0)) this.stopInstance(cell.handle.id);
+    for (const d of this.drains) d.abort();
     await Promise.allSettled([...this.stopping]);
   }
 
@@ -284,15 +291,29 @@ export class PoolManager implements PoolHost, AsyncDisposable {
         try {
           // The version's folder goes into the cell's own folder; a bare bundle (benches, old versions) is sent as source.
           const files = spec.artifactDir ? await this.driver.placeArtifact(cell.handle.id, spec.artifactDir) : { code: await this.bundle(spec.bundlePath) };
-          await specialize(cell.handle.endpoint, cell.handle.controlToken, {
-            function: spec.function,
-            version: spec.version,
-            ...files,
-            env: spec.env,
-            timeoutMs: spec.timeoutMs,
-            memoryMb: spec.memoryMb,
-            region: this.region,
-            ...(spec.handler ? { handler: spec.handler } : {}),
+          // Bounded as a cold start is: a module that never finishes loading (a top-level
+          // await that never settles, a loop) must fail its start, not hang it.
+          const loading = AbortSignal.timeout(this.startTimeoutMs);
+          await specialize(
+            cell.handle.endpoint,
+            cell.handle.controlToken,
+            {
+              function: spec.function,
+              version: spec.version,
+              ...files,
+              env: spec.env,
+              timeoutMs: spec.timeoutMs,
+              memoryMb: spec.memoryMb,
+              region: this.region,
+              ...(spec.handler ? { handler: spec.handler } : {}),
+            },
+            loading,
+          ).catch((err: unknown) => {
+            if (!loading.aborted) throw err;
+            throw new ForgeError(ErrorCode.InstanceStartFailed, 502, `the module did not finish loading within ${this.startTimeoutMs} ms`, {
+              hint: "look for a top-level await that never settles or a loop at the top of the module",
+              cause: err,
+            });
           });
         } catch (err) {
           this.owner.delete(cell.handle.id);
@@ -351,20 +372,31 @@ export class PoolManager implements PoolHost, AsyncDisposable {
   }
 
   private readonly stopping = new Set<Promise<void>>();
+  /** Drains of retired instances under way; a shutdown cuts them short. */
+  private readonly drains = new Set<AbortController>();
 
-  stopInstance(id: string, handle?: InstanceHandle): void {
+  stopInstance(id: string, graceful?: { handle: InstanceHandle; memoryMb: number }): void {
     // A retired instance first finishes its ctx.waitUntil work (bounded), as Workers does;
     // a failed one, or one of a forge shutting down, is stopped at once. Its owner is kept
-    // until then, so what it logs meanwhile is still its function's.
-    const graceful = handle?.spec.runtime === "bun" && !this.disposed;
-    if (!graceful) this.owner.delete(id);
-    const settled = graceful ? drain(handle, WAIT_UNTIL_GRACE_MS) : Promise.resolve();
+    // until then, so what it logs meanwhile is still its function's, and its memory stays
+    // counted until it is gone.
+    const drainFirst = graceful !== undefined && graceful.handle.spec.runtime === "bun" && !this.disposed;
+    if (!drainFirst) this.owner.delete(id);
+    let settled: Promise<unknown> = Promise.resolve();
+    let abort: AbortController | undefined;
+    if (drainFirst) {
+      abort = new AbortController();
+      this.drains.add(abort);
+      settled = drain(graceful.handle, WAIT_UNTIL_GRACE_MS, abort.signal);
+    }
     const p = settled
       .then(() => this.driver.stop(id))
       .catch((err: unknown) => this.logger.warn(`could not stop instance ${id}:`, err))
       .finally(() => {
         this.stopping.delete(p);
-        if (graceful) this.owner.delete(id);
+        if (abort) this.drains.delete(abort);
+        if (drainFirst) this.owner.delete(id);
+        if (graceful) this.releaseMemory(graceful.memoryMb);
       });
     this.stopping.add(p);
   }

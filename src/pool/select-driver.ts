@@ -27,7 +27,7 @@ export interface SelectedDriver {
   dropUnclaimed(): Promise<void>;
 }
 
-export type SelectDriverConfig = Pick<Config, "driver" | "dockerHost" | "dataDir" | "runtimeImage">;
+export type SelectDriverConfig = Pick<Config, "driver" | "dockerHost" | "dataDir" | "runtimeImage"> & Partial<Pick<Config, "startTimeoutMs">>;
 
 /** A dockerode client for DOCKER_HOST (unix://, tcp://, http(s)://) or the default socket. */
 export function connectDocker(dockerHost?: string): Dockerode {
@@ -67,7 +67,7 @@ export async function pingDocker(docker: Dockerode, timeoutMs = 2_000): Promise<
 export async function selectDriver(config: SelectDriverConfig, logger: ConsolaInstance): Promise<SelectedDriver> {
   const where = config.dockerHost ?? DEFAULT_DOCKER_SOCKET;
   const processDriver = (reason: string): SelectedDriver => ({
-    driver: createProcessDriver({ dataDir: config.dataDir, logger }),
+    driver: createProcessDriver({ dataDir: config.dataDir, logger, ...(config.startTimeoutMs ? { startTimeoutMs: config.startTimeoutMs } : {}) }),
     reason,
     reconcile: async () => {},
     dropUnclaimed: async () => {},
@@ -100,6 +100,7 @@ export async function selectDriver(config: SelectDriverConfig, logger: ConsolaIn
     dataDir: config.dataDir,
     runtimeImage: config.runtimeImage,
     logger,
+    ...(config.startTimeoutMs ? { startTimeoutMs: config.startTimeoutMs } : {}),
   });
   return {
     driver,

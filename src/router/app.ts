@@ -255,6 +255,8 @@ export function createRouter(o: RouterOptions): ForgeApp {
   // Checked before Hono dispatches, since this is the hot path and needs no routing.
   const dispatch = app.fetch;
   app.fetch = (req, env, ctx) => {
+    // A client's request id is never forge's (see newRequestId): what answers carry is set below.
+    if (req.headers.has("x-forge-request-id")) req.headers.delete("x-forge-request-id");
     const host = req.headers.get("host");
     const name = host === null ? undefined : functionOfHost(host, hostSuffix);
     if (name === undefined) return dispatch(req, env, ctx);

@@ -161,6 +161,10 @@ export class DataPlane {
     const started = performance.now();
     const createdAt = Date.now();
     const requestId = options.requestId ?? newRequestId();
+    // The incoming request's own headers go on (Bun's are mutable; nobody reads them after),
+    // with forge's request id set at once, so an error answered above carries it too.
+    const headers = req.headers;
+    headers.set("x-forge-request-id", requestId);
     const pool = this.o.pool.pool(name);
     if (!pool) throw functionNotFound(name);
     const max = this.o.maxBodyBytes;
@@ -180,10 +184,6 @@ export class DataPlane {
       throw err;
     }
 
-    // The incoming request's own headers go on (Bun's are mutable; nobody reads them after),
-    // with the request id set: no copy on the hot path.
-    const headers = req.headers;
-    headers.set("x-forge-request-id", requestId);
     if (options.dropHeaders) for (const h of options.dropHeaders) headers.delete(h);
     const method = req.method;
     // Streamed (under the deadline, as a slow upload must be); content-length passed on when given.

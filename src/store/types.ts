@@ -88,7 +88,7 @@ export interface VersionRepo {
   /** Makes one version active (and only it) and sets the function's activeVersion and config. */
   activate(fn: string, version: number): VersionRecord;
   /** Records the image built for a version (set once, before it becomes active). */
-  setImage(fn: string, version: number, image: string): void;
+  setImage(fn: string, version: number, image: string | null): void;
   /** Removes a version that never became active (a failed build, before any instance ran it). */
   discard(fn: string, version: number): void;
   /** Settles a starting version: ready (with the config it runs with), or failed with why. */
