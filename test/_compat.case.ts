@@ -141,6 +141,24 @@ export function compatSuite(driver: "process" | "docker", options: { dataDir?: s
       expect(http.event.cookie.replace(/ /g, "")).toBe("a,b");
     });
 
+    test("async invocations and schedules hand the payload itself to a Lambda handler", async () => {
+      const queued = await forge.api("/v1/functions/c-context/invoke?async=1", { method: "POST", headers: { "content-type": "application/json" }, body: '{"async":true}' });
+      expect(queued.status).toBe(202);
+      const { id } = (await queued.json()) as { id: string };
+      const done = await until(async () => {
+        const r = (await (await forge.api(`/v1/invocations/${id}`)).json()) as { status: string; result: { body: string } | null };
+        return r.status === "succeeded" ? r : undefined;
+      }, 15_000, "the async invocation");
+      expect(JSON.parse((JSON.parse(done.result?.body ?? "{}") as { body: string }).body).event).toEqual({ async: true });
+      const s = await forge.api("/v1/functions/c-context/schedules", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ cron: "* * * * * *", data: { job: "nightly" } }) });
+      const { id: schedule } = (await s.json()) as { id: string };
+      try {
+        await until(async () => (await logs("c-context")).some((l) => l.text === 'event {"job":"nightly"}'), 15_000, "the tick's payload as the event");
+      } finally {
+        await forge.api(`/v1/schedules/${schedule}`, { method: "DELETE" });
+      }
+    });
+
     test("the context and env are Lambda's: timeout, names, memory, a unique awsRequestId never taken from the client", async () => {
       const r1 = await forge.fn("c-context", "/", { headers: { "x-forge-request-id": "client-chosen-id-1" } });
       const r2 = await forge.fn("c-context", "/", { headers: { "x-forge-request-id": "client-chosen-id-1" } });
