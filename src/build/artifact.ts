@@ -4,7 +4,7 @@
  * (native addons and what they depend on), and every file read-only. Instances get a copy
  * of it (hard links) they see as their working directory.
  */
-import { chmod, readdir, rm } from "node:fs/promises";
+import { chmod, lstat, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 
 /** Name of the bundle at the root of a version's folder (and of an instance's copy of it). */
@@ -15,24 +15,38 @@ const DROPPED = [".git", ".forge"] as const;
 
 /**
  * Makes an unpacked folder an artifact in place: drops .git and .forge, keeps of
- * node_modules only the folders in `keep` (relative paths, e.g. from packageClosure) and
- * the folders above them, and makes every file read-only (folders stay writable by forge,
- * so it can delete them; an instance's copy is a folder of its own).
+ * node_modules only the folders in `keep` (relative paths, or packageClosure's folders by
+ * their `path`) and the folders above them, and makes every file read-only (folders stay
+ * writable by forge, so it can delete them; an instance's copy is a folder of its own).
  */
-export async function sealArtifact(dir: string, keep: string[]): Promise<void> {
+export async function sealArtifact(dir: string, keep: readonly (string | { path: string })[]): Promise<void> {
   for (const name of DROPPED) await rm(join(dir, name), { recursive: true, force: true });
-  await prune(dir, "node_modules", new Set(keep));
+  await prune(dir, "node_modules", new Set(keep.map((k) => (typeof k === "string" ? k : k.path))));
   await readOnly(dir);
 }
 
-/** sha256 (hex) of a folder: every file's path and bytes, in path order. */
+/**
+ * sha256 (hex) of a folder: every file's path, mode and bytes, and every folder's path, in
+ * path order. Each entry is framed (its kind, the path's length, the content's length), so
+ * no two folders hash alike by moving bytes across entries: {a: "", b: "c"} and
+ * {a: "b\0c"} once did, and a second deploy reused the first's artifact folder.
+ */
 export async function digestFolder(dir: string): Promise<string> {
   const hasher = new Bun.CryptoHasher("sha256");
-  const files = [...new Bun.Glob("**/*").scanSync({ cwd: dir, dot: true, onlyFiles: true, followSymlinks: false })].sort();
-  for (const file of files) {
-    hasher.update(file);
-    hasher.update("\0");
-    hasher.update(await Bun.file(join(dir, file)).bytes());
+  const paths = [...new Bun.Glob("**/*").scanSync({ cwd: dir, dot: true, onlyFiles: false, followSymlinks: false })].sort();
+  for (const path of paths) {
+    const info = await lstat(join(dir, path));
+    const name = new TextEncoder().encode(path);
+    if (info.isDirectory()) {
+      hasher.update(entryHeader("d", name.byteLength, 0, 0));
+      hasher.update(name);
+    } else if (info.isFile()) {
+      const bytes = await Bun.file(join(dir, path)).bytes();
+      hasher.update(entryHeader("f", name.byteLength, info.mode & 0o7777, bytes.byteLength));
+      hasher.update(name);
+      hasher.update(bytes);
+    }
+    // an artifact holds no links (sealed from a safe unpack), and nothing else is copied to instances
   }
   return hasher.digest("hex");
 }
@@ -52,6 +66,16 @@ async function prune(dir: string, rel: string, keep: Set<string>): Promise<void>
     if (entry.isDirectory()) await prune(dir, child, keep);
     else await rm(join(dir, child), { force: true });
   }
+}
+
+/** kind (1 byte), path length (u32), mode (u32), content length (u64), big-endian. */
+function entryHeader(kind: "d" | "f", pathBytes: number, mode: number, size: number): Uint8Array {
+  const header = new DataView(new ArrayBuffer(17));
+  header.setUint8(0, kind.charCodeAt(0));
+  header.setUint32(1, pathBytes);
+  header.setUint32(5, mode);
+  header.setBigUint64(9, BigInt(size));
+  return new Uint8Array(header.buffer);
 }
 
 async function readOnly(path: string): Promise<void> {

@@ -210,6 +210,23 @@ exports.handler = async () => ({
   "template.html": "<h1>hello</h1>",
 };
 
+/** Modules whose strings, templates, regexes and object keys name import.meta and __dirname (two ES modules read __dirname: Bun declares it at the top level twice). */
+const LITERALS = {
+  "index.mjs": `import { msg, here, pattern } from "./lib/b.js";
+import x from "./lib/x.mjs";
+const cjs = require("./lib/a.cjs");
+// __dirname in a comment, and import.meta.url too
+const o = { __dirname: 1, "__filename": 2 };
+export default () => ({ msg, here, pattern, root: __dirname, keys: Object.keys(o), shorthand: { __dirname }, s: "see __dirname", x: x(), cjs: cjs() });
+`,
+  "lib/b.js": `export const msg = "needs import.meta.url to be a 'file:' URL";
+export const here = import.meta.dir;
+export const pattern = String(/import\\.meta\\.dir|__dirname/);
+`,
+  "lib/x.mjs": "export default () => ({ dir: __dirname, file: __filename, obj: { __filename: 2 }, short: { __filename }, s: `${__dirname} and __dirname text` });\n",
+  "lib/a.cjs": `module.exports = () => ({ dir: __dirname, cfg: { __dirname: "keyed" }, s: "__dirname is " + __dirname });\n`,
+};
+
 for (const trusted of [false, true]) {
   describe(`bundle paths (${trusted ? "trusted" : "untrusted"})`, () => {
     test("__dirname, __filename and import.meta of every module name the copy the bundle sits in", async () => {
@@ -239,6 +256,28 @@ for (const trusted of [false, true]) {
       });
     });
 
+    test("text that mentions import.meta or __dirname, and property names, stay as written", async () => {
+      await using tmp = await tempDir();
+      const dir = join(tmp.path, "src");
+      await writeTree(dir, LITERALS);
+      const copy = join(tmp.path, "elsewhere");
+      await writeTree(copy, LITERALS);
+      const bundle = join(copy, ".forge-bundle.mjs");
+      await bundleEntry(dir, "index.mjs", bundle, { trusted });
+      const mod = (await import(bundle)) as { default: () => Record<string, unknown> };
+      expect(mod.default()).toEqual({
+        msg: "needs import.meta.url to be a 'file:' URL",
+        here: join(copy, "lib"),
+        pattern: "/import\\.meta\\.dir|__dirname/",
+        root: copy,
+        keys: ["__dirname", "__filename"],
+        shorthand: { __dirname: copy },
+        s: "see __dirname",
+        x: { dir: join(copy, "lib"), file: join(copy, "lib/x.mjs"), obj: { __filename: 2 }, short: { __filename: join(copy, "lib/x.mjs") }, s: `${join(copy, "lib")} and __dirname text` },
+        cjs: { dir: join(copy, "lib"), cfg: { __dirname: "keyed" }, s: `__dirname is ${join(copy, "lib")}` },
+      });
+    });
+
     test("packages holding native addons stay out of the bundle and load from node_modules beside it", async () => {
       await using tmp = await tempDir();
       const dir = join(tmp.path, "src");
@@ -263,7 +302,7 @@ export default () => { const b = Buffer.from([1, 2, 3, 4]); bufferutil.mask(b, B
 }
 
 describe("relocatePaths", () => {
-  test("leaves paths outside the folder and other code alone", () => {
+  test("leaves paths outside the folder and other code alone", async () => {
     const code = [
       "// @bun",
       "",
@@ -271,21 +310,53 @@ describe("relocatePaths", () => {
       'var __dirname = "/elsewhere/other", __filename = "/elsewhere/other/x.cjs";',
       'console.log(import.meta.require, import.meta.main, "__dirname");',
     ].join("\n");
-    expect(relocatePaths(code, "/abs/fn", "/abs/fn")).toBe(code);
+    expect(await relocatePaths(code, "/abs/fn", "/abs/fn")).toBe(code);
   });
 
-  test("the first module, right below the // @bun pragma, is found too", () => {
+  test("the first module, right below the // @bun pragma, is found too", async () => {
     const code = ["// @bun", "// sub/note.ts", "var note = () => import.meta.dir;", "", "// index.ts", "var x = import.meta.dir;"].join("\n");
     const root = join(import.meta.dir, "__fixture_root__");
     // the paths must exist: use this very folder as the root, with files that are here
     const here = import.meta.dir;
     const real = ["// @bun", "// bundle.ts", "var a = import.meta.path;", "", "// native.ts", "var b = import.meta.file;"].join("\n");
-    expect(relocatePaths(real, here, here)).toBe(["// @bun", "// bundle.ts", 'var a = (import.meta.dir + "/bundle.ts");', "", "// native.ts", 'var b = "native.ts";'].join("\n"));
-    expect(relocatePaths(code, root, root)).toBe(code); // files that do not exist are not modules of the folder
+    expect(await relocatePaths(real, here, here)).toBe(["// @bun", "// bundle.ts", 'var a = (import.meta.dir + "/bundle.ts");', "", "// native.ts", 'var b = "native.ts";'].join("\n"));
+    expect(await relocatePaths(code, root, root)).toBe(code); // files that do not exist are not modules of the folder
   });
 
-  test("a baked root path becomes import.meta.dir", () => {
+  test("a baked root path becomes import.meta.dir", async () => {
     const code = 'var __dirname = "/abs/fn";\nvar __filename = "/abs/fn/deep/x.js";';
-    expect(relocatePaths(code, "/abs/fn", "/")).toBe('var __dirname = import.meta.dir;\nvar __filename = (import.meta.dir + "/deep/x.js");');
+    expect(await relocatePaths(code, "/abs/fn", "/")).toBe('var __dirname = import.meta.dir;\nvar __filename = (import.meta.dir + "/deep/x.js");');
+  });
+
+  test("only code is rewritten: strings, templates, regexes, comments and property names are not", async () => {
+    const here = import.meta.dir;
+    const code = [
+      "// @bun",
+      "// native.ts",
+      'var __dirname = "' + here + '", __filename = "' + here + '/native.ts";',
+      'var s = "import.meta.url and __dirname", t = `${__dirname} import.meta.dir`, r = /import.meta.dir|__dirname/g;',
+      "/* import.meta.url */ var o = { __dirname: 1, __filename }, p = o.__dirname ?? o?.__filename, q = { get __dirname() { return 1; } };",
+      "",
+      "// bundle.ts",
+      'var __dirname = "' + here + '";',
+      "var u = import.meta.url, v = x.import.meta.url;",
+    ].join("\n");
+    expect(await relocatePaths(code, here, here)).toBe(
+      [
+        "// @bun",
+        "// native.ts",
+        'var __dirname$forge1 = import.meta.dir, __filename$forge1 = (import.meta.dir + "/native.ts");',
+        'var s = "import.meta.url and __dirname", t = `${__dirname$forge1} import.meta.dir`, r = /import.meta.dir|__dirname/g;',
+        "/* import.meta.url */ var o = { __dirname: 1, __filename: __filename$forge1 }, p = o.__dirname ?? o?.__filename, q = { get __dirname() { return 1; } };",
+        "",
+        "// bundle.ts",
+        "var __dirname$forge2 = import.meta.dir;",
+        'var u = new URL("bundle.ts", import.meta.url).href, v = x.import.meta.url;',
+      ].join("\n"),
+    );
+  });
+
+  test("a bundle that does not tokenize is BuildFailed", async () => {
+    await buildError(relocatePaths("var s = 'unterminated", "/abs/fn", "/abs/fn"));
   });
 });

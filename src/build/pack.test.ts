@@ -89,6 +89,40 @@ describe("packDir", () => {
     ]);
   });
 
+  test("leaves out credentials by default, at any depth: dotenv files, registry tokens, cloud and SSH keys", async () => {
+    await using tmp = await tempDir();
+    await writeTree(tmp.path, {
+      "index.ts": "i",
+      ".env": "SECRET=1",
+      ".env.local": "SECRET=2",
+      "sub/.env.production": "SECRET=3",
+      ".npmrc": "//registry.npmjs.org/:_authToken=npm_x",
+      ".yarnrc": "t",
+      ".yarnrc.yml": "npmAuthToken: x",
+      ".aws/credentials": "[default]",
+      "deploy/.ssh/id_ed25519": "key",
+      "id_rsa": "key",
+      ".netrc": "machine x",
+      ".git-credentials": "https://u:p@x",
+      "certs/global-bundle.pem": "-----BEGIN CERTIFICATE-----", // a CA bundle a function opens TLS with
+      "env.ts": "a file named like the pattern without the dot stays",
+      ".envrc.example": "not a dotenv file",
+    });
+    expect(await names(await packDir(tmp.path))).toEqual([".envrc.example", "certs/", "certs/global-bundle.pem", "deploy/", "env.ts", "index.ts", "sub/"]);
+  });
+
+  test(".forgeignore re-includes a default-ignored file or folder with !", async () => {
+    await using tmp = await tempDir();
+    await writeTree(tmp.path, {
+      ".forgeignore": ["!.env.production", "!.aws/"].join("\n"),
+      "index.ts": "i",
+      ".env": "SECRET=1",
+      ".env.production": "PUBLIC_URL=x",
+      ".aws/config": "[profile]",
+    });
+    expect(await names(await packDir(tmp.path))).toEqual([".aws/", ".aws/config", ".env.production", ".forgeignore", "index.ts"]);
+  });
+
   test("extra ignore patterns from options", async () => {
     await using tmp = await tempDir();
     await writeTree(tmp.path, { "index.ts": "i", "big.bin": "b" });

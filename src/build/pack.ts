@@ -9,6 +9,7 @@ import { join, sep } from "node:path";
 import tar from "tar-stream";
 import type { Header, Pack } from "tar-stream";
 import { ErrorCode, ForgeError } from "../errors.ts";
+import type { PackageFolder } from "./native.ts";
 
 export interface PackOptions {
   /** Extra ignore patterns (gitignore-like), applied after `.forgeignore`. Default none. */
@@ -18,9 +19,10 @@ export interface PackOptions {
   /**
    * Folders (relative, `/`-separated) packed although they lie under an always-ignored
    * name, e.g. `node_modules/bufferutil` (native addons ship as packages); ignore files do
-   * not apply inside them. Default none.
+   * not apply inside them. A PackageFolder (packageClosure) is packed at its `path` from
+   * the files of its `from`, as real files (pnpm's links are read through). Default none.
    */
-  include?: string[];
+  include?: readonly (string | PackageFolder)[];
   /** Files added from memory; one at the path of a file of the folder replaces it. Default none. */
   files?: PackFile[];
 }
@@ -39,10 +41,42 @@ export const ALWAYS_IGNORED = [".git", "node_modules", ".forge"] as const;
 export const IGNORE_FILE = ".forgeignore";
 
 /**
- * A tar.gz of `dir`, paths relative to it. Skips `.git`, `node_modules`, `.forge` and
- * what `.forgeignore` lists. Symlinks whose target stays inside the folder are read
- * through (packed as the file or folder they point to); links leaving it are skipped,
- * so a pack never carries a link and never leaks a file from outside the folder.
+ * Credentials a function folder often holds and its code has no business reading from a
+ * file in the instance, skipped at any depth before `.forgeignore` is read, so a line
+ * there re-includes one (`!.env.production`; for a folder, `!.aws/`). Same syntax as
+ * `.forgeignore`.
+ *
+ * Not `*.pem`, `*.crt` or `*.key`: a function reads CA bundles (AWS's RDS global-bundle.pem,
+ * a company's root certificate) to open TLS connections, and silently dropping one breaks
+ * them at run time, far from the deploy; those are public, and a private key a function
+ * must sign with is the developer's to ship or not. SSH keys by their usual names are
+ * never a function's.
+ */
+export const DEFAULT_IGNORED = [
+  // dotenv files: a function's variables are set with forge.json "env" or `forge deploy --env`
+  ".env",
+  ".env.*",
+  // package registry credentials: the bundle already holds the packages
+  ".npmrc",
+  ".yarnrc",
+  ".yarnrc.yml",
+  // cloud, SSH and other login credentials
+  ".aws/",
+  ".ssh/",
+  ".netrc",
+  ".git-credentials",
+  "id_rsa",
+  "id_dsa",
+  "id_ecdsa",
+  "id_ed25519",
+] as const;
+
+/**
+ * A tar.gz of `dir`, paths relative to it. Skips `.git`, `node_modules`, `.forge`,
+ * DEFAULT_IGNORED (unless `.forgeignore` re-includes it) and what `.forgeignore` lists.
+ * Symlinks whose target stays inside the folder are read through (packed as the file or
+ * folder they point to); links leaving it are skipped, so a pack never carries a link and
+ * never leaks a file from outside the folder.
  */
 export async function packDir(dir: string, options: PackOptions = {}): Promise<Uint8Array> {
   const root = await realpath(dir).catch((cause: unknown) => {
@@ -51,13 +85,14 @@ export async function packDir(dir: string, options: PackOptions = {}): Promise<U
       cause,
     });
   });
-  const rules = [...(await readIgnoreFile(root)), ...parseIgnore((options.ignore ?? []).join("\n"))];
+  const rules = [...DEFAULT_RULES, ...(await readIgnoreFile(root)), ...parseIgnore((options.ignore ?? []).join("\n"))];
   const entries: PackEntry[] = [];
   const budget = { left: options.maxBytes ?? Number.POSITIVE_INFINITY };
   await walk(root, root, "", rules, new Set([root]), entries, budget);
   for (const include of options.include ?? []) {
-    const path = checkRelativePath(include);
-    const real = await realpath(join(root, path)).catch(() => null);
+    const path = checkRelativePath(typeof include === "string" ? include : include.path);
+    const from = typeof include === "string" ? path : checkRelativePath(include.from);
+    const real = await realpath(join(root, from)).catch(() => null);
     if (real === null || !isInside(root, real) || !(await stat(real)).isDirectory()) continue;
     const parts = path.split("/");
     for (let i = 1; i <= parts.length; i++) entries.push({ type: "directory", path: parts.slice(0, i).join("/") });
@@ -113,6 +148,8 @@ interface IgnoreRule {
   negate: boolean;
   dirOnly: boolean;
 }
+
+const DEFAULT_RULES = parseIgnore(DEFAULT_IGNORED.join("\n"));
 
 /** An old fixed time (the zip epoch) rather than 0, which some tar tools warn about. */
 const FIXED_MTIME = new Date("1980-01-01T00:00:00Z");

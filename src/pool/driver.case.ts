@@ -4,7 +4,7 @@
  * an instance from outside, what a spec needs, e.g. an image) comes in through options.
  */
 import { expect, test } from "bun:test";
-import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ErrorCode, ForgeError } from "../errors.ts";
@@ -21,6 +21,7 @@ export default {
     if (url.pathname === "/env") return Response.json(Object.keys(process.env));
     if (url.pathname === "/file") return new Response(await Bun.file(import.meta.dir + "/data.txt").text());
     if (url.pathname === "/where") return Response.json({ dir: import.meta.dir, cwd: process.cwd() });
+    if (url.pathname === "/count") return new Response(String(require("node:fs").readdirSync(import.meta.dir, { recursive: true }).length));
     if (url.pathname === "/write") {
       try {
         require("node:fs").writeFileSync(import.meta.dir + "/data.txt", "overwritten");
@@ -56,6 +57,7 @@ export const contractBundleEmulation: FakeHandler = async (request, spec, ctx) =
   // the fake's instance "runs" in the folder it was given (its copy after a specialization)
   if (url.pathname === "/file") return new Response(await Bun.file(join(spec.artifactDir ?? "", "data.txt")).text());
   if (url.pathname === "/where") return Response.json({ dir: spec.artifactDir ?? null, cwd: spec.artifactDir ?? null });
+  if (url.pathname === "/count") return new Response(String((await readdir(spec.artifactDir ?? "", { recursive: true })).length));
   if (url.pathname === "/write") return new Response("refused");
   if (url.pathname === "/slow") {
     const n = url.searchParams.get("n");
@@ -224,6 +226,40 @@ export function driverContract<D extends Driver>(
     expect(where.cwd).toBe(where.dir);
     expect(await (await get(handle, "/write")).text()).toBe("refused");
     expect(await Bun.file(join(t.artifactDir, "data.txt")).text()).toBe("data of the version");
+  }, timeout);
+
+  test(`${name}: placing a 5,000-file folder keeps forge's event loop serving`, async () => {
+    await using t = await setup();
+    const folders = 50;
+    const perFolder = 100;
+    for (let d = 0; d < folders; d++) {
+      const folder = join(t.artifactDir, "assets", `d${d}`);
+      await mkdir(folder, { recursive: true });
+      await Promise.all(Array.from({ length: perFolder }, (_, i) => writeFile(join(folder, `f${i}.txt`), `${d}/${i}`)));
+    }
+    const cell = await t.driver.start(
+      t.instanceSpec({ role: "cell", function: undefined, version: undefined, bundlePath: undefined, env: {} }),
+    );
+    // every other tenant's requests wait while the loop is held: a 5 ms timer must keep ticking
+    let last = performance.now();
+    let longestGap = 0;
+    const ticker = setInterval(() => {
+      const now = performance.now();
+      longestGap = Math.max(longestGap, now - last);
+      last = now;
+    }, 5);
+    let placed: { dir: string; bundle: string };
+    try {
+      placed = await t.driver.placeArtifact(cell.id, t.artifactDir);
+      longestGap = Math.max(longestGap, performance.now() - last);
+    } finally {
+      clearInterval(ticker);
+    }
+    expect(longestGap).toBeLessThan(50);
+    await specialize(cell, cell.controlToken, { function: "large", version: 1, ...placed, env: {} });
+    // the 3 files and lib/ of setup, assets/ and its 50 folders of 100 files
+    expect(await (await get(cell, "/count")).text()).toBe(String(4 + 1 + folders * (1 + perFolder)));
+    expect(await (await get(cell, "/file")).text()).toBe("data of the version");
   }, timeout);
 
   test(`${name}: placing a folder for an instance that does not exist fails`, async () => {
