@@ -272,6 +272,7 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
       };
       if (spec.runtime === "bun") {
         const env: Record<string, string> = {
+          TZ: "UTC", // as Lambda and Workers run; the function's env may set its own
           ...spec.env,
           FORGE_SOCKET: `${MOUNT}/${SOCKET}`,
           FORGE_CONTROL_TOKEN: controlToken,

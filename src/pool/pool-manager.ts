@@ -447,7 +447,7 @@ export class PoolManager implements PoolHost, AsyncDisposable {
       this.cellsStarting++;
       const id = this.newInstanceId();
       this.driver
-        .start({ id, role: "cell", runtime: "bun", ...(this.runtimeImage ? { image: this.runtimeImage } : {}), env: {}, memoryMb: this.cellMemoryMb })
+        .start({ id, role: "cell", runtime: "bun", ...(this.runtimeImage ? { image: this.runtimeImage } : {}), env: {}, memoryMb: this.cellMemoryMb, region: this.region })
         .then(
           (handle) => {
             this.cellsStarting--;

@@ -23,18 +23,21 @@ export async function firstRequests(ctx: SuiteContext, target: BenchTarget, want
   let errors = 0;
   let warm = 0;
   const statuses: Record<string, number> = {};
-  for (let i = 0; i < ctx.settings.samples; i++) {
-    const name = `${ctx.prefix}${want === "either" ? "first" : want}-${i}`;
-    const fn = await deployFunction(target, name, { minWarm: 0 });
-    try {
-      const pool = target.pool;
-      // A deploy keeps the instance it verified the version with (its first request is
-      // warm): from zero again, as after the keep-alive, to time a first request.
+  // Every function is deployed first: a deploy keeps the instance it verified the version
+  // with (its first request is warm), so those are retired, as the keep-alive would, and
+  // their stops are over before the first sample is timed.
+  const names = Array.from({ length: ctx.settings.samples }, (_, i) => `${ctx.prefix}${want === "either" ? "first" : want}-${i}`);
+  const pool = target.pool;
+  try {
+    const deployed = [];
+    for (const name of names) {
+      deployed.push(await deployFunction(target, name, { minWarm: 0 }));
       pool?.retireIdle(name);
+    }
+    if (pool) await waitFor(() => pool.stats().stopping === 0, "the retired instances stopped");
+    for (const fn of deployed) {
       // A ready cell and no refill under way: the first request of a function on an idle forge.
       if (want === "cell" && pool) await waitFor(() => pool.stats().cells > 0 && pool.stats().cellsStarting === 0, "a ready stem cell");
-      // ...and the retired instance gone, so its stop does not compete for the CPU.
-      if (pool) await waitFor(() => pool.stats().stopping === 0, "the retired instance stopped");
       const r = await timedRequest(target, fn.host);
       if (r.status !== 200) {
         errors++;
@@ -43,9 +46,9 @@ export async function firstRequests(ctx: SuiteContext, target: BenchTarget, want
       }
       if (r.start === "cold" || r.start === "cell") by[r.start].record(r.us);
       else warm++;
-    } finally {
-      await deleteFunction(target, name, ctx.logger);
     }
+  } finally {
+    for (const name of names) await deleteFunction(target, name, ctx.logger);
   }
   const out: ScenarioResult[] = [];
   for (const kind of want === "either" ? (["cold", "cell"] as const) : [want]) {
