@@ -14,10 +14,11 @@ export interface ForgeChild {
   host: string;
 }
 
-/** Starts `forge up --port 0` with `env` and deploys examples/hello with `deployFlags`. */
-export async function startForgeWithHello(env: Record<string, string>, deployFlags: string[]): Promise<ForgeChild> {
-  const proc = Bun.spawn([process.execPath, MAIN, "up", "--port", "0"], {
-    env: { PATH: process.env.PATH ?? "", NO_COLOR: "1", FORGE_STEM_CELLS: "0", ...env },
+/** Starts `forge up --port 0` of the checkout at `root` (default this one) with `env`; resolves once it printed its URL and key. */
+export async function startForgeChild(env: Record<string, string>, root = ROOT): Promise<Omit<ForgeChild, "host">> {
+  const proc = Bun.spawn([process.execPath, join(root, "src/cli/main.ts"), "up", "--port", "0"], {
+    cwd: root,
+    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", NO_COLOR: "1", FORGE_STEM_CELLS: "0", ...env },
     stdout: "pipe",
     stderr: "ignore",
   });
@@ -33,6 +34,12 @@ export async function startForgeWithHello(env: Record<string, string>, deployFla
     proc.kill("SIGKILL");
     throw new Error(`forge did not start:\n${out}`);
   }
+  return { url, key, port: Number(new URL(url).port), proc };
+}
+
+/** Starts `forge up --port 0` with `env` and deploys examples/hello with `deployFlags`. */
+export async function startForgeWithHello(env: Record<string, string>, deployFlags: string[]): Promise<ForgeChild> {
+  const { url, key, port, proc } = await startForgeChild(env);
   const deploy = Bun.spawnSync([process.execPath, MAIN, "deploy", join(ROOT, "examples/hello"), ...deployFlags], {
     env: { PATH: process.env.PATH ?? "", FORGE_URL: url, FORGE_API_KEY: key },
   });
@@ -40,7 +47,6 @@ export async function startForgeWithHello(env: Record<string, string>, deployFla
     proc.kill("SIGKILL");
     throw new Error(`deploy failed: ${deploy.stderr.toString()}`);
   }
-  const port = Number(new URL(url).port);
   return { url, port, key, proc, host: `hello.localhost:${port}` };
 }
 

@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { median } from "./_forge-process.ts";
+import { median, startForgeChild } from "./_forge-process.ts";
 
 interface Result {
   dir: string;
@@ -19,28 +19,6 @@ interface Result {
   /** Of the median: the CLI's part (pack, bundle, upload, build, verify) and the first request's. */
   deployMs: number[];
   firstRequestMs: number[];
-}
-
-async function startForge(root: string, driver: string, dataDir: string): Promise<{ url: string; key: string; port: number; proc: ReturnType<typeof Bun.spawn> }> {
-  const proc = Bun.spawn([process.execPath, join(root, "src/cli/main.ts"), "up", "--port", "0"], {
-    cwd: root,
-    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", NO_COLOR: "1", FORGE_DATA_DIR: dataDir, FORGE_DRIVER: driver, FORGE_STEM_CELLS: "2" },
-    stdout: "pipe",
-    stderr: "ignore",
-  });
-  let out = "";
-  const dec = new TextDecoder();
-  for await (const chunk of proc.stdout as unknown as AsyncIterable<Uint8Array>) {
-    out += dec.decode(chunk);
-    if (/API key[^:]*: \S+/.test(out)) break;
-  }
-  const url = /forge listening on (http:\/\/\S+)/.exec(out)?.[1];
-  const key = /API key[^:]*: (\S+)/.exec(out)?.[1];
-  if (!url || !key) {
-    proc.kill("SIGKILL");
-    throw new Error(`forge did not start:\n${out}`);
-  }
-  return { url, key, port: Number(new URL(url).port), proc };
 }
 
 async function main(): Promise<number> {
@@ -62,7 +40,7 @@ async function main(): Promise<number> {
   }
   const root = resolve(values.root ?? join(import.meta.dir, "../.."));
   const dataDir = mkdtempSync(join(tmpdir(), "forge-d2l-"));
-  const forge = await startForge(root, values.driver ?? "process", dataDir);
+  const forge = await startForgeChild({ FORGE_DATA_DIR: dataDir, FORGE_DRIVER: values.driver ?? "process", FORGE_STEM_CELLS: "2" }, root);
   const results: Result[] = [];
   try {
     for (const dir of dirs) {
