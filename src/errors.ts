@@ -28,6 +28,8 @@ export const ErrorCode = {
   DatabaseNotReady: "database_not_ready",
   /** The client went away before its answer (recorded as 499, never sent). */
   ClientClosed: "client_closed",
+  /** A request method no instance's server takes (501). */
+  MethodNotImplemented: "method_not_implemented",
   // system errors
   QueueTimeout: "queue_timeout",
   FunctionTimeout: "function_timeout",

@@ -161,6 +161,10 @@ async function exchange(
   }
 }
 
+/** The ids of the test function's instances, sorted. */
+const instanceIds = async (): Promise<string[]> =>
+  ((await (await forge.api("/v1/functions/gw")).json()) as { pool: { instances: { id: string }[] } }).pool.instances.map((i) => i.id).sort();
+
 const get = (path: string, extra = ""): string => `GET ${path} HTTP/1.1\r\nHost: ${host()}\r\n${extra}\r\n`;
 const json = (r: RawResponse | undefined): Record<string, unknown> => JSON.parse(r?.body.toString() ?? "null") as Record<string, unknown>;
 
@@ -230,6 +234,16 @@ describe("the gateway's fast path", () => {
     expect(ids[0]).not.toBe(ids[1]);
     expect(json(responses[0]).id).toBe(ids[0]);
     expect(String(json(responses[1]).id)).toMatch(/^[A-Za-z0-9._:-]{8,}$/);
+  });
+
+  test("unknown methods (FOO, get, BREW) are a 501 to that client alone; the instance goes on serving", async () => {
+    const before = await instanceIds();
+    expect(before.length).toBeGreaterThan(0);
+    const odd = ["FOO", "get", "BREW"].map((m) => `${m} / HTTP/1.1\r\nHost: ${host()}\r\n\r\n`).join("");
+    const { responses } = await exchange([odd + get("/after")], 4);
+    expect(responses.map((r) => r.status)).toEqual([501, 501, 501, 200]);
+    expect(json(responses[0])).toMatchObject({ error: { code: "method_not_implemented" } });
+    expect(await instanceIds()).toEqual(before);
   });
 
   test("a client's x-forge-control header never reaches the instance", async () => {
@@ -415,6 +429,16 @@ describe("what the gateway hands to Bun.serve", () => {
     const { responses, closed } = await exchange([smuggle], 2);
     expect(closed).toBe(true);
     expect(responses.map((r) => r.status)).toEqual([400]);
+  });
+
+  test("two equal Content-Length headers through /fn/<name> are a 400, and stop no instance", async () => {
+    const before = await instanceIds();
+    const dup = `POST /fn/gw/ HTTP/1.1\r\nHost: 127.0.0.1:${forge.port}\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello`;
+    for (let i = 0; i < 5; i++) {
+      const { responses } = await exchange([dup], 1);
+      expect(responses[0]?.status).toBe(400);
+    }
+    expect(await instanceIds()).toEqual(before);
   });
 
   test("two Content-Length headers are refused", async () => {

@@ -67,6 +67,8 @@ export interface FakeDriver extends Driver {
   live(): string[];
   /** Simulates an instance dying on its own: its server stops and onExit fires. */
   crash(id: string, code?: number): Promise<void>;
+  /** Simulates an instance that is broken but has not exited: its server stops answering, no exit is reported. */
+  hang(id: string): Promise<void>;
   /** What was sent to an instance's specialize route, if anything. */
   specialization(id: string): FakeSpecialization | undefined;
   /** The last memory limit set through setMemory, if any. */
@@ -278,6 +280,9 @@ export function createFakeDriver(options: FakeDriverOptions = {}): FakeDriver {
     },
     live: () => [...instances.values()].filter((i) => i.running).map((i) => i.handle.id),
     crash,
+    async hang(id) {
+      await instances.get(id)?.server?.stop(true);
+    },
     specialization: (id) => instances.get(id)?.specialization,
     memoryOf: (id) => instances.get(id)?.memoryMb,
     handle: (id) => instances.get(id)?.handle,

@@ -32,6 +32,8 @@ export interface PoolHost {
   stopInstance(driverId: string, graceful?: { handle: InstanceHandle; memoryMb: number }): void;
   newInstanceId(): string;
   countStart(fn: string, kind: StartKind): void;
+  /** Does the instance answer its health check? (A request failing on it is not proof it is broken.) */
+  checkInstance(handle: InstanceHandle): Promise<boolean>;
   onIdle(fn: string, idleMs: number): void;
 }
 
@@ -42,6 +44,8 @@ export class PoolInstance {
   handle: InstanceHandle | undefined;
   origin: StartKind = "cold";
   lastUsed: number;
+  /** A health check asked by a failed request is under way. */
+  checking = false;
 
   constructor(
     readonly id: string,
@@ -325,12 +329,22 @@ export class FunctionPool {
     this.checkDrained();
   }
 
-  /** @internal The instance failed under a lease (PoolLease.fail): out of the pool. */
-  failInstance(inst: PoolInstance): void {
-    if (this.instances.get(inst.id) === inst) {
+  /**
+   * @internal A request failed on the instance's connection (PoolLease.fail). One odd request
+   * (a method its server refuses, a head too large for it) must not stop an instance that
+   * serves others: it goes only when its health check fails too (an exit is seen sooner, by
+   * the driver).
+   */
+  suspectInstance(inst: PoolInstance): void {
+    const handle = inst.handle;
+    if (this.instances.get(inst.id) !== inst || inst.checking || !handle) return;
+    inst.checking = true;
+    void this.host.checkInstance(handle).then((healthy) => {
+      inst.checking = false;
+      if (healthy || this.instances.get(inst.id) !== inst) return;
       this.retire(inst, false);
       this.scale();
-    }
+    });
   }
 
   /** Hands free slots of an instance to waiting requests, in order. */
@@ -434,6 +448,6 @@ class PoolLease implements Lease {
 
   fail(): void {
     this.release();
-    this.pool.failInstance(this.inst);
+    this.pool.suspectInstance(this.inst);
   }
 }

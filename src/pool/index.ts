@@ -7,7 +7,7 @@ export { fixedKeepAlive, type KeepAlivePolicy } from "./keep-alive.ts";
 export { FunctionPool } from "./function-pool.ts";
 export { PoolManager, type Activation, type PoolManagerOptions } from "./pool-manager.ts";
 export { drain, forward, health, specialize, waitReady } from "./instance-client.ts";
-export { Abort, UpstreamPool, type UpstreamPoolOptions, type UpstreamReply, type UpstreamRequest } from "./upstream.ts";
+export { Abort, isIdempotent, UpstreamPool, type UpstreamPoolOptions, type UpstreamReply, type UpstreamRequest } from "./upstream.ts";
 export { createProcessDriver } from "./process-driver.ts";
 export { createFakeDriver } from "./fake-driver.ts";
 export { createDockerDriver, type ActiveVersion, type DockerDriver, type DockerDriverOptions, type ReconcileReport } from "./docker-driver.ts";

@@ -55,6 +55,9 @@ export interface PoolManagerOptions {
  */
 const CELL_REFILL_DELAY_MS = 25;
 
+/** How long a suspect instance has to answer its health check (a busy one answers in ms). */
+const HEALTH_CHECK_MS = 5_000;
+
 /** How long a retired instance may go on with pending ctx.waitUntil work (Workers allows 30 s). */
 const WAIT_UNTIL_GRACE_MS = 30_000;
 
@@ -405,6 +408,15 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     let c = this.starts.get(fn);
     if (!c) this.starts.set(fn, (c = { warm: 0, cell: 0, cold: 0 }));
     c[kind]++;
+  }
+
+  async checkInstance(handle: InstanceHandle): Promise<boolean> {
+    try {
+      await health(handle, handle.controlToken, AbortSignal.timeout(HEALTH_CHECK_MS));
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   onIdle(fn: string, idleMs: number): void {

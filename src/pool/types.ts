@@ -38,7 +38,7 @@ export interface Lease {
   readonly queueWaitMs: number;
   /** Gives the slot back; idempotent. */
   release(): void;
-  /** The instance failed under this lease (connection refused or reset): take it out of the pool. */
+  /** The request failed on the instance's connection (refused, reset, closed unanswered): the slot goes back and the instance is checked; it leaves the pool only if it fails its health check. */
   fail(): void;
 }
 

@@ -229,6 +229,25 @@ describe("UpstreamPool", () => {
     expect(isForgeError(err) && err.status).toBe(502);
   });
 
+  test("a POST whose reused connection is closed unanswered is never sent again (RFC 9110 §9.2.2)", async () => {
+    const seen: string[] = [];
+    using r = raw((s, head) => {
+      seen.push(head.slice(0, head.indexOf(" ")));
+      // The second request on each connection: the server hangs up without answering.
+      if (s.data.served++ === 1) {
+        s.terminate();
+        return;
+      }
+      s.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+    });
+    using pool = new UpstreamPool();
+    expect(await (await pool.request(r.path, get("/"))).text()).toBe("ok");
+    const err = await pool.request(r.path, get("/pay", { method: "POST", body: new TextEncoder().encode("1 EUR") })).catch((e: unknown) => e);
+    expect(isForgeError(err) && err.status).toBe(502);
+    // Sent once: the server saw GET, then the POST a single time.
+    expect(seen).toEqual(["GET", "POST"]);
+  });
+
   test("a server dying mid-response errors the request, or the body after the head", async () => {
     using r = raw((s, head) => {
       if (head.startsWith("GET /small")) s.write("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc");

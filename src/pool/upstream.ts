@@ -67,6 +67,14 @@ const HOP_BY_HOP = new Set(["connection", "keep-alive", "transfer-encoding", "co
 const RESPONSE_HOP_BY_HOP = new Set(["connection", "keep-alive", "transfer-encoding", "proxy-connection"]);
 const NON_ASCII = /[^\x00-\x7f]/;
 
+/** Methods a proxy may send again after a failure (RFC 9110 §9.2.2). */
+const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
+
+/** May a request with this method be retried on a fresh connection? */
+export function isIdempotent(method: string): boolean {
+  return IDEMPOTENT.has(method);
+}
+
 export class UpstreamPool {
   private readonly idle = new Map<string, Conn[]>();
   private readonly live = new Set<Conn>();
@@ -218,9 +226,11 @@ class Exchange {
     const conn = this.conn;
     this.conn = undefined;
     if (conn?.ex === this) conn.ex = undefined;
-    if (!aborted && !this.replied && !this.gotBytes && !this.retried && conn && conn.served > 0 && !(this.req.body instanceof ReadableStream)) {
+    if (!aborted && !this.replied && !this.gotBytes && !this.retried && conn && conn.served > 0 && !(this.req.body instanceof ReadableStream) && isIdempotent(this.req.method)) {
       // A kept-alive connection the instance had closed (or an instance that went away):
-      // nothing of the request was acted on, so one more try on a new connection is safe.
+      // nothing of the request was seen to be acted on, so one more try on a new connection.
+      // Only for an idempotent method: a POST may have run before the connection broke, and a
+      // proxy must not send it again (RFC 9110 §9.2.2).
       this.retried = true;
       conn.destroy();
       this.pool.start(this, true);

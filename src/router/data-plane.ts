@@ -36,6 +36,8 @@ export interface InvokeOptions {
   requestId?: string;
 }
 
+const DIGITS = /^\d{1,15}$/;
+
 /** Bodies up to this size with a known length are read whole rather than streamed. */
 const BUFFER_LIMIT = 256 * 1024;
 
@@ -167,6 +169,16 @@ export class DataPlane {
     headers.set("x-forge-request-id", requestId);
     const pool = this.o.pool.pool(name);
     if (!pool) throw functionNotFound(name);
+    // Bun's server joins repeated lines ("5, 5"): one length, or the message's end is ambiguous
+    // to whoever reads it next, and bytes left on a shared instance connection are smuggling.
+    const declared = headers.get("content-length");
+    if (declared !== null && !DIGITS.test(declared)) {
+      const e = new ForgeError(ErrorCode.BadRequest, 400, "the request's Content-Length is repeated or not a number", {
+        hint: "send one Content-Length header with the body's size in bytes (RFC 9110 §8.6)",
+      });
+      recordUnleased(this.o.recorder, name, pool.version, requestId, createdAt, started, e, options.kind ?? "sync");
+      throw e;
+    }
     const max = this.o.maxBodyBytes;
     if (max !== undefined && Number(req.headers.get("content-length") ?? NaN) > max) {
       const e = tooLarge("request body", max);

@@ -20,7 +20,7 @@ import type { Socket, TCPSocketListener } from "bun";
 import type { ConsolaInstance } from "consola";
 import { ErrorCode, ForgeError, isForgeError } from "../errors.ts";
 import type { InvocationRecorder } from "../functions/index.ts";
-import type { FunctionPool, Lease, PoolManager } from "../pool/index.ts";
+import { isIdempotent, type FunctionPool, type Lease, type PoolManager } from "../pool/index.ts";
 import { tooLarge } from "./_body.ts";
 import { functionOfHost, toForgeError } from "./app.ts";
 import { functionNotFound, functionTimedOut, instanceFailed, recordLeased, recordUnleased, newRequestId } from "./data-plane.ts";
@@ -147,6 +147,25 @@ interface Head {
  * character but tab (so no folded lines, no bare CR or LF, no space before a colon).
  */
 const REQUEST_HEAD = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+ \/[!-~]* HTTP\/1\.1(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~\x80-\xff]*)*$/;
+/**
+ * Methods an instance's server (Bun.serve, in the shim and the socket bridge) takes, checked on
+ * Bun 1.4.5 by sending each (the rest get the connection closed). Others get 501 from the gateway. CONNECT
+ * is not among them: forge is no forward proxy, and its origin-form target would be malformed.
+ */
+const SERVED_METHODS = new Set([
+  "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH",
+  // WebDAV and other registered methods Bun's parser knows
+  "ACL", "BIND", "CHECKOUT", "COPY", "LINK", "LOCK", "M-SEARCH", "MERGE", "MKACTIVITY", "MKCALENDAR", "MKCOL", "MOVE",
+  "NOTIFY", "PROPFIND", "PROPPATCH", "PURGE", "QUERY", "REBIND", "REPORT", "SEARCH", "SOURCE", "SUBSCRIBE", "UNBIND",
+  "UNLINK", "UNLOCK", "UNSUBSCRIBE",
+]);
+
+function methodNotImplemented(method: string): ForgeError {
+  return new ForgeError(ErrorCode.MethodNotImplemented, 501, `method ${JSON.stringify(method.slice(0, 32))} is not implemented`, {
+    hint: "methods are case-sensitive (GET, not get); forge serves the standard and WebDAV methods",
+  });
+}
+
 /**
  * The request headers the fast path looks at, found in one case-insensitive pass over the
  * head (no lowercase copy): routing and framing, what sends a request to Bun.serve instead
@@ -598,6 +617,7 @@ class Client {
   private name = "";
   private requestId = "";
   private isHead = false;
+  private method = "GET";
   private createdAt = 0;
   private started = 0;
   private lease: Lease | undefined;
@@ -732,6 +752,7 @@ class Client {
     this.name = head.name;
     this.requestId = head.requestId;
     this.isHead = head.method === "HEAD";
+    this.method = head.method;
     this.createdAt = Date.now();
     this.lastActive = this.g.now;
     this.started = performance.now();
@@ -753,6 +774,11 @@ class Client {
     }
     if (head.length > this.g.o.maxBodyBytes) {
       this.fail(tooLarge("request body", this.g.o.maxBodyBytes), pool);
+      return true;
+    }
+    if (!SERVED_METHODS.has(head.method)) {
+      // An instance's server drops the connection on a method it does not know: answered here.
+      this.fail(methodNotImplemented(head.method), pool);
       return true;
     }
     let out: string | Uint8Array = head.out;
@@ -935,8 +961,9 @@ class Client {
     if (!up || !lease) return;
     this.up = undefined;
     up.destroy();
-    if (!this.gotBytes && !this.retried && this.whole !== undefined && up.served > 0) {
-      // A kept-alive connection the instance had closed: nothing was acted on; once more on a fresh one.
+    if (!this.gotBytes && !this.retried && this.whole !== undefined && up.served > 0 && isIdempotent(this.method)) {
+      // A kept-alive connection the instance had closed: nothing was seen to be acted on; once
+      // more on a fresh one, for an idempotent method only (a POST may have run: RFC 9110 §9.2.2).
       this.retried = true;
       const fresh = this.g.upstream.open(lease.instance.endpoint.socketPath);
       fresh.client = this;
