@@ -195,6 +195,13 @@ describe("the gateway's fast path", () => {
     expect(json(responses[0])).toMatchObject({ method: "PUT", length: body.length, sum: (7 * body.length) % 65521 });
   });
 
+  test("a head of 8 KB sent a byte at a time is answered (its pieces are joined once, not re-copied each time)", async () => {
+    const head = get("/trickle", `X-Pad: ${"p".repeat(8 * 1024)}\r\n`);
+    const { responses } = await exchange([...Buffer.from(head)].map((b) => Uint8Array.of(b)), 1);
+    expect(responses[0]?.status).toBe(200);
+    expect(json(responses[0])).toMatchObject({ method: "GET", path: "/trickle" });
+  });
+
   test("uploads in pieces on new connections to the instance are not stalled", async () => {
     // Four at once: the instance gets connections it never had before this request.
     const body = Buffer.alloc(100_000, 3);
