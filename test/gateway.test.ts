@@ -448,6 +448,11 @@ describe("what the gateway hands to Bun.serve", () => {
     expect(await instanceIds()).toEqual(before);
   });
 
+  test("two Host headers are a 400 (RFC 9112 §3.2), not a 404", async () => {
+    const { responses } = await exchange([`GET / HTTP/1.1\r\nHost: ${host()}\r\nHost: other.localhost\r\n\r\n`], 1);
+    expect(responses[0]?.status).toBe(400);
+  });
+
   test("two Content-Length headers are refused", async () => {
     const { responses } = await exchange([`POST / HTTP/1.1\r\nHost: ${host()}\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab`], 1);
     expect(responses[0]?.status).toBe(400);

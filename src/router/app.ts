@@ -258,6 +258,10 @@ export function createRouter(o: RouterOptions): ForgeApp {
     // A client's request id is never forge's (see newRequestId): what answers carry is set below.
     if (req.headers.has("x-forge-request-id")) req.headers.delete("x-forge-request-id");
     const host = req.headers.get("host");
+    // Bun's server joins repeated lines with ", ": a request with two Hosts is malformed (RFC 9112 §3.2).
+    if (host !== null && host.includes(",")) {
+      return new ForgeError(ErrorCode.BadRequest, 400, "the request has more than one Host header", { hint: "send exactly one Host header" }).toResponse();
+    }
     const name = host === null ? undefined : functionOfHost(host, hostSuffix);
     if (name === undefined) return dispatch(req, env, ctx);
     return dataPlane.invoke(name, req, { path: pathOf(req.url) }).catch((err: unknown) => errorResponse(err, o.logger, req.headers.get("x-forge-request-id") ?? undefined));
