@@ -72,6 +72,10 @@ export interface Config {
   recordRetentionMs: number;
   /** A client connection with no request in flight (idle keep-alive, or a head that never completes) is closed after this, ms. */
   idleTimeoutMs: number;
+  /** FORGE_MAX_CONNECTIONS: client connections open at once; past it a new one gets a 503 and is closed. Default 4096. */
+  maxConnections: number;
+  /** FORGE_MAX_CONNECTIONS_PER_CLIENT: the same, per client address. Default 512. */
+  maxConnectionsPerClient: number;
   /** FORGE_LOG_FORMAT: pretty or json. Default pretty. */
   logFormat: LogFormat;
   /** FORGE_MAX_ARCHIVE_MB: unpacked size limit of a deploy. Default 50. */
@@ -129,6 +133,8 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     triggerSyncMs: r.duration("FORGE_TRIGGER_SYNC", 10_000),
     telemetry: r.oneOf("FORGE_TELEMETRY", "on", ["on", "off"] as const) === "on",
     idleTimeoutMs: r.duration("FORGE_IDLE_TIMEOUT", 75_000),
+    maxConnections: r.int("FORGE_MAX_CONNECTIONS", 4096, 1, 1_000_000),
+    maxConnectionsPerClient: r.int("FORGE_MAX_CONNECTIONS_PER_CLIENT", 512, 1, 1_000_000),
     recordRetentionMs: r.duration("FORGE_RECORD_RETENTION", 7 * 24 * 3600_000),
     logFormat: r.oneOf("FORGE_LOG_FORMAT", "pretty", ["pretty", "json"] as const),
     maxArchiveBytes: r.int("FORGE_MAX_ARCHIVE_MB", 50, 1, 10_000) * 1024 * 1024,

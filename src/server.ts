@@ -202,7 +202,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
     // out for Unix sockets; Bun applies it to them all the same).
     ...({ idleTimeout: 0 } as object),
   });
-  const gateway = new Gateway({ pool, recorder, logger, domain: config.domain, maxBodyBytes: config.maxBodyBytes, backend, idleTimeoutMs: config.idleTimeoutMs });
+  const gateway = new Gateway({ pool, recorder, logger, domain: config.domain, maxBodyBytes: config.maxBodyBytes, backend, idleTimeoutMs: config.idleTimeoutMs, maxConnections: config.maxConnections, maxConnectionsPerClient: config.maxConnectionsPerClient });
   try {
     port = gateway.listen(config.host, config.port);
   } catch (err) {

@@ -524,3 +524,44 @@ describe("response framing", () => {
     expect(() => f.feed(Buffer.from("zz\r\n"), 0)).toThrow(/chunk size/);
   });
 });
+
+describe("connection limits", () => {
+  /** Opens a connection that sends nothing; resolves with it and what it received before closing (if it was closed). */
+  async function openIdle(port: number): Promise<{ socket: Awaited<ReturnType<typeof Bun.connect>>; closed: Promise<string> }> {
+    const closed = Promise.withResolvers<string>();
+    let got = "";
+    const socket = await Bun.connect({
+      hostname: "127.0.0.1",
+      port,
+      socket: {
+        data: (_s, chunk) => void (got += chunk.toString("latin1")),
+        close: () => closed.resolve(got),
+        error: () => closed.resolve(got),
+      },
+    });
+    return { socket, closed: closed.promise };
+  }
+
+  test("past FORGE_MAX_CONNECTIONS_PER_CLIENT a new connection is a 503 and closed; a slot freed is usable again", async () => {
+    await using limited = await startForge({ env: { FORGE_MAX_CONNECTIONS_PER_CLIENT: "20" } });
+    const held = await Promise.all(Array.from({ length: 20 }, () => openIdle(limited.port)));
+    const extra = await openIdle(limited.port);
+    const answer = await extra.closed;
+    expect(answer).toStartWith("HTTP/1.1 503 ");
+    expect(answer).toContain("the limit per client");
+    // One held connection goes: a request gets through again.
+    held[0]?.socket.end();
+    await held[0]?.closed;
+    await until(async () => (await fetch(`${limited.url}/healthz`).catch(() => undefined))?.status === 200, 10_000, "a connection admitted again");
+    for (const h of held) h.socket.end();
+  });
+
+  test("past FORGE_MAX_CONNECTIONS a new connection is a 503 and closed", async () => {
+    await using limited = await startForge({ env: { FORGE_MAX_CONNECTIONS: "10" } });
+    const held = await Promise.all(Array.from({ length: 10 }, () => openIdle(limited.port)));
+    const answer = await (await openIdle(limited.port)).closed;
+    expect(answer).toStartWith("HTTP/1.1 503 ");
+    expect(answer).toContain("connections open, its limit");
+    for (const h of held) h.socket.end();
+  });
+});

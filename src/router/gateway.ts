@@ -38,6 +38,13 @@ export interface GatewayOptions {
   backend: string;
   /** Closes a connection with no request in flight after this long, ms (idle keep-alive, slow heads). Default 75 s. */
   idleTimeoutMs?: number;
+  /**
+   * Client connections open at once (a tunnelled one holds 3 descriptors: keep 3x this under
+   * the descriptor limit). Past it a new connection gets a 503 and is closed. Default 4096.
+   */
+  maxConnections?: number;
+  /** The same per client address, so that one client cannot take them all. Default 512. */
+  maxConnectionsPerClient?: number;
 }
 
 /** Longest request or response head taken by the fast path. */
@@ -64,10 +71,40 @@ export class Gateway {
   /** @internal Host values seen lately and the function each names (clients send the same few again and again). */
   readonly hosts = new Map<string, string | undefined>();
   /** @internal */ readonly clients = new Set<Client>();
+  /** Open connections per client address. */
+  private readonly perAddress = new Map<string, number>();
+  private readonly maxConnections: number;
+  private readonly maxPerClient: number;
 
   constructor(/** @internal */ readonly o: GatewayOptions) {
     this.suffix = "." + o.domain.toLowerCase();
     this.idleTimeoutMs = o.idleTimeoutMs ?? 75_000;
+    this.maxConnections = o.maxConnections ?? 4096;
+    this.maxPerClient = o.maxConnectionsPerClient ?? 512;
+  }
+
+  /** Counts a new connection in; a ForgeError when it is one too many (it is then answered 503 and closed). */
+  private admit(address: string): ForgeError | undefined {
+    const mine = this.perAddress.get(address) ?? 0;
+    if (this.clients.size >= this.maxConnections) {
+      return new ForgeError(ErrorCode.ServiceUnavailable, 503, `forge has ${this.clients.size} connections open, its limit`, {
+        hint: "retry shortly; an operator can raise FORGE_MAX_CONNECTIONS (and the descriptor limit)",
+      });
+    }
+    if (mine >= this.maxPerClient) {
+      return new ForgeError(ErrorCode.ServiceUnavailable, 503, `this client address has ${mine} connections open, the limit per client`, {
+        hint: "reuse connections (keep-alive) rather than opening more; an operator can raise FORGE_MAX_CONNECTIONS_PER_CLIENT",
+      });
+    }
+    this.perAddress.set(address, mine + 1);
+    return undefined;
+  }
+
+  /** @internal A connection counted in by admit() closed. */
+  release(address: string): void {
+    const mine = (this.perAddress.get(address) ?? 1) - 1;
+    if (mine > 0) this.perAddress.set(address, mine);
+    else this.perAddress.delete(address);
   }
 
   /** Starts listening; returns the port (the one given, or the one chosen for 0). */
@@ -81,7 +118,10 @@ export class Gateway {
           // As nginx's tcp_nodelay: an answer written while an earlier segment waits for its
           // ACK is not held back by Nagle's algorithm.
           socket.setNoDelay(true);
-          socket.data = new Client(gateway, socket);
+          const address = socket.remoteAddress;
+          const refused = gateway.admit(address);
+          socket.data = new Client(gateway, socket, refused ? undefined : address);
+          if (refused) return socket.data.refuse(refused);
           gateway.clients.add(socket.data);
           if (!gateway.sweeper) gateway.now = Date.now();
           gateway.sweeper ??= setInterval(() => gateway.sweep(), 50);
@@ -657,9 +697,18 @@ class Client {
   constructor(
     private readonly g: Gateway,
     private readonly socket: Socket<Client>,
+    /** The client address it was counted under (none: refused, never counted). */
+    private readonly address: string | undefined,
   ) {
     this.lastActive = g.now;
     this.out = new Outbox(socket);
+  }
+
+  /** A connection over a limit: answered with `err`, then closed, without reading a request. */
+  refuse(err: ForgeError): void {
+    this.closing = true;
+    this.closed = true;
+    this.socket.end(errorBytes(err, newRequestId(), true, false));
   }
 
   // --- client socket events ---
@@ -711,6 +760,7 @@ class Client {
     if (this.closed) return;
     this.closed = true;
     this.g.clients.delete(this);
+    if (this.address !== undefined) this.g.release(this.address);
     this.tunnel?.close();
     const up = this.up;
     this.up = undefined;
