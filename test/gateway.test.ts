@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { Framing } from "../src/router/gateway.ts";
+import { Framing, parseResponseHead } from "../src/router/gateway.ts";
 import { cli, startForge, tempDir, until, type ForgeProcess } from "./_helpers.ts";
 
 let forge: ForgeProcess;
@@ -506,6 +506,42 @@ describe("response framing", () => {
       f.chunked();
       expect(feedAll(f, body, step)).toBe(body.length - 4);
       expect(f.done).toBe(true);
+    }
+  });
+
+  test("malformed response heads from an instance are refused (a 502), as nginx refuses them", () => {
+    const bad = [
+      "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\n\r\n",
+      "HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\n\r\n",
+      "HTTP/1.1 200 OK\r\nX-A: 1\nX-B: 2\r\n\r\n",
+      "HTTP/1.1 200 OK\r\nX-A: a\u0000b\r\n\r\n",
+      "HTTP/1.1 200 OK\r\nContent-Length : 50\r\n\r\n",
+      "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+      "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+      "HTTP/1.1 2e2 OK\r\nContent-Length: 0\r\n\r\n",
+      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+      "HTTP/2 200 OK\r\n\r\n",
+    ];
+    for (const head of bad) expect(() => parseResponseHead(Buffer.from(head, "latin1")), head).toThrow();
+  });
+
+  test("a 103 before the answer is passed on; hop-by-hop lines are cut; an incomplete head waits", () => {
+    const data = Buffer.from("HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok");
+    const parsed = parseResponseHead(data);
+    if (!parsed.complete) throw new Error("complete expected");
+    expect(data.toString("latin1", 0, parsed.interimEnd)).toStartWith("HTTP/1.1 103 Early Hints\r\n");
+    expect(parsed).toMatchObject({ status: 200, length: 2, chunked: false, keepAlive: true, out: "HTTP/1.1 200 OK\r\nContent-Length: 2" });
+    expect(data.toString("latin1", parsed.bodyStart)).toBe("ok");
+    expect(parseResponseHead(Buffer.from("HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 200 O"))).toEqual({ complete: false, from: 28 });
+    expect(parseResponseHead(Buffer.from("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"))).toMatchObject({ chunked: true, length: -1 });
+  });
+
+  test("a chunk size of more than 15 hex digits, or a size line ending in a bare LF, is refused", () => {
+    for (const body of ["10000000000000005\r\nhello\r\n0\r\n\r\n", "5\nhello\r\n0\r\n\r\n", "5x\r\nhello\r\n"]) {
+      const f = new Framing();
+      f.chunked();
+      expect(() => f.feed(Buffer.from(body), 0), JSON.stringify(body)).toThrow();
     }
   });
 

@@ -60,7 +60,16 @@ const MAX_BUFFERED = 1024 * 1024;
 const CRLFCRLF = Buffer.from("\r\n\r\n");
 const NON_ASCII = /[^\x00-\x7f]/;
 const DIGITS = /^\d{1,15}$/;
-
+/** A chunk size line: hex digits (at most 15: below 2^53), then optionally extensions. */
+/** Transfer codings the fast path can frame: a list of tokens whose last is chunked. */
+const TRANSFER_CODINGS = /^(?:[!#$%&'*+.^_`|~0-9a-z-]+[ \t]*,[ \t]*)*chunked$/;
+const CHUNK_SIZE_LINE = /^([0-9a-fA-F]{1,15})(?:[ \t]*;[^\r\n]*)?$/;
+/**
+ * A response head as the fast path takes it: HTTP/1.x, a three-digit status, then lines of
+ * token ":" value with no control character but tab (no bare CR, LF or NUL, no folded line,
+ * no space before a colon). Anything else from an instance is a 502, as nginx answers.
+ */
+const RESPONSE_HEAD = /^HTTP\/1\.[01] [1-9]\d\d(?: [\t -~\x80-\xff]*)?(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~\x80-\xff]*)*$/;
 export class Gateway {
   private listener: TCPSocketListener<Client> | undefined;
   /** Checks the deadlines of requests in flight every 50 ms (a timer per request showed in the profile). */
@@ -305,6 +314,78 @@ const STATUS_TEXT: Record<number, string> = {
   504: "Gateway Timeout",
 };
 
+/** A response head from an instance, checked as nginx checks it. */
+export type ResponseHead =
+  | { complete: false; /** Where the (final) head being waited for starts: interim answers before it are done. */ from: number }
+  | {
+      complete: true;
+      status: number;
+      /** The head without its hop-by-hop lines and without the final CRLFCRLF. */
+      out: string;
+      /** Content-Length, or -1. */
+      length: number;
+      chunked: boolean;
+      /** May the connection to the instance be reused after this response? */
+      keepAlive: boolean;
+      /** Interim answers (1xx) before the final head end here (0: none), to be passed on as they are. */
+      interimEnd: number;
+      /** Where the body starts in the data. */
+      bodyStart: number;
+    };
+
+/**
+ * Parses the response head at the start of `data` (after any interim 1xx answers). Throws on
+ * anything malformed, so that the request is a 502 (RFC 9112 §5, §6.3; RFC 9110 §5.5, §15.2):
+ * a status that is not three digits, a bare LF, NUL or CR, a folded line, a space before a
+ * colon, a repeated or non-numeric Content-Length, a Transfer-Encoding whose last coding is
+ * not chunked, both framings at once, a 101 to a request that asked for no upgrade.
+ */
+export function parseResponseHead(data: Buffer): ResponseHead {
+  let start = 0;
+  let end: number;
+  let head: string;
+  let status: number;
+  for (;;) {
+    end = data.indexOf(CRLFCRLF, start);
+    if (end < 0) {
+      if (data.length - start > MAX_HEAD) throw new Error(`a response head longer than ${MAX_HEAD} bytes`);
+      return { complete: false, from: start };
+    }
+    head = data.toString("latin1", start, end);
+    if (!RESPONSE_HEAD.test(head)) throw new Error(`a malformed response head: ${JSON.stringify(head.slice(0, 60))}`);
+    status = Number(head.slice(9, 12));
+    if (status >= 200) break;
+    // No Upgrade goes out on the fast path: a 101 is an instance out of step.
+    if (status === 101) throw new Error("a 101 answer to a request that asked for no upgrade");
+    start = end + 4;
+  }
+  let length = -1;
+  let coding: string | undefined;
+  let connection = "";
+  let cut: number[] | undefined;
+  RESPONSE_SPECIAL.lastIndex = 0;
+  for (let m = RESPONSE_SPECIAL.exec(head); m; m = RESPONSE_SPECIAL.exec(head)) {
+    const field = (m[1] ?? "").toLowerCase();
+    const value = (m[2] ?? "").trimEnd();
+    if (field === "content-length") {
+      if (length >= 0 || !DIGITS.test(value)) throw new Error("a repeated or bad content-length in the response");
+      length = Number(value);
+    } else if (field === "transfer-encoding") {
+      if (coding !== undefined) throw new Error("a repeated transfer-encoding in the response");
+      coding = value.toLowerCase();
+      // Codings are tokens; chunked, when there, is the last one ("xchunked" is not chunked).
+      if (!TRANSFER_CODINGS.test(coding)) throw new Error(`a transfer-encoding forge cannot frame: ${JSON.stringify(value.slice(0, 40))}`);
+    } else {
+      if (field === "connection") connection = value.toLowerCase();
+      (cut ??= []).push(m.index, m.index + m[0].length);
+    }
+  }
+  // Both would leave the body's end to whichever one a reader believes (RFC 9112 §6.3).
+  if (coding !== undefined && length >= 0) throw new Error("a response with both transfer-encoding and content-length");
+  const keepAlive = head.charCodeAt(7) === 49 /* HTTP/1.1 */ ? !connection.includes("close") : connection.includes("keep-alive");
+  return { complete: true, status, out: cut ? cutRanges(head, cut) : head, length, chunked: coding !== undefined, keepAlive, interimEnd: start, bodyStart: end + 4 };
+}
+
 /** Where a response body ends, tracked over the raw bytes passed on. */
 export class Framing {
   /** 0 done, 1 by length, 2 chunked, 3 until the upstream closes. */
@@ -360,13 +441,16 @@ export class Framing {
       if (this.line.length > 4096) throw new Error("a chunk size or trailer line is longer than 4096 bytes");
       if (e < 0) return n;
       pos = e + 1;
-      const line = this.line.endsWith("\r") ? this.line.slice(0, -1) : this.line;
+      // Lines end in CRLF (RFC 9112 §7.1): a bare LF is how two parsers come to disagree.
+      if (!this.line.endsWith("\r")) throw new Error("a chunk size or trailer line ends in a bare LF");
+      const line = this.line.slice(0, -1);
       this.line = "";
       if (this.step === 3) {
         if (line === "") this.mode = 0;
         continue;
       }
-      const hex = /^[0-9a-fA-F]{1,15}/.exec(line)?.[0];
+      // The whole size, or none: 17 hex digits must not be read as their first 15.
+      const hex = CHUNK_SIZE_LINE.exec(line)?.[1];
       if (hex === undefined) throw new Error(`bad chunk size line ${JSON.stringify(line.slice(0, 20))}`);
       const size = Number.parseInt(hex, 16);
       if (size === 0) this.step = 3;
@@ -945,48 +1029,17 @@ class Client {
 
   /** Parses the response head in data (after any interim 1xx heads); returns where the body starts in data, or -1 when the head is incomplete. */
   private readHead(data: Buffer): number {
-    let start = 0;
-    let end: number;
-    let head: string;
-    let status: number;
-    for (;;) {
-      end = data.indexOf(CRLFCRLF, start);
-      if (end < 0) {
-        if (data.length - start > MAX_HEAD) throw new Error(`a response head longer than ${MAX_HEAD} bytes`);
-        this.buffered = start === 0 ? data : data.subarray(start);
-        return -1;
-      }
-      head = data.toString("latin1", start, end);
-      if (!head.startsWith("HTTP/1.") || head.length < 12) throw new Error(`not an HTTP/1 response: ${JSON.stringify(head.slice(0, 40))}`);
-      status = Number(head.slice(9, 12));
-      if (!Number.isInteger(status) || status < 100) throw new Error(`bad status line ${JSON.stringify(head.slice(0, 40))}`);
-      if (status >= 200) break;
-      // An interim response (103 Early Hints; we never send Expect): skipped, the real head follows.
-      start = end + 4;
+    const parsed = parseResponseHead(data);
+    // Interim answers (103 Early Hints) are the client's too (RFC 9110 §15.2): passed on.
+    const interimEnd = parsed.complete ? parsed.interimEnd : parsed.from;
+    if (interimEnd > 0) this.write(data, 0, interimEnd);
+    if (parsed.complete === false) {
+      this.buffered = parsed.from === 0 ? data : data.subarray(parsed.from);
+      return -1;
     }
-    let length = -1;
-    let coding: string | undefined;
-    let connection = "";
-    let cut: number[] | undefined;
-    RESPONSE_SPECIAL.lastIndex = 0;
-    for (let m = RESPONSE_SPECIAL.exec(head); m; m = RESPONSE_SPECIAL.exec(head)) {
-      const field = (m[1] ?? "").toLowerCase();
-      const value = (m[2] ?? "").trimEnd();
-      if (field === "content-length") {
-        if (length >= 0 || !DIGITS.test(value)) throw new Error("a repeated or bad content-length in the response");
-        length = Number(value);
-      } else if (field === "transfer-encoding") {
-        if (coding !== undefined) throw new Error("a repeated transfer-encoding in the response");
-        coding = value.toLowerCase();
-      } else {
-        if (field === "connection") connection = value.toLowerCase();
-        (cut ??= []).push(m.index, m.index + m[0].length);
-      }
-    }
-    const chunked = coding !== undefined && coding.endsWith("chunked");
-    const out = cut ? cutRanges(head, cut) : head;
+    const { status, length, chunked } = parsed;
     this.status = status;
-    this.upKeepAlive = head.charCodeAt(7) === 49 /* HTTP/1.1 */ ? !connection.includes("close") : connection.includes("keep-alive");
+    this.upKeepAlive = parsed.keepAlive;
     const noBody = this.isHead || status === 204 || status === 304;
     if (noBody) this.framing.byLength(0);
     else if (chunked) this.framing.chunked();
@@ -1000,9 +1053,10 @@ class Client {
     this.respWhole = noBody || (!chunked && length >= 0 && length <= WHOLE_LIMIT);
     // The rest of a request body the instance did not wait for cannot be skipped safely.
     if (this.bodyLeft > 0) this.closeAfter = true;
-    this.respHead = out + "\r\nx-forge-request-id: " + this.requestId + "\r\nx-forge-start: " + (this.lease?.start ?? "warm") + (this.closeAfter ? "\r\nconnection: close\r\n\r\n" : "\r\n\r\n");
-    return end + 4;
+    this.respHead = parsed.out + "\r\nx-forge-request-id: " + this.requestId + "\r\nx-forge-start: " + (this.lease?.start ?? "warm") + (this.closeAfter ? "\r\nconnection: close\r\n\r\n" : "\r\n\r\n");
+    return parsed.bodyStart;
   }
+
 
   /** The instance closed or broke the connection. */
   upstreamClosed(up: Up, err?: Error): void {
