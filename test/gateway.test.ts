@@ -55,12 +55,16 @@ interface RawResponse {
 }
 
 /** Parses whole HTTP/1.1 responses out of bytes (content-length, chunked, or until the end when `closed`). */
-function parseResponses(data: Buffer, closed: boolean, heads: boolean[] = []): { responses: RawResponse[]; complete: boolean } {
+function parseResponses(data: Buffer, closed: boolean, heads: boolean[] = []): { responses: RawResponse[]; complete: boolean; pos: number } {
   const responses: RawResponse[] = [];
   let pos = 0;
+  // `at`: where the last whole response ended, so a caller can go on from there.
+  let at = 0;
+  const partial = () => ({ responses, complete: false, pos: at });
   while (pos < data.length) {
+    at = pos;
     const end = data.indexOf("\r\n\r\n", pos);
-    if (end < 0) return { responses, complete: false };
+    if (end < 0) return partial();
     const lines = data.toString("latin1", pos, end).split("\r\n");
     const status = Number(lines[0]?.split(" ")[1]);
     const headers = new Map<string, string>();
@@ -73,28 +77,28 @@ function parseResponses(data: Buffer, closed: boolean, heads: boolean[] = []): {
     if (isHead) responses.push({ status, headers, body: Buffer.alloc(0) });
     else if (headers.has("content-length")) {
       const n = Number(headers.get("content-length"));
-      if (data.length < pos + n) return { responses, complete: false };
+      if (data.length < pos + n) return partial();
       responses.push({ status, headers, body: data.subarray(pos, pos + n) });
       pos += n;
     } else if (headers.get("transfer-encoding") === "chunked") {
       const parts: Buffer[] = [];
       for (;;) {
         const le = data.indexOf("\r\n", pos);
-        if (le < 0) return { responses, complete: false };
+        if (le < 0) return partial();
         const size = Number.parseInt(data.toString("latin1", pos, le), 16);
-        if (data.length < le + 2 + size + 2) return { responses, complete: false };
+        if (data.length < le + 2 + size + 2) return partial();
         pos = le + 2 + size + 2;
         if (size === 0) break;
         parts.push(data.subarray(le + 2, le + 2 + size));
       }
       responses.push({ status, headers, body: Buffer.concat(parts) });
     } else {
-      if (!closed) return { responses, complete: false };
+      if (!closed) return partial();
       responses.push({ status, headers, body: data.subarray(pos) });
       pos = data.length;
     }
   }
-  return { responses, complete: true };
+  return { responses, complete: true, pos };
 }
 
 /** Writes `parts` (one write each) on a fresh connection and collects `expected` responses, or all of them until the server closes. */
@@ -104,24 +108,28 @@ async function exchange(
   heads: boolean[] = [],
   options: { pauseFirst?: boolean; beforePart?: (index: number) => Promise<void>; afterWrite?: () => Promise<void> } = {},
 ): Promise<{ responses: RawResponse[]; closed: boolean }> {
-  const chunks: Buffer[] = [];
-  let data = Buffer.alloc(0);
+  // Parsed as it comes: only the tail not yet parsed is kept and looked at again, so that a
+  // client reading 50,000 answers is not itself the slow reader (reparsing all it got on every
+  // chunk took it seconds under load, and the gateway rightly closed on it).
+  let pending = Buffer.alloc(0);
+  let seen = "";
+  const responses: RawResponse[] = [];
   let closed = false;
   const done = Promise.withResolvers<void>();
   const drained = { resolve: (): void => {} };
   const check = (): void => {
-    const r = parseResponses(data, closed, heads);
-    if ((r.complete && r.responses.length >= expected) || closed) done.resolve();
+    const r = parseResponses(pending, closed, heads.slice(responses.length));
+    for (const response of r.responses) responses.push(response);
+    pending = pending.subarray(r.pos);
+    if ((r.complete && responses.length >= expected) || closed) done.resolve();
   };
   const socket = await Bun.connect({
     hostname: "127.0.0.1",
     port: forge.port,
     socket: {
       data(_s, chunk) {
-        chunks.push(Buffer.from(chunk));
-        data = Buffer.concat(chunks);
-        chunks.length = 0;
-        chunks.push(data);
+        if (seen.length < 400) seen += chunk.toString("latin1", 0, 400);
+        pending = pending.length === 0 ? Buffer.from(chunk) : Buffer.concat([pending, chunk]);
         check();
       },
       drain() {
@@ -153,9 +161,9 @@ async function exchange(
     }
     await options.afterWrite?.();
     if (options.pauseFirst) socket.resume();
-    const timer = setTimeout(() => done.reject(new Error(`no ${expected} responses within 10 s; got ${JSON.stringify(data.toString("latin1").slice(0, 400))}`)), 10_000);
+    const timer = setTimeout(() => done.reject(new Error(`no ${expected} responses within 10 s; got ${responses.length}, starting ${JSON.stringify(seen.slice(0, 400))}`)), 10_000);
     await done.promise.finally(() => clearTimeout(timer));
-    return { responses: parseResponses(data, closed, heads).responses, closed };
+    return { responses, closed };
   } finally {
     socket.end();
   }
