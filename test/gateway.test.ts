@@ -35,7 +35,7 @@ beforeAll(async () => {
        let sum = 0;
        for (const b of body) sum = (sum + b) % 65521;
        return Response.json({ method: req.method, path: url.pathname + url.search, length: body.length, sum,
-         id: req.headers.get("x-forge-request-id"), te: req.headers.get("transfer-encoding"), connection: req.headers.get("connection"), control: req.headers.get("x-forge-control") });
+         id: req.headers.get("x-forge-request-id"), te: req.headers.get("transfer-encoding"), connection: req.headers.get("connection"), control: req.headers.get("x-forge-control"), secret: req.headers.get("x-secret") });
      } };`,
   );
   writeFileSync(join(dir, "forge.json"), JSON.stringify({ timeoutMs: 2500 }));
@@ -459,6 +459,35 @@ describe("what the gateway hands to Bun.serve", () => {
   test("two Host headers are a 400 (RFC 9112 §3.2), not a 404", async () => {
     const { responses } = await exchange([`GET / HTTP/1.1\r\nHost: ${host()}\r\nHost: other.localhost\r\n\r\n`], 1);
     expect(responses[0]?.status).toBe(400);
+  });
+
+  test("a Host with a port past 65535, or not a number, is a 400 and never reaches the function", async () => {
+    for (const bad of [`gw.localhost:99999`, `gw.localhost:8o8o`, `gw.localhost:1:2`]) {
+      const { responses } = await exchange([`GET / HTTP/1.1\r\nHost: ${bad}\r\n\r\n`], 1);
+      expect(responses[0]?.status, bad).toBe(400);
+    }
+  });
+
+  test("headers named by Connection are hop-by-hop: never passed on to the function", async () => {
+    const { responses } = await exchange([get("/conn", "Connection: keep-alive, X-Secret\r\nX-Secret: s3cret\r\n")], 1);
+    expect(responses[0]?.status).toBe(200);
+    expect(json(responses[0])).toMatchObject({ path: "/conn", secret: null });
+  });
+
+  test("an absolute-form target naming another host than Host is a 400, not routed by Host", async () => {
+    const { responses } = await exchange([`GET http://other.localhost/x HTTP/1.1\r\nHost: ${host()}\r\n\r\n`], 1);
+    expect(responses[0]?.status).toBe(400);
+  });
+
+  test("a head with bare LF line ends is answered at once (Bun's parser: 505), not held until the idle timeout", async () => {
+    const { responses } = await exchange([`GET / HTTP/1.1\nHost: ${host()}\n\n`], 1);
+    // Held, it would be closed after the idle timeout with no answer at all.
+    expect([400, 505]).toContain(responses[0]?.status ?? 0);
+  });
+
+  test("CONNECT is a 501: forge is no forward proxy", async () => {
+    const { responses } = await exchange([`CONNECT ${host()} HTTP/1.1\r\nHost: ${host()}\r\n\r\n`], 1);
+    expect(responses[0]?.status).toBe(501);
   });
 
   test("two Content-Length headers are refused", async () => {

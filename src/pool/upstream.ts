@@ -669,11 +669,15 @@ function encodeHead(req: UpstreamRequest): string {
   let head = `${method} ${req.path} HTTP/1.1\r\n`;
   let length: string | null = null;
   let host = false;
+  // Headers the Connection header names are hop-by-hop too (RFC 9110 §7.6.1).
+  const connection = req.headers.get("connection");
+  const named = connection ? new Set(connection.toLowerCase().split(",").map((t) => t.trim())) : undefined;
   for (const [name, value] of req.headers) {
     if (HOP_BY_HOP.has(name)) {
       if (name === "content-length") length = value;
       continue;
     }
+    if (named?.has(name)) continue;
     if (name === "host") host = true;
     head += `${name}: ${value}\r\n`;
   }

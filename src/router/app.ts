@@ -262,6 +262,12 @@ export function createRouter(o: RouterOptions): ForgeApp {
     if (host !== null && host.includes(",")) {
       return new ForgeError(ErrorCode.BadRequest, 400, "the request has more than one Host header", { hint: "send exactly one Host header" }).toResponse();
     }
+    if (host !== null && !isValidHost(host)) {
+      return new ForgeError(ErrorCode.BadRequest, 400, "the request's Host is not a host name with an optional port up to 65535", { hint: "e.g. Host: greet.localhost:8080" }).toResponse();
+    }
+    if (req.method === "CONNECT") {
+      return new ForgeError(ErrorCode.MethodNotImplemented, 501, "forge is not a forward proxy: CONNECT is not implemented", { hint: "send requests to functions directly" }).toResponse();
+    }
     const name = host === null ? undefined : functionOfHost(host, hostSuffix);
     if (name === undefined) return dispatch(req, env, ctx);
     return dataPlane.invoke(name, req, { path: pathOf(req.url) }).catch((err: unknown) => errorResponse(err, o.logger, req.headers.get("x-forge-request-id") ?? undefined));
@@ -271,11 +277,20 @@ export function createRouter(o: RouterOptions): ForgeApp {
 
 /** The function a Host header names, or undefined for the apex host. */
 export function functionOfHost(host: string, suffix: string): string | undefined {
+  if (!isValidHost(host)) return undefined;
   const colon = host.lastIndexOf(":");
   const bare = (colon > host.lastIndexOf("]") ? host.slice(0, colon) : host).toLowerCase();
   if (!bare.endsWith(suffix)) return undefined;
   const label = bare.slice(0, bare.length - suffix.length);
   return label.length > 0 ? label : undefined;
+}
+
+/** A Host value: a name or an IPv4 or bracketed IPv6 address, then an optional port up to 65535 (RFC 9110 §7.2). */
+const HOST = /^(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9._-]{1,253})(?::(\d{1,5}))?$/;
+
+export function isValidHost(host: string): boolean {
+  const m = HOST.exec(host);
+  return m !== null && (m[1] === undefined || Number(m[1]) <= 65535);
 }
 
 export function toForgeError(err: unknown, logger: ConsolaInstance): ForgeError {

@@ -61,6 +61,20 @@ const CRLFCRLF = Buffer.from("\r\n\r\n");
 const NON_ASCII = /[^\x00-\x7f]/;
 const DIGITS = /^\d{1,15}$/;
 /** A chunk size line: hex digits (at most 15: below 2^53), then optionally extensions. */
+/** An absolute-form request target's authority and the Host header, when both are there. */
+const ABSOLUTE_TARGET = /^[!-~]+ [A-Za-z][A-Za-z0-9+.-]*:\/\/([^/?# ]*)/;
+const HOST_LINE = /\r\nhost:[ \t]*([^\r]*?)[ \t]*(?:\r\n|$)/i;
+
+/** Does an absolute-form target name another authority than the Host header? */
+export function hostDisagrees(head: string): boolean {
+  const target = ABSOLUTE_TARGET.exec(head)?.[1];
+  if (target === undefined) return false;
+  const host = HOST_LINE.exec(head)?.[1];
+  return host !== undefined && host.toLowerCase() !== target.toLowerCase();
+}
+
+/** A Connection value naming no header: close and keep-alive only. */
+const CONNECTION_PLAIN = /^(?:close|keep-alive)(?:[ \t]*,[ \t]*(?:close|keep-alive))*$/;
 /** Transfer codings the fast path can frame: a list of tokens whose last is chunked. */
 const TRANSFER_CODINGS = /^(?:[!#$%&'*+.^_`|~0-9a-z-]+[ \t]*,[ \t]*)*chunked$/;
 const CHUNK_SIZE_LINE = /^([0-9a-fA-F]{1,15})(?:[ \t]*;[^\r\n]*)?$/;
@@ -256,6 +270,8 @@ export function parseRequest(head: string, suffix: string, seen: Map<string, str
       case "connection": {
         const v = value.toLowerCase();
         if (v.includes("upgrade")) return undefined;
+        // Headers it names are hop-by-hop too (RFC 9110 §7.6.1): cut by the tunnel's path.
+        if (!CONNECTION_PLAIN.test(v)) return undefined;
         if (v.includes("close")) close = true;
         (cut ??= []).push(m.index, m.index + m[0].length);
         break;
@@ -288,9 +304,12 @@ export function parseRequest(head: string, suffix: string, seen: Map<string, str
 function functionOf(host: string, suffix: string, seen: Map<string, string | undefined>): string | undefined {
   const known = seen.get(host);
   if (known !== undefined || seen.has(host)) return known;
-  if (seen.size >= 1024) seen.clear();
   const name = functionOfHost(host, suffix);
-  seen.set(host, name);
+  // Only names worth remembering: a client's stream of odd 64 KB Hosts is not kept.
+  if (name !== undefined && host.length <= 255) {
+    if (seen.size >= 1024) seen.clear();
+    seen.set(host, name);
+  }
   return name;
 }
 
@@ -879,6 +898,14 @@ class Client {
     // end may straddle two pieces): a head in a thousand pieces is scanned once, not 500 times.
     const end = buf.indexOf(CRLFCRLF, Math.max(0, this.scanned - 3));
     if (end < 0) {
+      // A bare LF ends no head the fast path takes; Bun's parser answers it (400) at once,
+      // where waiting for a CRLFCRLF would hold the connection until the idle timeout.
+      for (let lf = buf.indexOf(10, this.scanned); lf >= 0; lf = buf.indexOf(10, lf + 1)) {
+        if (lf === 0 || buf[lf - 1] !== 13) {
+          this.toTunnel();
+          return false;
+        }
+      }
       this.scanned = buf.length;
       if (buf.length > MAX_HEAD) this.toTunnel();
       return false;
@@ -888,6 +915,16 @@ class Client {
     const text = buf.toString("latin1", 0, end);
     const head = parseRequest(text, this.g.suffix, this.g.hosts);
     if (!head) {
+      // Bun's server routes an absolute-form target by Host, where the target's authority
+      // wins (RFC 9112 §3.2.2): two names for one request are refused rather than guessed.
+      if (hostDisagrees(text)) {
+        this.busy = true;
+        this.requestId = newRequestId();
+        this.isHead = false;
+        this.closeAfter = true;
+        this.fail(new ForgeError(ErrorCode.BadRequest, 400, "the request's target names another host than its Host header", { hint: "send the same authority in both, or an origin-form target (GET /path)" }), undefined);
+        return true;
+      }
       this.toTunnel();
       return false;
     }
