@@ -280,6 +280,15 @@ describe("the gateway's fast path", () => {
     expect((json(responses[0]).error as { hint: string }).hint).toContain("FORGE_MAX_BODY_MB");
   });
 
+  test("a chunked upload past the limit is a 413 too (it has no length to check up front)", async () => {
+    const chunk = "x".repeat(64 * 1024);
+    const parts = [`POST /big HTTP/1.1\r\nHost: ${host()}\r\nTransfer-Encoding: chunked\r\n\r\n`];
+    for (let i = 0; i < 24; i++) parts.push(`${chunk.length.toString(16)}\r\n${chunk}\r\n`); // 1.5 MB > FORGE_MAX_BODY_MB=1
+    parts.push("0\r\n\r\n");
+    const { responses } = await exchange(parts, 1);
+    expect(responses[0]?.status).toBe(413);
+  });
+
   test("an unknown function is a 404 JSON error", async () => {
     const { responses } = await exchange([`GET / HTTP/1.1\r\nHost: nope.localhost:${forge.port}\r\n\r\n`], 1);
     expect(responses[0]?.status).toBe(404);

@@ -199,7 +199,10 @@ export class DataPlane {
     if (options.dropHeaders) for (const h of options.dropHeaders) headers.delete(h);
     const method = req.method;
     // Streamed (under the deadline, as a slow upload must be); content-length passed on when given.
-    const body = method === "GET" || method === "HEAD" ? null : req.body;
+    let body = method === "GET" || method === "HEAD" ? null : req.body;
+    // A body of no declared length (chunked) is counted as it goes: past the limit, a 413.
+    const cap = body && max !== undefined && declared === null ? new BodyCap(max) : undefined;
+    if (cap && body) body = cap.wrap(body);
     const deadline = this.deadlines.arm(timeoutMs);
     const signal = deadline;
     const kind = options.kind ?? "sync";
@@ -218,6 +221,14 @@ export class DataPlane {
     } catch (err) {
       deadline.done();
       const timedOut = signal.aborted;
+      if (cap?.over) {
+        // The client's body, not the instance, is what failed.
+        lease.release();
+        this.upstream.closeAll(socketPath);
+        const e = tooLarge("request body", cap.max);
+        recordLeased(this.o.recorder, name, lease, requestId, createdAt, started, e.status, 0, kind);
+        throw e;
+      }
       if (timedOut) lease.release();
       else {
         lease.fail();
@@ -246,6 +257,30 @@ export class DataPlane {
       recordLeased(this.o.recorder, name, lease, requestId, createdAt, started, status, bytes, kind);
     });
     return new Response(streamed, { status, statusText: upstream.statusText, headers: out });
+  }
+}
+
+/** Counts a streamed request body and errors it once it passes `max` bytes. */
+class BodyCap {
+  over = false;
+  private seen = 0;
+
+  constructor(readonly max: number) {}
+
+  wrap(body: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
+    return body.pipeThrough(
+      new TransformStream<Uint8Array, Uint8Array>({
+        transform: (chunk, controller) => {
+          this.seen += chunk.byteLength;
+          if (this.seen > this.max) {
+            this.over = true;
+            controller.error(tooLarge("request body", this.max));
+            return;
+          }
+          controller.enqueue(chunk);
+        },
+      }),
+    );
   }
 }
 
