@@ -74,7 +74,11 @@ export interface Config {
   idleTimeoutMs: number;
   /** FORGE_MAX_CONNECTIONS: client connections open at once; past it a new one gets a 503 and is closed. Default 4096. */
   maxConnections: number;
-  /** FORGE_MAX_CONNECTIONS_PER_CLIENT: the same, per client address. Default 512. */
+  /**
+   * FORGE_MAX_CONNECTIONS_PER_CLIENT: the same, per client address (IPv6: per /64). 0 (the
+   * default): 512, or no cap of its own when forge listens on loopback, where every client
+   * comes through a proxy on the same machine and so from one address.
+   */
   maxConnectionsPerClient: number;
   /** FORGE_LOG_FORMAT: pretty or json. Default pretty. */
   logFormat: LogFormat;
@@ -134,7 +138,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     telemetry: r.oneOf("FORGE_TELEMETRY", "on", ["on", "off"] as const) === "on",
     idleTimeoutMs: r.duration("FORGE_IDLE_TIMEOUT", 75_000),
     maxConnections: r.int("FORGE_MAX_CONNECTIONS", 4096, 1, 1_000_000),
-    maxConnectionsPerClient: r.int("FORGE_MAX_CONNECTIONS_PER_CLIENT", 512, 1, 1_000_000),
+    maxConnectionsPerClient: r.int("FORGE_MAX_CONNECTIONS_PER_CLIENT", 0, 0, 1_000_000),
     recordRetentionMs: r.duration("FORGE_RECORD_RETENTION", 7 * 24 * 3600_000),
     logFormat: r.oneOf("FORGE_LOG_FORMAT", "pretty", ["pretty", "json"] as const),
     maxArchiveBytes: r.int("FORGE_MAX_ARCHIVE_MB", 50, 1, 10_000) * 1024 * 1024,

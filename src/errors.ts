@@ -34,6 +34,8 @@ export const ErrorCode = {
   QueueTimeout: "queue_timeout",
   FunctionTimeout: "function_timeout",
   InstanceCrashed: "instance_crashed",
+  /** An instance answered with bytes that are not valid HTTP (502). */
+  BadResponse: "bad_response",
   InstanceStartFailed: "instance_start_failed",
   DriverUnavailable: "driver_unavailable",
   ServiceUnavailable: "service_unavailable",

@@ -202,7 +202,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
     // out for Unix sockets; Bun applies it to them all the same).
     ...({ idleTimeout: 0 } as object),
   });
-  const gateway = new Gateway({ pool, recorder, logger, domain: config.domain, maxBodyBytes: config.maxBodyBytes, backend, idleTimeoutMs: config.idleTimeoutMs, maxConnections: config.maxConnections, maxConnectionsPerClient: config.maxConnectionsPerClient });
+  const gateway = new Gateway({ pool, recorder, logger, domain: config.domain, maxBodyBytes: config.maxBodyBytes, backend, idleTimeoutMs: config.idleTimeoutMs, maxConnections: config.maxConnections, maxConnectionsPerClient: config.maxConnectionsPerClient || (isLoopback(config.host) ? config.maxConnections : 512) });
   try {
     port = gateway.listen(config.host, config.port);
   } catch (err) {
@@ -289,3 +289,7 @@ function connectRedis(url: string, logger: ConsolaInstance): Redis {
   return redis;
 }
 
+/** Is forge listening on loopback only (clients then reach it through a local proxy)? */
+function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || host.startsWith("127.");
+}

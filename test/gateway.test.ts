@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { Framing, parseResponseHead } from "../src/router/gateway.ts";
+import { clientKey, Framing, parseResponseHead } from "../src/router/gateway.ts";
 import { cli, startForge, tempDir, until, type ForgeProcess } from "./_helpers.ts";
 
 let forge: ForgeProcess;
@@ -29,6 +29,7 @@ beforeAll(async () => {
          } }));
        }
        if (url.pathname === "/slow") { await Bun.sleep(5000); return new Response("late"); }
+       if (url.pathname === "/echo-header") return new Response("ok", { headers: { "x-echo": url.searchParams.get("v") ?? "" } });
        if (url.pathname === "/bytes") return new Response("x".repeat(Number(url.searchParams.get("n") ?? "0")));
        if (url.pathname === "/wait") { await Bun.sleep(1500); return new Response("waited"); }
        const body = new Uint8Array(await req.arrayBuffer());
@@ -477,6 +478,18 @@ describe("what the gateway hands to Bun.serve", () => {
     }
   });
 
+  test("a client naming forge's own headers or Host in Connection strips none of them", async () => {
+    const { responses } = await exchange([get("/cid", "Connection: keep-alive, x-forge-request-id, host\r\n")], 1);
+    expect(responses[0]?.status).toBe(200);
+    expect(json(responses[0]).id).toBe(responses[0]?.headers.get("x-forge-request-id") ?? "missing");
+  });
+
+  test("an answer whose header holds a DEL or another control byte (not NUL, CR, LF) is passed on, as nginx does", async () => {
+    const { responses } = await exchange([get("/echo-header?v=a%7Fb%01c")], 1);
+    expect(responses[0]?.status).toBe(200);
+    expect(responses[0]?.headers.get("x-echo")).toBe("a\x7fb\x01c");
+  });
+
   test("headers named by Connection are hop-by-hop: never passed on to the function", async () => {
     const { responses } = await exchange([get("/conn", "Connection: keep-alive, X-Secret\r\nX-Secret: s3cret\r\n")], 1);
     expect(responses[0]?.status).toBe(200);
@@ -570,6 +583,15 @@ describe("response framing", () => {
       "HTTP/2 200 OK\r\n\r\n",
     ];
     for (const head of bad) expect(() => parseResponseHead(Buffer.from(head, "latin1")), head).toThrow();
+  });
+
+  test("clients are counted per address, IPv6 per /64", () => {
+    expect(clientKey("203.0.113.7")).toBe("203.0.113.7");
+    expect(clientKey("::ffff:203.0.113.7")).toBe("::ffff:203.0.113.7");
+    expect(clientKey("2001:db8:1:2:aaaa::1")).toBe("2001:db8:1:2::/64");
+    expect(clientKey("2001:db8:1:2:bbbb:cccc:dddd:eeee")).toBe("2001:db8:1:2::/64");
+    expect(clientKey("2001:db8::1")).toBe("2001:db8:0:0::/64");
+    expect(clientKey("::1")).toBe("0:0:0:0::/64");
   });
 
   test("a 103 before the answer is passed on; hop-by-hop lines are cut; an incomplete head waits", () => {

@@ -677,7 +677,9 @@ function encodeHead(req: UpstreamRequest): string {
       if (name === "content-length") length = value;
       continue;
     }
-    if (named?.has(name)) continue;
+    // ...but never Host or forge's own (its request id, the control token): a client must not
+    // strip what forge adds by naming it.
+    if (named?.has(name) && name !== "host" && !name.startsWith("x-forge-")) continue;
     if (name === "host") host = true;
     head += `${name}: ${value}\r\n`;
   }

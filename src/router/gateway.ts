@@ -73,6 +73,20 @@ export function hostDisagrees(head: string): boolean {
   return host !== undefined && host.toLowerCase() !== target.toLowerCase();
 }
 
+/**
+ * The key connections are counted under per client: the address, and for IPv6 its /64 (one
+ * host is given a whole /64; counting addresses in it would let one client past the cap).
+ */
+export function clientKey(address: string): string {
+  if (!address.includes(":") || address.startsWith("::ffff:")) return address;
+  // Expand "::" to the zero groups it stands for, so that one /64 always gives one key.
+  const [left = "", right] = address.split("::");
+  const head = left.split(":").filter(Boolean);
+  const tail = right === undefined ? [] : right.split(":").filter(Boolean);
+  const groups = right === undefined ? head : [...head, ...Array<string>(Math.max(0, 8 - head.length - tail.length)).fill("0"), ...tail];
+  return groups.slice(0, 4).join(":").toLowerCase() + "::/64";
+}
+
 /** A Connection value naming no header: close and keep-alive only. */
 const CONNECTION_PLAIN = /^(?:close|keep-alive)(?:[ \t]*,[ \t]*(?:close|keep-alive))*$/;
 /** Transfer codings the fast path can frame: a list of tokens whose last is chunked. */
@@ -80,10 +94,11 @@ const TRANSFER_CODINGS = /^(?:[!#$%&'*+.^_`|~0-9a-z-]+[ \t]*,[ \t]*)*chunked$/;
 const CHUNK_SIZE_LINE = /^([0-9a-fA-F]{1,15})(?:[ \t]*;[^\r\n]*)?$/;
 /**
  * A response head as the fast path takes it: HTTP/1.x, a three-digit status, then lines of
- * token ":" value with no control character but tab (no bare CR, LF or NUL, no folded line,
- * no space before a colon). Anything else from an instance is a 502, as nginx answers.
+ * token ":" value with no NUL, CR or LF in a value (no folded line, no space before a colon);
+ * other control bytes pass, as nginx lets them (fetch's Headers allow them, and a function
+ * may echo one into a header). Anything else from an instance is a 502, as nginx answers.
  */
-const RESPONSE_HEAD = /^HTTP\/1\.[01] [1-9]\d\d(?: [\t -~\x80-\xff]*)?(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~\x80-\xff]*)*$/;
+const RESPONSE_HEAD = /^HTTP\/1\.[01] [1-9]\d\d(?: [^\x00\r\n]*)?(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00\r\n]*)*$/;
 export class Gateway {
   private listener: TCPSocketListener<Client> | undefined;
   /** Checks the deadlines of requests in flight every 50 ms (a timer per request showed in the profile). */
@@ -141,8 +156,9 @@ export class Gateway {
           // As nginx's tcp_nodelay: an answer written while an earlier segment waits for its
           // ACK is not held back by Nagle's algorithm.
           socket.setNoDelay(true);
-          const address = socket.remoteAddress;
-          const refused = gateway.admit(address);
+          // A peer gone before this ran has no address: nothing to count it under.
+          const address = socket.remoteAddress ? clientKey(socket.remoteAddress) : undefined;
+          const refused = address === undefined ? undefined : gateway.admit(address);
           socket.data = new Client(gateway, socket, refused ? undefined : address);
           if (refused) return socket.data.refuse(refused);
           gateway.clients.add(socket.data);
@@ -324,11 +340,13 @@ function errorBytes(err: ForgeError, requestId: string, close: boolean, headOnly
 }
 
 const STATUS_TEXT: Record<number, string> = {
+  400: "Bad Request",
   404: "Not Found",
   413: "Payload Too Large",
   429: "Too Many Requests",
   500: "Internal Server Error",
   502: "Bad Gateway",
+  501: "Not Implemented",
   503: "Service Unavailable",
   504: "Gateway Timeout",
 };
@@ -359,6 +377,9 @@ export type ResponseHead =
  * colon, a repeated or non-numeric Content-Length, a Transfer-Encoding whose last coding is
  * not chunked, both framings at once, a 101 to a request that asked for no upgrade.
  */
+/** An instance answered with bytes that are not a valid HTTP/1 response: a 502, the instance not suspected of a crash. */
+export class MalformedResponse extends Error {}
+
 export function parseResponseHead(data: Buffer): ResponseHead {
   let start = 0;
   let end: number;
@@ -367,15 +388,15 @@ export function parseResponseHead(data: Buffer): ResponseHead {
   for (;;) {
     end = data.indexOf(CRLFCRLF, start);
     if (end < 0) {
-      if (data.length - start > MAX_HEAD) throw new Error(`a response head longer than ${MAX_HEAD} bytes`);
+      if (data.length - start > MAX_HEAD) throw new MalformedResponse(`a response head longer than ${MAX_HEAD} bytes`);
       return { complete: false, from: start };
     }
     head = data.toString("latin1", start, end);
-    if (!RESPONSE_HEAD.test(head)) throw new Error(`a malformed response head: ${JSON.stringify(head.slice(0, 60))}`);
+    if (!RESPONSE_HEAD.test(head)) throw new MalformedResponse(`a malformed response head: ${JSON.stringify(head.slice(0, 60))}`);
     status = Number(head.slice(9, 12));
     if (status >= 200) break;
     // No Upgrade goes out on the fast path: a 101 is an instance out of step.
-    if (status === 101) throw new Error("a 101 answer to a request that asked for no upgrade");
+    if (status === 101) throw new MalformedResponse("a 101 answer to a request that asked for no upgrade");
     start = end + 4;
   }
   let length = -1;
@@ -387,20 +408,20 @@ export function parseResponseHead(data: Buffer): ResponseHead {
     const field = (m[1] ?? "").toLowerCase();
     const value = (m[2] ?? "").trimEnd();
     if (field === "content-length") {
-      if (length >= 0 || !DIGITS.test(value)) throw new Error("a repeated or bad content-length in the response");
+      if (length >= 0 || !DIGITS.test(value)) throw new MalformedResponse("a repeated or bad content-length in the response");
       length = Number(value);
     } else if (field === "transfer-encoding") {
-      if (coding !== undefined) throw new Error("a repeated transfer-encoding in the response");
+      if (coding !== undefined) throw new MalformedResponse("a repeated transfer-encoding in the response");
       coding = value.toLowerCase();
       // Codings are tokens; chunked, when there, is the last one ("xchunked" is not chunked).
-      if (!TRANSFER_CODINGS.test(coding)) throw new Error(`a transfer-encoding forge cannot frame: ${JSON.stringify(value.slice(0, 40))}`);
+      if (!TRANSFER_CODINGS.test(coding)) throw new MalformedResponse(`a transfer-encoding forge cannot frame: ${JSON.stringify(value.slice(0, 40))}`);
     } else {
       if (field === "connection") connection = value.toLowerCase();
       (cut ??= []).push(m.index, m.index + m[0].length);
     }
   }
   // Both would leave the body's end to whichever one a reader believes (RFC 9112 §6.3).
-  if (coding !== undefined && length >= 0) throw new Error("a response with both transfer-encoding and content-length");
+  if (coding !== undefined && length >= 0) throw new MalformedResponse("a response with both transfer-encoding and content-length");
   const keepAlive = head.charCodeAt(7) === 49 /* HTTP/1.1 */ ? !connection.includes("close") : connection.includes("keep-alive");
   return { complete: true, status, out: cut ? cutRanges(head, cut) : head, length, chunked: coding !== undefined, keepAlive, interimEnd: start, bodyStart: end + 4 };
 }
@@ -457,11 +478,11 @@ export class Framing {
       }
       const e = buf.indexOf(10, pos);
       this.line += buf.toString("latin1", pos, e < 0 ? n : e);
-      if (this.line.length > 4096) throw new Error("a chunk size or trailer line is longer than 4096 bytes");
+      if (this.line.length > 4096) throw new MalformedResponse("a chunk size or trailer line is longer than 4096 bytes");
       if (e < 0) return n;
       pos = e + 1;
       // Lines end in CRLF (RFC 9112 §7.1): a bare LF is how two parsers come to disagree.
-      if (!this.line.endsWith("\r")) throw new Error("a chunk size or trailer line ends in a bare LF");
+      if (!this.line.endsWith("\r")) throw new MalformedResponse("a chunk size or trailer line ends in a bare LF");
       const line = this.line.slice(0, -1);
       this.line = "";
       if (this.step === 3) {
@@ -470,7 +491,7 @@ export class Framing {
       }
       // The whole size, or none: 17 hex digits must not be read as their first 15.
       const hex = CHUNK_SIZE_LINE.exec(line)?.[1];
-      if (hex === undefined) throw new Error(`bad chunk size line ${JSON.stringify(line.slice(0, 20))}`);
+      if (hex === undefined) throw new MalformedResponse(`bad chunk size line ${JSON.stringify(line.slice(0, 20))}`);
       const size = Number.parseInt(hex, 16);
       if (size === 0) this.step = 3;
       else {
@@ -920,7 +941,7 @@ class Client {
       if (hostDisagrees(text)) {
         this.busy = true;
         this.requestId = newRequestId();
-        this.isHead = false;
+        this.isHead = text.startsWith("HEAD ");
         this.closeAfter = true;
         this.fail(new ForgeError(ErrorCode.BadRequest, 400, "the request's target names another host than its Host header", { hint: "send the same authority in both, or an origin-form target (GET /path)" }), undefined);
         return true;
@@ -1060,8 +1081,31 @@ class Client {
       }
     } catch (err) {
       this.upKeepAlive = false;
+      if (err instanceof MalformedResponse) return this.badResponse(err);
       this.upstreamFailed(err);
     }
+  }
+
+  /** The instance answered, wrongly: a 502 (or a cut response), its connection closed, the instance not suspected of a crash. */
+  private badResponse(err: MalformedResponse): void {
+    const up = this.up;
+    const lease = this.lease;
+    if (!up || !lease) return;
+    this.up = undefined;
+    up.destroy();
+    if (this.headSent) {
+      this.finish(this.status, false);
+      return this.destroy();
+    }
+    lease.release();
+    this.lease = undefined;
+    this.fail(
+      new ForgeError(ErrorCode.BadResponse, 502, `the function's answer is not valid HTTP: ${err.message}`, {
+        hint: `see \`forge logs ${this.name}\`; a runtime "docker" function's server must answer well-formed HTTP/1.1`,
+      }),
+      undefined,
+      lease,
+    );
   }
 
   /** Parses the response head in data (after any interim 1xx heads); returns where the body starts in data, or -1 when the head is incomplete. */
