@@ -507,6 +507,13 @@ describe("what the gateway hands to Bun.serve", () => {
     expect([400, 505]).toContain(responses[0]?.status ?? 0);
   });
 
+  test("Expect: 100-continue with a declared body over the limit is a 413 at once, never a 100 first", async () => {
+    for (const target of [`POST / HTTP/1.1\r\nHost: ${host()}`, `POST /fn/gw/ HTTP/1.1\r\nHost: 127.0.0.1:${forge.port}`]) {
+      const { responses } = await exchange([`${target}\r\nExpect: 100-continue\r\nContent-Length: ${2 * 1024 * 1024}\r\n\r\n`], 1);
+      expect(responses[0]?.status, target).toBe(413);
+    }
+  });
+
   test("CONNECT is a 501: forge is no forward proxy", async () => {
     const { responses } = await exchange([`CONNECT ${host()} HTTP/1.1\r\nHost: ${host()}\r\n\r\n`], 1);
     expect(responses[0]?.status).toBe(501);

@@ -65,6 +65,18 @@ const DIGITS = /^\d{1,15}$/;
 const ABSOLUTE_TARGET = /^[!-~]+ [A-Za-z][A-Za-z0-9+.-]*:\/\/([^/?# ]*)/;
 const HOST_LINE = /\r\nhost:[ \t]*([^\r]*?)[ \t]*(?:\r\n|$)/i;
 
+const EXPECT_CONTINUE = /\r\nexpect:[ \t]*100-continue[ \t]*(?:\r\n|$)/i;
+const CONTENT_LENGTH_LINE = /\r\ncontent-length:[ \t]*(\d{1,15})[ \t]*(?:\r\n|$)/i;
+
+/** Does a head ask to continue with a body over a function's limit (its Host or path naming a function)? */
+export function expectsTooMuch(head: string, suffix: string, max: number): boolean {
+  if (!EXPECT_CONTINUE.test(head)) return false;
+  const length = Number(CONTENT_LENGTH_LINE.exec(head)?.[1] ?? NaN);
+  if (!(length > max)) return false;
+  const host = HOST_LINE.exec(head)?.[1] ?? "";
+  return functionOfHost(host, suffix) !== undefined || / \/fn\//.test(head.slice(0, head.indexOf("\r\n")));
+}
+
 /** Does an absolute-form target name another authority than the Host header? */
 export function hostDisagrees(head: string): boolean {
   const target = ABSOLUTE_TARGET.exec(head)?.[1];
@@ -938,6 +950,16 @@ class Client {
     if (!head) {
       // Bun's server routes an absolute-form target by Host, where the target's authority
       // wins (RFC 9112 §3.2.2): two names for one request are refused rather than guessed.
+      // Bun's server sends "100 Continue" on its own before forge sees the request: a body
+      // forge would refuse is refused here, so the client never starts sending it.
+      if (expectsTooMuch(text, this.g.suffix, this.g.o.maxBodyBytes)) {
+        this.busy = true;
+        this.requestId = newRequestId();
+        this.isHead = false;
+        this.closeAfter = true;
+        this.fail(tooLarge("request body", this.g.o.maxBodyBytes), undefined);
+        return true;
+      }
       if (hostDisagrees(text)) {
         this.busy = true;
         this.requestId = newRequestId();
