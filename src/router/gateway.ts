@@ -1103,31 +1103,8 @@ class Client {
       }
     } catch (err) {
       this.upKeepAlive = false;
-      if (err instanceof MalformedResponse) return this.badResponse(err);
       this.upstreamFailed(err);
     }
-  }
-
-  /** The instance answered, wrongly: a 502 (or a cut response), its connection closed, the instance not suspected of a crash. */
-  private badResponse(err: MalformedResponse): void {
-    const up = this.up;
-    const lease = this.lease;
-    if (!up || !lease) return;
-    this.up = undefined;
-    up.destroy();
-    if (this.headSent) {
-      this.finish(this.status, false);
-      return this.destroy();
-    }
-    lease.release();
-    this.lease = undefined;
-    this.fail(
-      new ForgeError(ErrorCode.BadResponse, 502, `the function's answer is not valid HTTP: ${err.message}`, {
-        hint: `see \`forge logs ${this.name}\`; a runtime "docker" function's server must answer well-formed HTTP/1.1`,
-      }),
-      undefined,
-      lease,
-    );
   }
 
   /** Parses the response head in data (after any interim 1xx heads); returns where the body starts in data, or -1 when the head is incomplete. */
@@ -1160,7 +1137,6 @@ class Client {
     return parsed.bodyStart;
   }
 
-
   /** The instance closed or broke the connection. */
   upstreamClosed(up: Up, err?: Error): void {
     if (up !== this.up) return;
@@ -1172,13 +1148,18 @@ class Client {
     this.upstreamFailed(err ?? new Error("the instance closed the connection before the response was complete"));
   }
 
+  /**
+   * The instance connection failed (closed, reset) or answered bytes that are not HTTP
+   * (MalformedResponse: a 502 bad_response, and the instance is not suspected of a crash).
+   */
   private upstreamFailed(err: unknown): void {
     const up = this.up;
     const lease = this.lease;
     if (!up || !lease) return;
     this.up = undefined;
     up.destroy();
-    if (!this.gotBytes && !this.retried && this.whole !== undefined && up.served > 0 && isIdempotent(this.method)) {
+    const malformed = err instanceof MalformedResponse;
+    if (!malformed && !this.gotBytes && !this.retried && this.whole !== undefined && up.served > 0 && isIdempotent(this.method)) {
       // A kept-alive connection the instance had closed: nothing was seen to be acted on; once
       // more on a fresh one, for an idempotent method only (a POST may have run: RFC 9110 §9.2.2).
       this.retried = true;
@@ -1188,16 +1169,28 @@ class Client {
       fresh.write(this.whole);
       return;
     }
-    this.g.upstream.closeAll(up.socketPath);
+    if (!malformed) this.g.upstream.closeAll(up.socketPath);
     if (this.headSent) {
       // The response is half sent: only closing tells the client it is cut short.
       this.finish(this.status, false);
       return this.destroy();
     }
-    lease.fail();
     this.lease = undefined;
+    if (malformed) {
+      lease.release();
+      this.fail(
+        new ForgeError(ErrorCode.BadResponse, 502, `the function's answer is not valid HTTP: ${err.message}`, {
+          hint: `see \`forge logs ${this.name}\`; a runtime "docker" function's server must answer well-formed HTTP/1.1`,
+        }),
+        undefined,
+        lease,
+      );
+      return;
+    }
+    lease.fail();
     this.fail(instanceFailed(this.name, err), undefined, lease);
   }
+
 
   /** Called by the gateway's sweep: the request's timeout, the idle connection's, the lingering close's. */
   checkDeadline(now: number): void {
