@@ -208,44 +208,40 @@ describe("UpstreamPool", () => {
     expect(r.connections()).toBe(3);
   });
 
-  test("a connection the server closed between requests is retried once on a fresh one", async () => {
-    let n = 0;
-    using r = raw((s) => {
-      n++;
-      // The second request on each connection: the server hangs up without answering.
+  /** A server that hangs up, unanswered, on the second request of each connection; `seen` lists the methods it got. */
+  function hangsUpOnSecond() {
+    const seen: string[] = [];
+    const server = raw((s, head) => {
+      seen.push(head.slice(0, head.indexOf(" ")));
       if (s.data.served++ === 1) {
         s.terminate();
         return;
       }
       s.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
     });
+    return Object.assign(server, { seen });
+  }
+
+  test("a connection the server closed between requests is retried once on a fresh one", async () => {
+    using r = hangsUpOnSecond();
     using pool = new UpstreamPool();
     expect(await (await pool.request(r.path, get("/"))).text()).toBe("ok");
     expect(await (await pool.request(r.path, get("/"))).text()).toBe("ok");
     expect(r.connections()).toBe(2);
-    expect(n).toBe(3);
+    expect(r.seen.length).toBe(3);
     // A streamed body is never replayed: 502.
     const err = await pool.request(r.path, get("/", { method: "POST", body: new Blob(["x"]).stream() })).catch((e: unknown) => e);
     expect(isForgeError(err) && err.status).toBe(502);
   });
 
   test("a POST whose reused connection is closed unanswered is never sent again (RFC 9110 §9.2.2)", async () => {
-    const seen: string[] = [];
-    using r = raw((s, head) => {
-      seen.push(head.slice(0, head.indexOf(" ")));
-      // The second request on each connection: the server hangs up without answering.
-      if (s.data.served++ === 1) {
-        s.terminate();
-        return;
-      }
-      s.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
-    });
+    using r = hangsUpOnSecond();
     using pool = new UpstreamPool();
     expect(await (await pool.request(r.path, get("/"))).text()).toBe("ok");
     const err = await pool.request(r.path, get("/pay", { method: "POST", body: new TextEncoder().encode("1 EUR") })).catch((e: unknown) => e);
     expect(isForgeError(err) && err.status).toBe(502);
     // Sent once: the server saw GET, then the POST a single time.
-    expect(seen).toEqual(["GET", "POST"]);
+    expect(r.seen).toEqual(["GET", "POST"]);
   });
 
   test("a server dying mid-response errors the request, or the body after the head", async () => {
