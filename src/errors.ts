@@ -1,3 +1,4 @@
+import type { ConsolaInstance } from "consola";
 /**
  * ForgeError is the one error type that crosses module lines. It carries a code from a
  * fixed list, an HTTP status, a message saying what went wrong and a hint saying how to
@@ -97,4 +98,14 @@ export function assertName(name: string, what = "function name"): string {
     });
   }
   return name;
+}
+
+/** Any error as the ForgeError a client is answered with; what is not a user's error is logged. */
+export function toForgeError(err: unknown, logger: Pick<ConsolaInstance, "error">): ForgeError {
+  if (isForgeError(err)) {
+    if (!err.isUserError) logger.error(`${err.code}: ${err.message}`, err.cause ?? "");
+    return err;
+  }
+  logger.error("unexpected error:", err);
+  return new ForgeError(ErrorCode.Internal, 500, "forge failed to handle the request", { hint: "this is a bug in forge; the server log has the cause", cause: err });
 }

@@ -15,7 +15,8 @@ import { createImageBuilder } from "./build/index.ts";
 import { fixedKeepAlive, PoolManager, selectDriver, UpstreamPool, type Driver } from "./pool/index.ts";
 import { LogStore, Metrics } from "./observe/index.ts";
 import { createMemoryQueue, createProvisioning, createRedisQueue } from "./provision/index.ts";
-import { createRouter, DataPlane, Gateway, type ForgeApp } from "./router/index.ts";
+import { DataPlane, Gateway } from "./dataplane/index.ts";
+import { createRouter, type ForgeApp } from "./router/index.ts";
 import { loadOrCreateApiKey, openStore } from "./store/index.ts";
 import { AsyncInvoker, mountTriggerRoutes, redisCronLeases, Scheduler, type AsyncJob, type InvokeFn } from "./triggers/index.ts";
 

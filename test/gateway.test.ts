@@ -7,7 +7,9 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { clientKey, Framing, parseResponseHead } from "../src/router/gateway.ts";
+import { clientKey } from "../src/dataplane/hosts.ts";
+import { Framing } from "../src/dataplane/http1/framing.ts";
+import { parseResponseHead } from "../src/dataplane/http1/response-head.ts";
 import { cli, startForge, tempDir, until, type ForgeProcess } from "./_helpers.ts";
 
 let forge: ForgeProcess;

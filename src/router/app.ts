@@ -5,7 +5,7 @@
  */
 import type { ConsolaInstance } from "consola";
 import { Hono, type Context } from "hono";
-import { ErrorCode, ForgeError, isForgeError } from "../errors.ts";
+import { ErrorCode, ForgeError, isForgeError, toForgeError } from "../errors.ts";
 import type { FunctionService, InvocationRecorder } from "../functions/index.ts";
 import type { LogStore } from "../observe/index.ts";
 import { windowStats } from "../observe/index.ts";
@@ -13,7 +13,7 @@ import type { PoolManager, UpstreamPool } from "../pool/index.ts";
 import { parseDuration } from "../config.ts";
 import { bearerAuth } from "./auth.ts";
 import { readBodyLimited, readJson } from "./_body.ts";
-import { DataPlane } from "./data-plane.ts";
+import { DataPlane, functionOfHost, isValidHost } from "../dataplane/index.ts";
 
 export interface RouterOptions {
   /** Functions answer at <name>.<domain>. */
@@ -275,32 +275,6 @@ export function createRouter(o: RouterOptions): ForgeApp {
   return app;
 }
 
-/** The function a Host header names, or undefined for the apex host. */
-export function functionOfHost(host: string, suffix: string): string | undefined {
-  if (!isValidHost(host)) return undefined;
-  const colon = host.lastIndexOf(":");
-  const bare = (colon > host.lastIndexOf("]") ? host.slice(0, colon) : host).toLowerCase();
-  if (!bare.endsWith(suffix)) return undefined;
-  const label = bare.slice(0, bare.length - suffix.length);
-  return label.length > 0 ? label : undefined;
-}
-
-/** A Host value: a name or an IPv4 or bracketed IPv6 address, then an optional port up to 65535 (RFC 9110 §7.2). */
-const HOST = /^(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9._-]{1,253})(?::(\d{1,5}))?$/;
-
-export function isValidHost(host: string): boolean {
-  const m = HOST.exec(host);
-  return m !== null && (m[1] === undefined || Number(m[1]) <= 65535);
-}
-
-export function toForgeError(err: unknown, logger: ConsolaInstance): ForgeError {
-  if (isForgeError(err)) {
-    if (!err.isUserError) logger.error(`${err.code}: ${err.message}`, err.cause ?? "");
-    return err;
-  }
-  logger.error("unexpected error:", err);
-  return new ForgeError(ErrorCode.Internal, 500, "forge failed to handle the request", { hint: "this is a bug in forge; the server log has the cause", cause: err });
-}
 
 // --- internal ---
 

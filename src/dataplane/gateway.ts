@@ -18,12 +18,18 @@
  */
 import type { Socket, TCPSocketListener } from "bun";
 import type { ConsolaInstance } from "consola";
-import { ErrorCode, ForgeError, isForgeError } from "../errors.ts";
+import { ErrorCode, ForgeError, isForgeError, toForgeError } from "../errors.ts";
 import type { InvocationRecorder } from "../functions/index.ts";
 import { isIdempotent, type FunctionPool, type Lease, type PoolManager } from "../pool/index.ts";
-import { tooLarge } from "./_body.ts";
-import { functionOfHost, toForgeError } from "./app.ts";
-import { Accumulator } from "./_accumulator.ts";
+import { tooLarge } from "../router/_body.ts";
+import { Accumulator } from "./http1/accumulator.ts";
+import { errorBytes } from "./http1/error-response.ts";
+import { Framing } from "./http1/framing.ts";
+import { concat, CRLFCRLF, MAX_HEAD, NON_ASCII } from "./http1/head.ts";
+import { Outbox } from "./http1/outbox.ts";
+import { expectsTooMuch, hostDisagrees, methodNotImplemented, parseRequest, SERVED_METHODS } from "./http1/request-head.ts";
+import { MalformedResponse, parseResponseHead } from "./http1/response-head.ts";
+import { clientKey, functionOf, functionOfHost } from "./hosts.ts";
 import { functionNotFound, functionTimedOut, instanceFailed, recordLeased, recordUnleased, newRequestId } from "./data-plane.ts";
 
 export interface GatewayOptions {
@@ -47,8 +53,6 @@ export interface GatewayOptions {
   maxConnectionsPerClient?: number;
 }
 
-/** Longest request or response head taken by the fast path. */
-const MAX_HEAD = 64 * 1024;
 /** Responses of known length up to this size are taken whole from the instance, whatever the client's pace. */
 const WHOLE_LIMIT = 256 * 1024;
 /** A closing connection (FIN sent) closes once the client has sent nothing for this long... */
@@ -57,60 +61,7 @@ const LINGER_MS = 5000;
 const LINGER_MAX_MS = 30_000;
 /** Bytes of pipelined requests buffered before the client is paused. */
 const MAX_BUFFERED = 1024 * 1024;
-const CRLFCRLF = Buffer.from("\r\n\r\n");
-const NON_ASCII = /[^\x00-\x7f]/;
-const DIGITS = /^\d{1,15}$/;
-/** A chunk size line: hex digits (at most 15: below 2^53), then optionally extensions. */
-/** An absolute-form request target's authority and the Host header, when both are there. */
-const ABSOLUTE_TARGET = /^[!-~]+ [A-Za-z][A-Za-z0-9+.-]*:\/\/([^/?# ]*)/;
-const HOST_LINE = /\r\nhost:[ \t]*([^\r]*?)[ \t]*(?:\r\n|$)/i;
 
-const EXPECT_CONTINUE = /\r\nexpect:[ \t]*100-continue[ \t]*(?:\r\n|$)/i;
-const CONTENT_LENGTH_LINE = /\r\ncontent-length:[ \t]*(\d{1,15})[ \t]*(?:\r\n|$)/i;
-
-/** Does a head ask to continue with a body over a function's limit (its Host or path naming a function)? */
-export function expectsTooMuch(head: string, suffix: string, max: number): boolean {
-  if (!EXPECT_CONTINUE.test(head)) return false;
-  const length = Number(CONTENT_LENGTH_LINE.exec(head)?.[1] ?? NaN);
-  if (!(length > max)) return false;
-  const host = HOST_LINE.exec(head)?.[1] ?? "";
-  return functionOfHost(host, suffix) !== undefined || / \/fn\//.test(head.slice(0, head.indexOf("\r\n")));
-}
-
-/** Does an absolute-form target name another authority than the Host header? */
-export function hostDisagrees(head: string): boolean {
-  const target = ABSOLUTE_TARGET.exec(head)?.[1];
-  if (target === undefined) return false;
-  const host = HOST_LINE.exec(head)?.[1];
-  return host !== undefined && host.toLowerCase() !== target.toLowerCase();
-}
-
-/**
- * The key connections are counted under per client: the address, and for IPv6 its /64 (one
- * host is given a whole /64; counting addresses in it would let one client past the cap).
- */
-export function clientKey(address: string): string {
-  if (!address.includes(":") || address.startsWith("::ffff:")) return address;
-  // Expand "::" to the zero groups it stands for, so that one /64 always gives one key.
-  const [left = "", right] = address.split("::");
-  const head = left.split(":").filter(Boolean);
-  const tail = right === undefined ? [] : right.split(":").filter(Boolean);
-  const groups = right === undefined ? head : [...head, ...Array<string>(Math.max(0, 8 - head.length - tail.length)).fill("0"), ...tail];
-  return groups.slice(0, 4).join(":").toLowerCase() + "::/64";
-}
-
-/** A Connection value naming no header: close and keep-alive only. */
-const CONNECTION_PLAIN = /^(?:close|keep-alive)(?:[ \t]*,[ \t]*(?:close|keep-alive))*$/;
-/** Transfer codings the fast path can frame: a list of tokens whose last is chunked. */
-const TRANSFER_CODINGS = /^(?:[!#$%&'*+.^_`|~0-9a-z-]+[ \t]*,[ \t]*)*chunked$/;
-const CHUNK_SIZE_LINE = /^([0-9a-fA-F]{1,15})(?:[ \t]*;[^\r\n]*)?$/;
-/**
- * A response head as the fast path takes it: HTTP/1.x, a three-digit status, then lines of
- * token ":" value with no NUL, CR or LF in a value (no folded line, no space before a colon);
- * other control bytes pass, as nginx lets them (fetch's Headers allow them, and a function
- * may echo one into a header). Anything else from an instance is a 502, as nginx answers.
- */
-const RESPONSE_HEAD = /^HTTP\/1\.[01] [1-9]\d\d(?: [^\x00\r\n]*)?(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00\r\n]*)*$/;
 export class Gateway {
   private listener: TCPSocketListener<Client> | undefined;
   /** Checks the deadlines of requests in flight every 50 ms (a timer per request showed in the profile). */
@@ -221,350 +172,6 @@ export class Gateway {
 }
 
 // --- internal ---
-
-/** A parsed request head the fast path can take. */
-interface Head {
-  name: string;
-  /** Head to send upstream, CRLFCRLF included. */
-  out: string;
-  method: string;
-  length: number;
-  close: boolean;
-  requestId: string;
-}
-
-/**
- * A whole request head the fast path takes, checked in one pass: method token, an
- * origin-form target, HTTP/1.1, then lines of token ":" value, where a value has no control
- * character but tab (so no folded lines, no bare CR or LF, no space before a colon).
- */
-const REQUEST_HEAD = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+ \/[!-~]* HTTP\/1\.1(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~\x80-\xff]*)*$/;
-/**
- * Methods an instance's server (Bun.serve, in the shim and the socket bridge) takes, checked on
- * Bun 1.4.5 by sending each (the rest get the connection closed). Others get 501 from the gateway. CONNECT
- * is not among them: forge is no forward proxy, and its origin-form target would be malformed.
- */
-const SERVED_METHODS = new Set([
-  "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH",
-  // WebDAV and other registered methods Bun's parser knows
-  "ACL", "BIND", "CHECKOUT", "COPY", "LINK", "LOCK", "M-SEARCH", "MERGE", "MKACTIVITY", "MKCALENDAR", "MKCOL", "MOVE",
-  "NOTIFY", "PROPFIND", "PROPPATCH", "PURGE", "QUERY", "REBIND", "REPORT", "SEARCH", "SOURCE", "SUBSCRIBE", "UNBIND",
-  "UNLINK", "UNLOCK", "UNSUBSCRIBE",
-]);
-
-function methodNotImplemented(method: string): ForgeError {
-  return new ForgeError(ErrorCode.MethodNotImplemented, 501, `method ${JSON.stringify(method.slice(0, 32))} is not implemented`, {
-    hint: "methods are case-sensitive (GET, not get); forge serves the standard and WebDAV methods",
-  });
-}
-
-/**
- * The request headers the fast path looks at, found in one case-insensitive pass over the
- * head (no lowercase copy): routing and framing, what sends a request to Bun.serve instead
- * (transfer codings, protocol changes), and what is not passed on (hop-by-hop, forge's id).
- */
-const REQUEST_SPECIAL = /\r\n(host|content-length|transfer-encoding|upgrade|expect|http2-settings|connection|keep-alive|proxy-connection|te|x-forge-request-id|x-forge-control):[ \t]*([^\r]*)/gi;
-/** The response headers the gateway looks at: framing, and what is not passed on. */
-const RESPONSE_SPECIAL = /\r\n(content-length|transfer-encoding|connection|keep-alive|proxy-connection|x-forge-request-id|x-forge-start):[ \t]*([^\r]*)/gi;
-
-/** Removes the lines at the [start, end) ranges of `cut` (ascending) from a head. */
-function cutRanges(head: string, cut: number[]): string {
-  let out = head.slice(0, cut[0]);
-  for (let i = 1; i < cut.length; i += 2) out += head.slice(cut[i], i + 1 < cut.length ? cut[i + 1] : head.length);
-  return out;
-}
-
-/** Parses a request head (latin1 text without the final CRLFCRLF); undefined: not for the fast path. */
-export function parseRequest(head: string, suffix: string, seen: Map<string, string | undefined>): Head | undefined {
-  if (!REQUEST_HEAD.test(head)) return undefined;
-  let host: string | undefined;
-  let length = -1;
-  let close = false;
-  // Lines not passed on, as [start, end) ranges (rarely any).
-  let cut: number[] | undefined;
-  REQUEST_SPECIAL.lastIndex = 0;
-  for (let m = REQUEST_SPECIAL.exec(head); m; m = REQUEST_SPECIAL.exec(head)) {
-    const field = (m[1] ?? "").toLowerCase();
-    const value = (m[2] ?? "").trimEnd();
-    switch (field) {
-      case "host":
-        if (host !== undefined) return undefined;
-        host = value;
-        break;
-      case "content-length":
-        if (length >= 0 || !DIGITS.test(value)) return undefined;
-        length = Number(value);
-        break;
-      case "connection": {
-        const v = value.toLowerCase();
-        if (v.includes("upgrade")) return undefined;
-        // Headers it names are hop-by-hop too (RFC 9110 §7.6.1): cut by the tunnel's path.
-        if (!CONNECTION_PLAIN.test(v)) return undefined;
-        if (v.includes("close")) close = true;
-        (cut ??= []).push(m.index, m.index + m[0].length);
-        break;
-      }
-      case "x-forge-request-id": // forge's own id replaces it
-      case "x-forge-control": // the shim's control routes are forge's alone
-        (cut ??= []).push(m.index, m.index + m[0].length);
-        break;
-      case "keep-alive":
-      case "proxy-connection":
-      case "te":
-        (cut ??= []).push(m.index, m.index + m[0].length);
-        break;
-      default:
-        return undefined; // transfer-encoding, upgrade, expect, http2-settings
-    }
-  }
-  if (!host) return undefined;
-  const name = functionOf(host, suffix, seen);
-  if (name === undefined) return undefined;
-  const method = head.slice(0, head.indexOf(" "));
-  const requestId = newRequestId(); // a client's id is cut above, never used (see newRequestId)
-  let out = (cut ? cutRanges(head, cut) : head) + "\r\nx-forge-request-id: " + requestId + "\r\n";
-  if (length < 0 && (method === "POST" || method === "PUT" || method === "PATCH")) out += "content-length: 0\r\n";
-  out += "\r\n";
-  return { name, out, method, length: Math.max(0, length), close, requestId };
-}
-
-/** functionOfHost, remembered: clients send the same few Host values again and again. */
-function functionOf(host: string, suffix: string, seen: Map<string, string | undefined>): string | undefined {
-  const known = seen.get(host);
-  if (known !== undefined || seen.has(host)) return known;
-  const name = functionOfHost(host, suffix);
-  // Only names worth remembering: a client's stream of odd 64 KB Hosts is not kept.
-  if (name !== undefined && host.length <= 255) {
-    if (seen.size >= 1024) seen.clear();
-    seen.set(host, name);
-  }
-  return name;
-}
-
-/** A raw HTTP error response with forge's JSON error body. */
-function errorBytes(err: ForgeError, requestId: string, close: boolean, headOnly: boolean): Buffer {
-  const body = Buffer.from(JSON.stringify(err.toJSON()), "utf8");
-  const head =
-    `HTTP/1.1 ${err.status} ${STATUS_TEXT[err.status] ?? "Error"}\r\ncontent-type: application/json; charset=utf-8\r\n` +
-    `content-length: ${body.length}\r\nx-forge-request-id: ${requestId}\r\n${close ? "connection: close\r\n" : ""}\r\n`;
-  // A response to HEAD has no body, whatever its content-length says.
-  return headOnly ? Buffer.from(head, "latin1") : Buffer.concat([Buffer.from(head, "latin1"), body]);
-}
-
-const STATUS_TEXT: Record<number, string> = {
-  400: "Bad Request",
-  404: "Not Found",
-  413: "Payload Too Large",
-  429: "Too Many Requests",
-  500: "Internal Server Error",
-  502: "Bad Gateway",
-  501: "Not Implemented",
-  503: "Service Unavailable",
-  504: "Gateway Timeout",
-};
-
-/** A response head from an instance, checked as nginx checks it. */
-export type ResponseHead =
-  | { complete: false; /** Where the (final) head being waited for starts: interim answers before it are done. */ from: number }
-  | {
-      complete: true;
-      status: number;
-      /** The head without its hop-by-hop lines and without the final CRLFCRLF. */
-      out: string;
-      /** Content-Length, or -1. */
-      length: number;
-      chunked: boolean;
-      /** May the connection to the instance be reused after this response? */
-      keepAlive: boolean;
-      /** Interim answers (1xx) before the final head end here (0: none), to be passed on as they are. */
-      interimEnd: number;
-      /** Where the body starts in the data. */
-      bodyStart: number;
-    };
-
-/**
- * Parses the response head at the start of `data` (after any interim 1xx answers). Throws on
- * anything malformed, so that the request is a 502 (RFC 9112 §5, §6.3; RFC 9110 §5.5, §15.2):
- * a status that is not three digits, a bare LF, NUL or CR, a folded line, a space before a
- * colon, a repeated or non-numeric Content-Length, a Transfer-Encoding whose last coding is
- * not chunked, both framings at once, a 101 to a request that asked for no upgrade.
- */
-/** An instance answered with bytes that are not a valid HTTP/1 response: a 502, the instance not suspected of a crash. */
-export class MalformedResponse extends Error {}
-
-export function parseResponseHead(data: Buffer): ResponseHead {
-  let start = 0;
-  let end: number;
-  let head: string;
-  let status: number;
-  for (;;) {
-    end = data.indexOf(CRLFCRLF, start);
-    if (end < 0) {
-      if (data.length - start > MAX_HEAD) throw new MalformedResponse(`a response head longer than ${MAX_HEAD} bytes`);
-      return { complete: false, from: start };
-    }
-    head = data.toString("latin1", start, end);
-    if (!RESPONSE_HEAD.test(head)) throw new MalformedResponse(`a malformed response head: ${JSON.stringify(head.slice(0, 60))}`);
-    status = Number(head.slice(9, 12));
-    if (status >= 200) break;
-    // No Upgrade goes out on the fast path: a 101 is an instance out of step.
-    if (status === 101) throw new MalformedResponse("a 101 answer to a request that asked for no upgrade");
-    start = end + 4;
-  }
-  let length = -1;
-  let coding: string | undefined;
-  let connection = "";
-  let cut: number[] | undefined;
-  RESPONSE_SPECIAL.lastIndex = 0;
-  for (let m = RESPONSE_SPECIAL.exec(head); m; m = RESPONSE_SPECIAL.exec(head)) {
-    const field = (m[1] ?? "").toLowerCase();
-    const value = (m[2] ?? "").trimEnd();
-    if (field === "content-length") {
-      if (length >= 0 || !DIGITS.test(value)) throw new MalformedResponse("a repeated or bad content-length in the response");
-      length = Number(value);
-    } else if (field === "transfer-encoding") {
-      if (coding !== undefined) throw new MalformedResponse("a repeated transfer-encoding in the response");
-      coding = value.toLowerCase();
-      // Codings are tokens; chunked, when there, is the last one ("xchunked" is not chunked).
-      if (!TRANSFER_CODINGS.test(coding)) throw new MalformedResponse(`a transfer-encoding forge cannot frame: ${JSON.stringify(value.slice(0, 40))}`);
-    } else {
-      if (field === "connection") connection = value.toLowerCase();
-      (cut ??= []).push(m.index, m.index + m[0].length);
-    }
-  }
-  // Both would leave the body's end to whichever one a reader believes (RFC 9112 §6.3).
-  if (coding !== undefined && length >= 0) throw new MalformedResponse("a response with both transfer-encoding and content-length");
-  const keepAlive = head.charCodeAt(7) === 49 /* HTTP/1.1 */ ? !connection.includes("close") : connection.includes("keep-alive");
-  return { complete: true, status, out: cut ? cutRanges(head, cut) : head, length, chunked: coding !== undefined, keepAlive, interimEnd: start, bodyStart: end + 4 };
-}
-
-/** Where a response body ends, tracked over the raw bytes passed on. */
-export class Framing {
-  /** 0 done, 1 by length, 2 chunked, 3 until the upstream closes. */
-  mode = 0;
-  remaining = 0;
-  /** Chunked: 0 size line, 1 data, 2 CRLF after data, 3 trailer lines. */
-  private step = 0;
-  private line = "";
-
-  get done(): boolean {
-    return this.mode === 0;
-  }
-
-  byLength(n: number): void {
-    this.mode = n > 0 ? 1 : 0;
-    this.remaining = n;
-  }
-
-  chunked(): void {
-    this.mode = 2;
-    this.step = 0;
-    this.line = "";
-  }
-
-  untilClose(): void {
-    this.mode = 3;
-  }
-
-  /** Takes body bytes of buf from pos; returns where the body (or buf) ends. Throws on broken chunk framing. */
-  feed(buf: Buffer, pos: number): number {
-    const n = buf.length;
-    if (this.mode === 1) {
-      const take = Math.min(this.remaining, n - pos);
-      this.remaining -= take;
-      if (this.remaining === 0) this.mode = 0;
-      return pos + take;
-    }
-    if (this.mode === 3) return n;
-    while (this.mode === 2 && pos < n) {
-      if (this.step === 1 || this.step === 2) {
-        const take = Math.min(this.remaining, n - pos);
-        pos += take;
-        this.remaining -= take;
-        if (this.remaining > 0) break;
-        if (this.step === 1) {
-          this.step = 2;
-          this.remaining = 2;
-        } else this.step = 0;
-        continue;
-      }
-      const e = buf.indexOf(10, pos);
-      this.line += buf.toString("latin1", pos, e < 0 ? n : e);
-      if (this.line.length > 4096) throw new MalformedResponse("a chunk size or trailer line is longer than 4096 bytes");
-      if (e < 0) return n;
-      pos = e + 1;
-      // Lines end in CRLF (RFC 9112 §7.1): a bare LF is how two parsers come to disagree.
-      if (!this.line.endsWith("\r")) throw new MalformedResponse("a chunk size or trailer line ends in a bare LF");
-      const line = this.line.slice(0, -1);
-      this.line = "";
-      if (this.step === 3) {
-        if (line === "") this.mode = 0;
-        continue;
-      }
-      // The whole size, or none: 17 hex digits must not be read as their first 15.
-      const hex = CHUNK_SIZE_LINE.exec(line)?.[1];
-      if (hex === undefined) throw new MalformedResponse(`bad chunk size line ${JSON.stringify(line.slice(0, 20))}`);
-      const size = Number.parseInt(hex, 16);
-      if (size === 0) this.step = 3;
-      else {
-        this.step = 1;
-        this.remaining = size;
-      }
-    }
-    return pos;
-  }
-}
-
-/** What can be written to: a Bun socket. */
-interface Writable {
-  write(data: string | Uint8Array, byteOffset?: number, byteLength?: number): number;
-}
-
-/**
- * Writes to one socket, which may still be connecting: what it does not take yet (writes
- * before it connected, the rest of a partial write) waits here, in order, for `flush()`.
- * Strings written are ASCII (one byte a character).
- */
-class Outbox {
-  /** Bytes the socket has not taken yet; undefined when everything went out. */
-  pending: Uint8Array | undefined;
-  private socket: Writable | undefined;
-
-  constructor(socket?: Writable) {
-    this.socket = socket;
-  }
-
-  /** The socket is connected: what waited goes out. True when all of it went. */
-  attach(socket: Writable): boolean {
-    this.socket = socket;
-    return this.flush();
-  }
-
-  /** Writes data (or `length` bytes of it from `offset`); false when some of it waits. */
-  write(data: string | Uint8Array, offset = 0, length = (typeof data === "string" ? data.length : data.byteLength) - offset): boolean {
-    const socket = this.socket;
-    if (this.pending || !socket) {
-      this.pending = this.pending ? concat(this.pending, bytesOf(data, offset, length)) : bytesOf(data, offset, length);
-      return false;
-    }
-    const written = typeof data === "string" ? socket.write(data) : socket.write(data, offset, length);
-    if (written >= length) return true;
-    this.pending = bytesOf(data, offset, length).subarray(Math.max(0, written));
-    return false;
-  }
-
-  /** On drain: writes what waits. True when nothing waits any more. */
-  flush(): boolean {
-    const rest = this.pending;
-    if (!rest) return true;
-    this.pending = undefined;
-    return this.write(rest);
-  }
-}
-
-function bytesOf(data: string | Uint8Array, offset: number, length: number): Uint8Array {
-  return typeof data === "string" ? Buffer.from(data, "latin1") : offset === 0 && length === data.byteLength ? data : data.subarray(offset, offset + length);
-}
 
 /** Kept-alive connections to instances, per socket path. */
 class Upstreams {
@@ -946,13 +553,13 @@ class Client {
     this.scanned = 0;
     this.pieces.reset();
     const text = buf.toString("latin1", 0, end);
-    const head = parseRequest(text, this.g.suffix, this.g.hosts);
+    const head = parseRequest(text, (host) => functionOf(host, this.g.suffix, this.g.hosts));
     if (!head) {
       // Bun's server routes an absolute-form target by Host, where the target's authority
       // wins (RFC 9112 §3.2.2): two names for one request are refused rather than guessed.
       // Bun's server sends "100 Continue" on its own before forge sees the request: a body
       // forge would refuse is refused here, so the client never starts sending it.
-      if (expectsTooMuch(text, this.g.suffix, this.g.o.maxBodyBytes)) {
+      if (expectsTooMuch(text, this.g.o.maxBodyBytes, (host) => functionOfHost(host, this.g.suffix) !== undefined)) {
         this.busy = true;
         this.requestId = newRequestId();
         this.isHead = false;
@@ -974,7 +581,7 @@ class Client {
     const pool = this.g.o.pool.pool(head.name);
     this.busy = true;
     this.name = head.name;
-    this.requestId = head.requestId;
+    this.requestId = newRequestId(); // a client's id was cut from the head, never used (see newRequestId)
     this.isHead = head.method === "HEAD";
     this.method = head.method;
     this.createdAt = Date.now();
@@ -1005,7 +612,7 @@ class Client {
       this.fail(methodNotImplemented(head.method), pool);
       return true;
     }
-    let out: string | Uint8Array = head.out;
+    let out: string | Uint8Array = head.out + "\r\nx-forge-request-id: " + this.requestId + "\r\n\r\n";
     if (NON_ASCII.test(out) || body) {
       const h = Buffer.from(out, "latin1");
       out = body ? concat(h, body) : h;
@@ -1159,7 +766,7 @@ class Client {
     this.up = undefined;
     up.destroy();
     const malformed = err instanceof MalformedResponse;
-    if (!malformed && !this.gotBytes && !this.retried && this.whole !== undefined && up.served > 0 && isIdempotent(this.method)) {
+    if (!(err instanceof MalformedResponse) && !this.gotBytes && !this.retried && this.whole !== undefined && up.served > 0 && isIdempotent(this.method)) {
       // A kept-alive connection the instance had closed: nothing was seen to be acted on; once
       // more on a fresh one, for an idempotent method only (a POST may have run: RFC 9110 §9.2.2).
       this.retried = true;
@@ -1378,8 +985,4 @@ class Client {
     this.ended = true;
     this.socket.end();
   }
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Buffer {
-  return Buffer.concat([a, b], a.length + b.length);
 }

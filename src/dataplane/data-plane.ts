@@ -8,7 +8,7 @@ import { ErrorCode, ForgeError, isForgeError } from "../errors.ts";
 import type { InvocationRecorder } from "../functions/index.ts";
 import { Abort, CONTROL_HEADER, CONTROL_INVOKE, CONTROL_SCHEDULED, UpstreamPool, type Lease, type PoolManager, type UpstreamReply } from "../pool/index.ts";
 import type { InvocationRecord } from "../store/index.ts";
-import { tooLarge } from "./_body.ts";
+import { tooLarge } from "../router/_body.ts";
 
 export interface DataPlaneOptions {
   pool: PoolManager;

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { Accumulator } from "./_accumulator.ts";
+import { Accumulator } from "./accumulator.ts";
 
 describe("Accumulator", () => {
   test("60 KB arriving a byte at a time costs linear copying, not quadratic", () => {
