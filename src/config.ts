@@ -80,6 +80,14 @@ export interface Config {
    * comes through a proxy on the same machine and so from one address.
    */
   maxConnectionsPerClient: number;
+  /** FORGE_HEAD_TIMEOUT: a request head must arrive whole within this, however it trickles (408 past it), ms. Default 15s. */
+  headTimeoutMs: number;
+  /** FORGE_BODY_TIMEOUT: the longest pause between request body bytes (408 past it), ms. Default 30s. */
+  bodyTimeoutMs: number;
+  /** FORGE_SEND_TIMEOUT: a client that takes none of its answer for this long is cut, ms. Default 30s. */
+  sendTimeoutMs: number;
+  /** FORGE_TRUSTED_PROXIES: addresses and CIDR ranges whose X-Forwarded-For/-Proto/-Host are believed. Default none. */
+  trustedProxies: string;
   /** FORGE_LOG_FORMAT: pretty or json. Default pretty. */
   logFormat: LogFormat;
   /** FORGE_MAX_ARCHIVE_MB: unpacked size limit of a deploy. Default 50. */
@@ -139,6 +147,10 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     idleTimeoutMs: r.duration("FORGE_IDLE_TIMEOUT", 75_000),
     maxConnections: r.int("FORGE_MAX_CONNECTIONS", 4096, 1, 1_000_000),
     maxConnectionsPerClient: r.int("FORGE_MAX_CONNECTIONS_PER_CLIENT", 0, 0, 1_000_000),
+    headTimeoutMs: r.duration("FORGE_HEAD_TIMEOUT", 15_000),
+    bodyTimeoutMs: r.duration("FORGE_BODY_TIMEOUT", 30_000),
+    sendTimeoutMs: r.duration("FORGE_SEND_TIMEOUT", 30_000),
+    trustedProxies: r.str("FORGE_TRUSTED_PROXIES", ""),
     recordRetentionMs: r.duration("FORGE_RECORD_RETENTION", 7 * 24 * 3600_000),
     logFormat: r.oneOf("FORGE_LOG_FORMAT", "pretty", ["pretty", "json"] as const),
     maxArchiveBytes: r.int("FORGE_MAX_ARCHIVE_MB", 50, 1, 10_000) * 1024 * 1024,

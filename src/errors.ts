@@ -8,6 +8,8 @@ import type { ConsolaInstance } from "consola";
 export const ErrorCode = {
   // user errors
   BadRequest: "bad_request",
+  RequestTimeout: "request_timeout",
+  HeadersTooLarge: "headers_too_large",
   InvalidName: "invalid_name",
   InvalidJson: "invalid_json",
   InvalidConfig: "invalid_config",

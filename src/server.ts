@@ -15,7 +15,7 @@ import { createImageBuilder } from "./build/index.ts";
 import { fixedKeepAlive, PoolManager, selectDriver, UpstreamPool, type Driver } from "./pool/index.ts";
 import { LogStore, Metrics } from "./observe/index.ts";
 import { createMemoryQueue, createProvisioning, createRedisQueue } from "./provision/index.ts";
-import { DataPlane, Gateway } from "./dataplane/index.ts";
+import { DataPlane, Gateway, TrustedProxies } from "./dataplane/index.ts";
 import { createRouter, type ForgeApp } from "./router/index.ts";
 import { loadOrCreateApiKey, openStore } from "./store/index.ts";
 import { AsyncInvoker, mountTriggerRoutes, redisCronLeases, Scheduler, type AsyncJob, type InvokeFn } from "./triggers/index.ts";
@@ -203,7 +203,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
     // out for Unix sockets; Bun applies it to them all the same).
     ...({ idleTimeout: 0 } as object),
   });
-  const gateway = new Gateway({ pool, recorder, logger, domain: config.domain, maxBodyBytes: config.maxBodyBytes, backend, idleTimeoutMs: config.idleTimeoutMs, maxConnections: config.maxConnections, maxConnectionsPerClient: config.maxConnectionsPerClient || (isLoopback(config.host) ? config.maxConnections : 512) });
+  const gateway = new Gateway({ pool, recorder, logger, domain: config.domain, maxBodyBytes: config.maxBodyBytes, backend, idleTimeoutMs: config.idleTimeoutMs, maxConnections: config.maxConnections, maxConnectionsPerClient: config.maxConnectionsPerClient || (isLoopback(config.host) ? config.maxConnections : 512), headTimeoutMs: config.headTimeoutMs, bodyTimeoutMs: config.bodyTimeoutMs, sendTimeoutMs: config.sendTimeoutMs, trustedProxies: new TrustedProxies(config.trustedProxies) });
   try {
     port = gateway.listen(config.host, config.port);
   } catch (err) {

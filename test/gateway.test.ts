@@ -16,7 +16,7 @@ let forge: ForgeProcess;
 const dir = tempDir("forge-gw-");
 
 beforeAll(async () => {
-  forge = await startForge({ env: { FORGE_MAX_BODY_MB: "1", FORGE_IDLE_TIMEOUT: "1s" } });
+  forge = await startForge({ env: { FORGE_MAX_BODY_MB: "1", FORGE_IDLE_TIMEOUT: "1s", FORGE_HEAD_TIMEOUT: "1s", FORGE_BODY_TIMEOUT: "1s" } });
   writeFileSync(
     join(dir, "index.ts"),
     `export default { async fetch(req: Request) {
@@ -392,16 +392,16 @@ describe("one slot (concurrency 1, one instance)", () => {
 });
 
 describe("idle connections", () => {
-  test("a head that never completes, and a kept-alive connection left idle, are closed after FORGE_IDLE_TIMEOUT", async () => {
+  test("a head that never completes gets a 408 after FORGE_HEAD_TIMEOUT; a kept-alive connection left idle is closed after FORGE_IDLE_TIMEOUT", async () => {
     const started = Date.now();
     // Two responses asked for: exchange() returns when the server closes the connection.
     const slow = await exchange([`GET / HTTP/1.1\r\nHo`], 2);
     expect(slow.closed).toBe(true);
-    expect(slow.responses).toEqual([]);
+    expect(slow.responses.map((r) => [r.status, r.headers.get("connection")])).toEqual([[408, "close"]]);
     const idle = await exchange([get("/once")], 2);
     expect(idle.closed).toBe(true);
     expect(idle.responses.map((r) => json(r).path)).toEqual(["/once"]);
-    // Two idle timeouts of 1 s, each measured on the gateway's 50 ms clock.
+    // Two timeouts of 1 s, each measured on the gateway's 50 ms clock.
     expect(Date.now() - started).toBeGreaterThanOrEqual(1900);
   });
 
@@ -415,12 +415,10 @@ describe("idle connections", () => {
     expect(responses.map((r) => [r.status, r.body.length])).toEqual([[200, 250000]]);
   });
 
-  test("a tunnelled connection (the control API) left idle is closed too", async () => {
-    const started = Date.now();
+  test("a tunnelled request (the control API) closes its connection once answered", async () => {
     const { responses, closed } = await exchange([`GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:${forge.port}\r\n\r\n`], 2);
     expect(closed).toBe(true);
-    expect(responses.map((r) => r.status)).toEqual([200]);
-    expect(Date.now() - started).toBeGreaterThanOrEqual(900);
+    expect(responses.map((r) => [r.status, r.headers.get("connection")])).toEqual([[200, "close"]]);
   });
 
   test("a followed log stream with nothing to say stays open past the idle timeout (heartbeats)", async () => {

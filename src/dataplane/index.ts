@@ -6,3 +6,4 @@
 export { DataPlane, newRequestId, type DataPlaneOptions, type InvokeOptions } from "./data-plane.ts";
 export { Gateway, type GatewayOptions } from "./gateway.ts";
 export { clientKey, functionOfHost, isValidHost } from "./hosts.ts";
+export { TrustedProxies } from "./forwarded.ts";

@@ -40,6 +40,8 @@ export interface PoolHost {
 export class PoolInstance {
   state: "starting" | "ready" | "stopping" = "starting";
   inFlight = 0;
+  /** Of inFlight, the WebSockets (a drain does not wait for them). */
+  longLived = 0;
   served = 0;
   handle: InstanceHandle | undefined;
   origin: StartKind = "cold";
@@ -227,8 +229,9 @@ export class FunctionPool {
     this.instances.delete(id);
     if (inst.state !== "stopping") this.host.releaseMemory(inst.memoryMb);
     inst.state = "stopping";
-    this.inFlightTotal -= inst.inFlight;
+    this.inFlightTotal -= inst.inFlight - inst.longLived;
     inst.inFlight = 0;
+    inst.longLived = 0;
     this.checkDrained();
     this.scale();
     return true;
@@ -320,12 +323,24 @@ export class FunctionPool {
   }
 
   /** @internal A lease's slot goes back (PoolLease.release). */
-  returnSlot(inst: PoolInstance): void {
+  returnSlot(inst: PoolInstance, longLived = false): void {
     if (this.instances.get(inst.id) !== inst) return; // gone meanwhile; counts already dropped
     inst.inFlight--;
-    this.inFlightTotal--;
+    if (longLived) inst.longLived--;
+    else this.inFlightTotal--;
     inst.lastUsed = this.host.clock.now();
     this.dispatch(inst, "warm");
+    this.checkDrained();
+  }
+
+  /**
+   * @internal A request became a WebSocket (PoolLease.upgraded): it keeps its instance's slot
+   * (and the instance from idling out), but a drain no longer waits for it.
+   */
+  slotLongLived(inst: PoolInstance): void {
+    if (this.instances.get(inst.id) !== inst) return;
+    inst.longLived++;
+    this.inFlightTotal--;
     this.checkDrained();
   }
 
@@ -397,8 +412,9 @@ export class FunctionPool {
     const wasStarting = inst.state === "starting";
     inst.state = "stopping";
     this.instances.delete(inst.id);
-    this.inFlightTotal -= inst.inFlight;
+    this.inFlightTotal -= inst.inFlight - inst.longLived;
     inst.inFlight = 0;
+    inst.longLived = 0;
     const handle = inst.handle;
     if (!wasStarting && graceful && handle) {
       this.host.stopInstance(handle.id, { handle, memoryMb: inst.memoryMb });
@@ -427,6 +443,7 @@ export class FunctionPool {
 /** A slot on an instance: a class rather than closures, since one is made per request. */
 class PoolLease implements Lease {
   private done = false;
+  private longLived = false;
 
   constructor(
     private readonly pool: FunctionPool,
@@ -443,7 +460,13 @@ class PoolLease implements Lease {
   release(): void {
     if (this.done) return;
     this.done = true;
-    this.pool.returnSlot(this.inst);
+    this.pool.returnSlot(this.inst, this.longLived);
+  }
+
+  upgraded(): void {
+    if (this.done || this.longLived) return;
+    this.longLived = true;
+    this.pool.slotLongLived(this.inst);
   }
 
   fail(): void {

@@ -38,6 +38,11 @@ export interface Lease {
   readonly queueWaitMs: number;
   /** Gives the slot back; idempotent. */
   release(): void;
+  /**
+   * The request became a long-lived connection (a WebSocket): its slot stays taken until
+   * release(), but a drain of the pool does not wait for it; the instance, retired, closes it.
+   */
+  upgraded(): void;
   /** The request failed on the instance's connection (refused, reset, closed unanswered): the slot goes back and the instance is checked; it leaves the pool only if it fails its health check. */
   fail(): void;
 }

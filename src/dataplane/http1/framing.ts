@@ -1,7 +1,7 @@
 import { MalformedResponse } from "./response-head.ts";
 
 /** A chunk size line: hex digits (at most 15: below 2^53), then optionally extensions. */
-const CHUNK_SIZE_LINE = /^([0-9a-fA-F]{1,15})(?:[ \t]*;[^\r\n]*)?$/;
+export const CHUNK_SIZE_LINE = /^([0-9a-fA-F]{1,15})(?:[ \t]*;[^\r\n]*)?$/;
 
 /** Where a response body ends, tracked over the raw bytes passed on. */
 export class Framing {

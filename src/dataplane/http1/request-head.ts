@@ -1,48 +1,36 @@
+/**
+ * Request heads, read once and strictly: what the request asks (method, target, framing,
+ * upgrade), what it says about its client (forwarded headers, its own request id), and the
+ * head as it is passed on (hop-by-hop lines and forge's own header names cut).
+ */
 import { ErrorCode, ForgeError } from "../../errors.ts";
 import { cutRanges, DIGITS } from "./head.ts";
 
-/** A Connection value naming no header: close and keep-alive only. */
-const CONNECTION_PLAIN = /^(?:close|keep-alive)(?:[ \t]*,[ \t]*(?:close|keep-alive))*$/;
-/** An absolute-form request target's authority and the Host header, when both are there. */
-const ABSOLUTE_TARGET = /^[!-~]+ [A-Za-z][A-Za-z0-9+.-]*:\/\/([^/?# ]*)/;
-const HOST_LINE = /\r\nhost:[ \t]*([^\r]*?)[ \t]*(?:\r\n|$)/i;
-
-const EXPECT_CONTINUE = /\r\nexpect:[ \t]*100-continue[ \t]*(?:\r\n|$)/i;
-const CONTENT_LENGTH_LINE = /\r\ncontent-length:[ \t]*(\d{1,15})[ \t]*(?:\r\n|$)/i;
-
-/** Does a head ask to continue with a body over a function's limit (its Host or path naming a function)? */
-export function expectsTooMuch(head: string, max: number, isFunctionHost: (host: string) => boolean): boolean {
-  if (!EXPECT_CONTINUE.test(head)) return false;
-  const length = Number(CONTENT_LENGTH_LINE.exec(head)?.[1] ?? NaN);
-  if (!(length > max)) return false;
-  const host = HOST_LINE.exec(head)?.[1] ?? "";
-  return isFunctionHost(host) || / \/fn\//.test(head.slice(0, head.indexOf("\r\n")));
-}
-
-/** Does an absolute-form target name another authority than the Host header? */
-export function hostDisagrees(head: string): boolean {
-  const target = ABSOLUTE_TARGET.exec(head)?.[1];
-  if (target === undefined) return false;
-  const host = HOST_LINE.exec(head)?.[1];
-  return host !== undefined && host.toLowerCase() !== target.toLowerCase();
-}
-
-/** A parsed request head the fast path can take. */
-export interface Head {
-  name: string;
-  /** The head to send on, without the lines not passed on and without the final CRLFCRLF. */
-  out: string;
-  method: string;
-  length: number;
-  close: boolean;
-}
-
 /**
- * A whole request head the fast path takes, checked in one pass: method token, an
- * origin-form target, HTTP/1.1, then lines of token ":" value, where a value has no control
- * character but tab (so no folded lines, no bare CR or LF, no space before a colon).
+ * A head forge passes on: a method token, a target of visible bytes, HTTP/1.0 or 1.1, then
+ * lines of token ":" value, where a value has no control character but tab (so no folded
+ * lines, no bare CR or LF, no NUL, no space before a colon). Anything else is a 400.
  */
-const REQUEST_HEAD = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+ \/[!-~]* HTTP\/1\.1(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~\x80-\xff]*)*$/;
+const REQUEST_HEAD = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+ [!-~\x80-\xff]+ HTTP\/1\.[01](?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~\x80-\xff]*)*$/;
+/** What the gateway's fast path takes on top of that: an origin-form ASCII target and HTTP/1.1. */
+const PLAIN_REQUEST_LINE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+ \/[!-~]* HTTP\/1\.1\r?/;
+/**
+ * The header lines looked at, found in one case-insensitive pass over the head (no lowercase
+ * copy): routing and framing, protocol changes, hop-by-hop fields, and the names forge sets
+ * itself (its request ids, client address and control token; x-forwarded-*), which a client
+ * never sets for it.
+ */
+const SPECIAL =
+  /\r\n(host|content-length|transfer-encoding|connection|upgrade|expect|keep-alive|proxy-connection|te|trailer|http2-settings|x-forwarded-(?:for|proto|host|prefix)|x-forge-(?:request-id|control|client-ip|client-request-id)):[ \t]*([^\r]*)/gi;
+/** Transfer codings of a request body forge can frame: chunked, last (RFC 9112 §6.3). */
+const TRANSFER_CODINGS = /^(?:[!#$%&'*+.^_`|~0-9a-z-]+[ \t]*,[ \t]*)*chunked$/;
+/** An absolute-form target's authority. */
+const ABSOLUTE_TARGET = /^[A-Za-z][A-Za-z0-9+.-]*:\/\/([^/?# ]*)/;
+/** Any header line: its name. */
+const LINE = /\r\n([!#$%&'*+.^_`|~0-9A-Za-z-]+):[^\r]*/g;
+/** Header names a Connection value may not make hop-by-hop: cutting them would change the request's routing or framing. */
+const NEVER_CUT = new Set(["host", "content-length", "transfer-encoding"]);
+
 /**
  * Methods an instance's server (Bun.serve, in the shim and the socket bridge) takes, checked on
  * Bun 1.4.5 by sending each (the rest get the connection closed). Others get 501 from the gateway. CONNECT
@@ -62,61 +50,174 @@ export function methodNotImplemented(method: string): ForgeError {
   });
 }
 
+/** A request head, read. */
+export interface RequestHead {
+  method: string;
+  target: string;
+  host: string | undefined;
+  /** Content-Length, or -1 (none, or chunked). */
+  length: number;
+  chunked: boolean;
+  /** The client closes after this request (Connection: close, or HTTP/1.0 without keep-alive). */
+  close: boolean;
+  /** Asks to become a WebSocket: GET, Connection: upgrade, Upgrade: websocket. */
+  websocket: boolean;
+  /** Expect: 100-continue. */
+  expectContinue: boolean;
+  /**
+   * The shape the gateway's fast path takes: origin-form ASCII target, HTTP/1.1, a body of
+   * Content-Length (or none), no Expect, no upgrade but to a WebSocket, no header named in Connection.
+   */
+  plain: boolean;
+  forwardedFor: string | undefined;
+  forwardedProto: string | undefined;
+  forwardedHost: string | undefined;
+  /** The client's own X-Forge-Request-Id: kept apart, never forge's id. */
+  clientRequestId: string | undefined;
+  /** The head to pass on: without the lines above that are not passed on, without the final CRLFCRLF. */
+  kept: string;
+}
+
+function badRequest(message: string, hint = "send a well-formed HTTP/1.1 request (RFC 9112)"): ForgeError {
+  return new ForgeError(ErrorCode.BadRequest, 400, message, { hint });
+}
+
 /**
- * The request headers the fast path looks at, found in one case-insensitive pass over the
- * head (no lowercase copy): routing and framing, what sends a request to Bun.serve instead
- * (transfer codings, protocol changes), and what is not passed on (hop-by-hop, forge's id).
+ * Reads a request head (latin1 text without its final CRLFCRLF). A ForgeError (400) for what
+ * no proxy may pass on: malformed lines, two Hosts, a repeated or non-numeric Content-Length,
+ * both framings at once, a transfer coding that does not end in chunked, an absolute-form
+ * target naming another host than Host (RFC 9112 §3.2, §6.3; RFC 9110 §8.6).
  */
-const REQUEST_SPECIAL = /\r\n(host|content-length|transfer-encoding|upgrade|expect|http2-settings|connection|keep-alive|proxy-connection|te|x-forge-request-id|x-forge-control):[ \t]*([^\r]*)/gi;
-/** Parses a request head (latin1 text without the final CRLFCRLF); undefined: not for the fast path. */
-export function parseRequest(head: string, route: (host: string) => string | undefined): Head | undefined {
-  if (!REQUEST_HEAD.test(head)) return undefined;
+export function parseRequestHead(head: string): RequestHead | ForgeError {
+  if (!REQUEST_HEAD.test(head)) return badRequest("the request head is malformed (a bad request line, a bare CR or LF, a control byte, or a space before a colon)");
+  const sp1 = head.indexOf(" ");
+  const sp2 = head.indexOf(" ", sp1 + 1);
+  const method = head.slice(0, sp1);
+  const target = head.slice(sp1 + 1, sp2);
+  const http11 = head.charCodeAt(sp2 + 8) === 49;
+  let plain = PLAIN_REQUEST_LINE.test(head);
   let host: string | undefined;
   let length = -1;
-  let close = false;
-  // Lines not passed on, as [start, end) ranges (rarely any).
+  let coding: string | undefined;
+  let connection: string[] | undefined;
+  let upgrade: string | undefined;
+  let expectContinue = false;
+  let forwardedFor: string | undefined;
+  let forwardedProto: string | undefined;
+  let forwardedHost: string | undefined;
+  let clientRequestId: string | undefined;
+  // Lines not passed on, as [start, end) ranges (ascending; rarely any).
   let cut: number[] | undefined;
-  REQUEST_SPECIAL.lastIndex = 0;
-  for (let m = REQUEST_SPECIAL.exec(head); m; m = REQUEST_SPECIAL.exec(head)) {
+  SPECIAL.lastIndex = 0;
+  for (let m = SPECIAL.exec(head); m; m = SPECIAL.exec(head)) {
     const field = (m[1] ?? "").toLowerCase();
     const value = (m[2] ?? "").trimEnd();
     switch (field) {
       case "host":
-        if (host !== undefined) return undefined;
+        if (host !== undefined) return badRequest("the request has two Host headers");
         host = value;
-        break;
+        continue; // passed on
       case "content-length":
-        if (length >= 0 || !DIGITS.test(value)) return undefined;
+        if (length >= 0 || !DIGITS.test(value)) return badRequest("the request's Content-Length is repeated or not a number");
         length = Number(value);
+        continue;
+      case "transfer-encoding":
+        if (coding !== undefined) return badRequest("the request has two Transfer-Encoding headers");
+        coding = value.toLowerCase();
+        plain = false;
+        continue;
+      case "expect":
+        if (value.toLowerCase() === "100-continue") expectContinue = true;
+        plain = false;
+        continue;
+      case "connection":
+        for (const token of value.toLowerCase().split(",")) {
+          const t = token.trim();
+          if (t) (connection ??= []).push(t);
+        }
         break;
-      case "connection": {
-        const v = value.toLowerCase();
-        if (v.includes("upgrade")) return undefined;
-        // Headers it names are hop-by-hop too (RFC 9110 §7.6.1): cut by the tunnel's path.
-        if (!CONNECTION_PLAIN.test(v)) return undefined;
-        if (v.includes("close")) close = true;
-        (cut ??= []).push(m.index, m.index + m[0].length);
+      case "upgrade":
+        upgrade = value.toLowerCase();
         break;
-      }
-      case "x-forge-request-id": // forge's own id replaces it
-      case "x-forge-control": // the shim's control routes are forge's alone
-        (cut ??= []).push(m.index, m.index + m[0].length);
+      case "x-forwarded-for":
+        forwardedFor = forwardedFor === undefined ? value : `${forwardedFor}, ${value}`;
         break;
-      case "keep-alive":
-      case "proxy-connection":
-      case "te":
-        (cut ??= []).push(m.index, m.index + m[0].length);
+      case "x-forwarded-proto":
+        forwardedProto ??= value;
         break;
-      default:
-        return undefined; // transfer-encoding, upgrade, expect, http2-settings
+      case "x-forwarded-host":
+        forwardedHost ??= value;
+        break;
+      case "x-forge-request-id":
+        clientRequestId ??= value.slice(0, 200);
+        break;
+      case "http2-settings":
+        plain = false;
+        break;
+      // keep-alive, proxy-connection, te, trailer, x-forwarded-prefix, x-forge-control and the like: cut
+    }
+    (cut ??= []).push(m.index, m.index + m[0].length);
+  }
+  if (coding !== undefined) {
+    if (length >= 0) return badRequest("the request has both Content-Length and Transfer-Encoding");
+    if (!TRANSFER_CODINGS.test(coding)) return badRequest(`the request's transfer coding ${JSON.stringify(coding.slice(0, 40))} does not end in chunked`);
+  }
+  if (!target.startsWith("/")) {
+    const authority = ABSOLUTE_TARGET.exec(target)?.[1];
+    // The target's authority wins over Host (RFC 9112 §3.2.2): two names for one request are refused rather than guessed.
+    if (authority !== undefined && host !== undefined && authority.toLowerCase() !== host.toLowerCase()) {
+      return badRequest("the request's target names another host than its Host header", "send the same authority in both, or an origin-form target (GET /path)");
     }
   }
-  if (!host) return undefined;
-  const name = route(host);
-  if (name === undefined) return undefined;
-  const method = head.slice(0, head.indexOf(" "));
-  let out = cut ? cutRanges(head, cut) : head;
-  if (length < 0 && (method === "POST" || method === "PUT" || method === "PATCH")) out += "\r\ncontent-length: 0";
-  return { name, out, method, length: Math.max(0, length), close };
+  let websocket = false;
+  let named: Set<string> | undefined;
+  let closeToken = false;
+  let keepAliveToken = false;
+  for (const t of connection ?? []) {
+    if (t === "close") closeToken = true;
+    else if (t === "keep-alive") keepAliveToken = true;
+    else if (t === "upgrade") websocket = upgrade === "websocket" && method === "GET" && http11;
+    else (named ??= new Set()).add(t);
+  }
+  const close = closeToken || (!http11 && !keepAliveToken);
+  if (named) {
+    // Headers a Connection value names are hop-by-hop too (RFC 9110 §7.6.1).
+    plain = false;
+    LINE.lastIndex = 0;
+    for (let m = LINE.exec(head); m; m = LINE.exec(head)) {
+      const name = (m[1] ?? "").toLowerCase();
+      if (named.has(name) && !NEVER_CUT.has(name)) (cut ??= []).push(m.index, m.index + m[0].length);
+    }
+    cut = mergeRanges(cut ?? []);
+  }
+  if (upgrade !== undefined && !websocket) plain = false;
+  return {
+    method,
+    target,
+    host,
+    length,
+    chunked: coding !== undefined,
+    close,
+    websocket,
+    expectContinue,
+    plain,
+    forwardedFor,
+    forwardedProto,
+    forwardedHost,
+    clientRequestId,
+    kept: cut ? cutRanges(head, cut) : head,
+  };
 }
 
+/** [start, end) pairs sorted and without overlaps. */
+function mergeRanges(cut: number[]): number[] {
+  const pairs: [number, number][] = [];
+  for (let i = 0; i < cut.length; i += 2) pairs.push([cut[i] ?? 0, cut[i + 1] ?? 0]);
+  pairs.sort((a, b) => a[0] - b[0]);
+  const out: number[] = [];
+  for (const [s, e] of pairs) {
+    if (out.length > 0 && s < (out[out.length - 1] ?? 0)) continue; // the same line twice
+    out.push(s, e);
+  }
+  return out;
+}

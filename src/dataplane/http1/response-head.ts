@@ -39,9 +39,10 @@ export class MalformedResponse extends Error {}
  * anything malformed, so that the request is a 502 (RFC 9112 §5, §6.3; RFC 9110 §5.5, §15.2):
  * a status that is not three digits, a bare LF, NUL or CR, a folded line, a space before a
  * colon, a repeated or non-numeric Content-Length, a Transfer-Encoding whose last coding is
- * not chunked, both framings at once, a 101 to a request that asked for no upgrade.
+ * not chunked, both framings at once, a 101 to a request that asked for no upgrade (with
+ * `upgrade`, a 101 to websocket is the final head: what follows it is the new protocol's).
  */
-export function parseResponseHead(data: Buffer): ResponseHead {
+export function parseResponseHead(data: Buffer, upgrade = false): ResponseHead {
   let start = 0;
   let end: number;
   let head: string;
@@ -56,8 +57,12 @@ export function parseResponseHead(data: Buffer): ResponseHead {
     if (!RESPONSE_HEAD.test(head)) throw new MalformedResponse(`a malformed response head: ${JSON.stringify(head.slice(0, 60))}`);
     status = Number(head.slice(9, 12));
     if (status >= 200) break;
-    // No Upgrade goes out on the fast path: a 101 is an instance out of step.
-    if (status === 101) throw new MalformedResponse("a 101 answer to a request that asked for no upgrade");
+    if (status === 101) {
+      // The switch to the protocol asked for (a WebSocket); unasked, an instance out of step.
+      if (!upgrade) throw new MalformedResponse("a 101 answer to a request that asked for no upgrade");
+      if (!/\r\nupgrade:[ \t]*websocket[ \t]*(?:\r\n|$)/i.test(head)) throw new MalformedResponse("a 101 answer that does not switch to websocket");
+      break;
+    }
     start = end + 4;
   }
   let length = -1;
