@@ -16,7 +16,7 @@ let forge: ForgeProcess;
 const dir = tempDir("forge-gw-");
 
 beforeAll(async () => {
-  forge = await startForge({ env: { FORGE_MAX_BODY_MB: "1", FORGE_IDLE_TIMEOUT: "1s", FORGE_HEAD_TIMEOUT: "1s", FORGE_BODY_TIMEOUT: "1s" } });
+  forge = await startForge({ env: { FORGE_MAX_BODY_MB: "1", FORGE_IDLE_TIMEOUT: "1s", FORGE_HEAD_TIMEOUT: "1s", FORGE_BODY_TIMEOUT: "1s", FORGE_SEND_TIMEOUT: "1s" } });
   writeFileSync(
     join(dir, "index.ts"),
     `export default { async fetch(req: Request) {
@@ -34,11 +34,18 @@ beforeAll(async () => {
        if (url.pathname === "/echo-header") return new Response("ok", { headers: { "x-echo": url.searchParams.get("v") ?? "" } });
        if (url.pathname === "/bytes") return new Response("x".repeat(Number(url.searchParams.get("n") ?? "0")));
        if (url.pathname === "/wait") { await Bun.sleep(1500); return new Response("waited"); }
+       if (url.pathname === "/big-stream") {
+         // 4 MB in 64 KB pieces, produced only as fast as the client takes them.
+         let i = 0;
+         return new Response(new ReadableStream({ pull(c) { if (i++ === 64) return c.close(); c.enqueue(new Uint8Array(65536).fill(120)); } }));
+       }
        const body = new Uint8Array(await req.arrayBuffer());
        let sum = 0;
        for (const b of body) sum = (sum + b) % 65521;
        return Response.json({ method: req.method, path: url.pathname + url.search, length: body.length, sum,
-         id: req.headers.get("x-forge-request-id"), te: req.headers.get("transfer-encoding"), connection: req.headers.get("connection"), control: req.headers.get("x-forge-control"), secret: req.headers.get("x-secret") });
+         id: req.headers.get("x-forge-request-id"), te: req.headers.get("transfer-encoding"), connection: req.headers.get("connection"), control: req.headers.get("x-forge-control"), secret: req.headers.get("x-secret"),
+         xff: req.headers.get("x-forwarded-for"), proto: req.headers.get("x-forwarded-proto"), fhost: req.headers.get("x-forwarded-host"),
+         prefix: req.headers.get("x-forwarded-prefix"), clientIp: req.headers.get("x-forge-client-ip"), clientId: req.headers.get("x-forge-client-request-id") });
      } };`,
   );
   writeFileSync(join(dir, "forge.json"), JSON.stringify({ timeoutMs: 2500 }));
@@ -674,5 +681,89 @@ describe("connection limits", () => {
     expect(answer).toStartWith("HTTP/1.1 503 ");
     expect(answer).toContain("connections open, its limit");
     for (const h of held) h.socket.end();
+  });
+});
+
+describe("time limits", () => {
+  beforeAll(async () => {
+    expect((await cli(forge, ["deploy", dir, "--name", "gw1s", "--concurrency", "1", "--max-instances", "1"])).code).toBe(0);
+  });
+
+  test("a head trickled a byte at a time gets a 408 once FORGE_HEAD_TIMEOUT passes, however often bytes come", async () => {
+    const started = Date.now();
+    const bytes = "GET / HTTP/1.1\r\nHost: " + host() + "\r\nX-Slow: " + "a".repeat(200);
+    let got = "";
+    let closed = false;
+    const socket = await Bun.connect({
+      hostname: "127.0.0.1",
+      port: forge.port,
+      socket: { data: (_s, d) => void (got += d.toString("latin1")), close: () => void (closed = true), error: () => void (closed = true) },
+    });
+    try {
+      // A byte every 50 ms: each would refresh an idle timer; the head's own clock runs on.
+      for (const c of bytes) {
+        if (closed) break;
+        socket.write(c);
+        await Bun.sleep(50);
+      }
+      await until(() => closed, 5_000, "the close");
+    } finally {
+      socket.end();
+    }
+    expect(got).toStartWith("HTTP/1.1 408 ");
+    expect(Date.now() - started).toBeLessThan(bytes.length * 50);
+  });
+
+  test("after a tunnelled request, a next head trickled on the same connection is never read: the connection closes after the first answer", async () => {
+    const { responses, closed } = await exchange([`GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:${forge.port}\r\n\r\nGET /v1/functions HTTP/1.1\r\nHo`, "s", "t"], 2);
+    expect(closed).toBe(true);
+    expect(responses.map((r) => [r.status, r.headers.get("connection")])).toEqual([[200, "close"]]);
+  });
+
+  test("pipelined requests behind a tunnelled one: the first is answered, then the connection closes cleanly", async () => {
+    const { responses, closed } = await exchange([`GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:${forge.port}\r\n\r\n` + get("/after")], 2);
+    expect(closed).toBe(true);
+    expect(responses.map((r) => r.status)).toEqual([200]);
+  });
+
+  test("a body that stops coming gets a 408 after FORGE_BODY_TIMEOUT, and the slot goes back", async () => {
+    const { responses, closed } = await exchange([`POST /part HTTP/1.1\r\nHost: ${host()}\r\nContent-Length: 10\r\n\r\nhel`], 2);
+    expect(closed).toBe(true);
+    expect(responses.map((r) => [r.status, r.headers.get("connection")])).toEqual([[408, "close"]]);
+    const after = await exchange([get("/next")], 1);
+    expect(json(after.responses[0]).path).toBe("/next");
+  });
+
+  test("a client that stops reading a long streamed answer is cut after FORGE_SEND_TIMEOUT, and its slot serves the next client", async () => {
+    const started = Date.now();
+    const stuck = exchange([`GET /big-stream HTTP/1.1\r\nHost: gw1s.localhost:${forge.port}\r\n\r\n`], 1, [], { pauseFirst: true, afterWrite: () => new Promise(() => {}) });
+    void stuck.catch(() => undefined);
+    // gw1s has one slot: the second request is served only once the stuck client is cut.
+    const r = await exchange([`GET /second HTTP/1.1\r\nHost: gw1s.localhost:${forge.port}\r\n\r\n`], 1);
+    expect(json(r.responses[0]).path).toBe("/second");
+    expect(Date.now() - started).toBeGreaterThanOrEqual(900);
+  });
+});
+
+describe("client addresses and ids", () => {
+  test("X-Forwarded-* from an untrusted client are replaced by what forge saw; its request id is kept apart", async () => {
+    const spoof = "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\nX-Forge-Client-IP: 6.6.6.6\r\nX-Forge-Request-Id: mine-1\r\n";
+    const { responses } = await exchange([get("/who", spoof)], 1);
+    expect(json(responses[0])).toMatchObject({ xff: "127.0.0.1", proto: "http", fhost: host(), clientIp: "127.0.0.1", clientId: "mine-1", prefix: null });
+    expect(json(responses[0]).id).toBe(responses[0]?.headers.get("x-forge-request-id") ?? "missing");
+    expect(json(responses[0]).id).not.toBe("mine-1");
+  });
+
+  test("/fn/<name>/ is served on the fast path with the prefix cut and said in X-Forwarded-Prefix", async () => {
+    const { responses, closed } = await exchange([`GET /fn/gw/deep/path?q=1 HTTP/1.1\r\nHost: 127.0.0.1:${forge.port}\r\n\r\n` + `GET /fn/gw HTTP/1.1\r\nHost: 127.0.0.1:${forge.port}\r\n\r\n`], 2);
+    expect(closed).toBe(false); // kept alive: not the one-request tunnel
+    expect(responses.map((r) => json(r).path)).toEqual(["/deep/path?q=1", "/"]);
+    expect(json(responses[0])).toMatchObject({ prefix: "/fn/gw", clientIp: "127.0.0.1" });
+  });
+
+  test("a tunnelled request (chunked) carries the forwarded headers too", async () => {
+    const req = `POST /up HTTP/1.1\r\nHost: ${host()}\r\nX-Forwarded-For: 6.6.6.6\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n`;
+    const { responses } = await exchange([req], 1);
+    expect(json(responses[0])).toMatchObject({ length: 5, xff: "127.0.0.1", clientIp: "127.0.0.1" });
   });
 });
