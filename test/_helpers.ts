@@ -11,6 +11,8 @@ export interface ForgeProcess extends AsyncDisposable {
   port: number;
   apiKey: string;
   dataDir: string;
+  /** The server's process id. */
+  pid: number;
   /** Output of the server so far. */
   output(): string;
   /** Stops the server (SIGTERM) and waits; the data dir stays for a restart. */
@@ -95,6 +97,7 @@ export async function startForge(options: { dataDir?: string; env?: Record<strin
     port,
     apiKey: key,
     dataDir,
+    pid: proc.pid,
     output: () => out,
     stop,
     fn: (name, path = "/", init = {}) => {
