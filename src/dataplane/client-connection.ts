@@ -15,13 +15,14 @@
  */
 import type { Socket } from "bun";
 import { ErrorCode, ForgeError, isForgeError, toForgeError } from "../errors.ts";
-import type { FunctionPool, Lease } from "../pool/index.ts";
+import type { ConsolaInstance } from "consola";
+import type { InvocationRecorder } from "../functions/index.ts";
+import type { FunctionPool, Lease, PoolManager } from "../pool/index.ts";
 import { isIdempotent } from "../pool/index.ts";
 import { tooLarge } from "../router/_body.ts";
 import { Tunnel, TUNNEL_HANDLERS, type TunnelSink } from "./app-tunnel.ts";
 import { functionNotFound, functionTimedOut, instanceFailed, newRequestId, recordLeased, recordUnleased } from "./data-plane.ts";
-import { clientOf } from "./forwarded.ts";
-import type { Gateway } from "./gateway.ts";
+import { clientOf, type TrustedProxies } from "./forwarded.ts";
 import { functionOf, isValidHost } from "./hosts.ts";
 import { Accumulator } from "./http1/accumulator.ts";
 import { errorBytes } from "./http1/error-response.ts";
@@ -30,7 +31,7 @@ import { concat, CRLFCRLF, MAX_HEAD, NON_ASCII } from "./http1/head.ts";
 import { Outbox } from "./http1/outbox.ts";
 import { methodNotImplemented, parseRequestHead, SERVED_METHODS, type RequestHead } from "./http1/request-head.ts";
 import { MalformedResponse, parseResponseHead } from "./http1/response-head.ts";
-import type { InstanceConnection, ResponseSink } from "./instance-connections.ts";
+import type { InstanceConnection, InstanceConnections, ResponseSink } from "./instance-connections.ts";
 
 /** Responses of known length up to this size are taken whole from the instance, whatever the client's pace. */
 const WHOLE_LIMIT = 256 * 1024;
@@ -44,6 +45,28 @@ const MAX_BUFFERED = MAX_HEAD + 64 * 1024;
 const MAX_EARLY = 64 * 1024;
 /** A WebSocket with no byte either way for this long (or the idle timeout, if longer) is closed. */
 const UPGRADED_IDLE_MS = 300_000;
+
+/** What a client connection takes from the gateway that accepted it: settings, shared state, the clock. */
+export interface ConnectionHost {
+  readonly o: { pool: PoolManager; recorder: InvocationRecorder; logger: ConsolaInstance; maxBodyBytes: number; backend: string };
+  /** ".<domain>": functions answer at <name><suffix>. */
+  readonly suffix: string;
+  /** Host values seen lately and the function each names. */
+  readonly hosts: Map<string, string | undefined>;
+  readonly trusted: TrustedProxies;
+  readonly upstream: InstanceConnections;
+  readonly idleTimeoutMs: number;
+  readonly headTimeoutMs: number;
+  readonly bodyTimeoutMs: number;
+  readonly sendTimeoutMs: number;
+  /** Answer bytes written for clients and not taken by them yet, in all, and their bound. */
+  pendingBytes: number;
+  readonly maxPendingBytes: number;
+  /** A clock as coarse as the sweep (50 ms). */
+  readonly now: number;
+  /** The connection closed: it leaves the gateway's count (and its address's, when it was counted). */
+  closed(conn: ClientConnection, address: string | undefined): void;
+}
 
 export class ClientConnection implements ResponseSink, TunnelSink {
   private buf: Buffer | undefined;
@@ -122,7 +145,7 @@ export class ClientConnection implements ResponseSink, TunnelSink {
   private readonly framing = new Framing();
 
   constructor(
-    private readonly g: Gateway,
+    private readonly g: ConnectionHost,
     private readonly socket: Socket<ClientConnection>,
     /** The key it was counted under (none: refused, never counted). */
     private readonly address: string | undefined,
@@ -192,9 +215,8 @@ export class ClientConnection implements ResponseSink, TunnelSink {
   onClose(): void {
     if (this.closed) return;
     this.closed = true;
-    this.g.clients.delete(this);
     this.g.pendingBytes -= this.out.pending?.length ?? 0;
-    if (this.address !== undefined) this.g.release(this.address);
+    this.g.closed(this, this.address);
     this.tunnel?.close();
     const up = this.up;
     this.up = undefined;

@@ -1,27 +1,30 @@
 /**
- * The front door: forge's public port is a raw TCP listener (Bun.listen) that proxies
- * plain HTTP/1.1 requests for `<name>.<domain>` straight to an instance's Unix socket,
- * and hands every other connection, whole, to the Hono app (Bun.serve on a private Unix
- * socket) through a byte tunnel.
+ * The front door: forge's public port is a raw TCP listener (Bun.listen). It reads every
+ * request head itself, strictly (http1/request-head.ts), and:
+ * - proxies plain HTTP/1.1 requests for `<name>.<domain>` and `/fn/<name>/...` straight to an
+ *   instance's Unix socket over kept-alive connections (the fast path), WebSocket upgrades
+ *   included, which are then spliced byte for byte;
+ * - hands every other well-formed request (the control API, chunked uploads, Expect, HTTP/1.0)
+ *   to the Hono app (Bun.serve on a private Unix socket), one request per tunnel, rewritten
+ *   with the forwarded headers and `connection: close`, its body framed by forge;
+ * - answers what no proxy may pass on (malformed lines, two Hosts, repeated lengths, both
+ *   framings, unknown methods, heads too slow or too long) itself, then closes.
  *
- * Why: Bun.serve and a Request/Response pair per proxied call cost ~35 us of CPU a request,
- * twice nginx's proxy (bench: gateway-vs-nginx). Here a warm request is one read, one head
- * rewritten as a string, one write each way: the bytes of the body and of the response
- * framing (content-length or chunked) are passed on as they are, only tracked to find the end.
+ * Why raw: Bun.serve and a Request/Response pair per proxied call cost ~35 us of CPU a
+ * request, twice nginx's proxy (bench: gateway-vs-nginx). Here a warm request is one read,
+ * one head rewritten as a string, one write each way: body bytes and the response framing
+ * are passed on as they are, only tracked to find the end. Responses carry
+ * x-forge-request-id and x-forge-start and are recorded like those of the DataPlane.
  *
- * The fast path takes only what it parses strictly: HTTP/1.1, origin-form target, no
- * Transfer-Encoding, Upgrade or Expect, at most one Content-Length and one Host, no folded
- * or malformed header lines. Anything else, at a request boundary, turns the connection
- * into a tunnel to Bun.serve, whose parser then answers it (so a smuggling attempt meets
- * Bun's parser, never a lenient one). Responses carry x-forge-request-id and x-forge-start
- * and are recorded like those of the Request-based DataPlane.
+ * This file holds the listener, the connection caps and the sweep of time limits; a
+ * connection's request loop is ClientConnection.
  */
 import type { TCPSocketListener } from "bun";
 import type { ConsolaInstance } from "consola";
 import { ErrorCode, ForgeError } from "../errors.ts";
 import type { InvocationRecorder } from "../functions/index.ts";
 import type { PoolManager } from "../pool/index.ts";
-import { ClientConnection } from "./client-connection.ts";
+import { ClientConnection, type ConnectionHost } from "./client-connection.ts";
 import { displayAddress, TrustedProxies } from "./forwarded.ts";
 import { clientKey } from "./hosts.ts";
 import { InstanceConnections } from "./instance-connections.ts";
@@ -57,7 +60,7 @@ export interface GatewayOptions {
   maxPendingBytes?: number;
 }
 
-export class Gateway {
+export class Gateway implements ConnectionHost {
   private listener: TCPSocketListener<ClientConnection> | undefined;
   /** Checks the deadlines of requests in flight every 50 ms (a timer per request showed in the profile). */
   private sweeper: ReturnType<typeof setInterval> | undefined;
@@ -108,8 +111,10 @@ export class Gateway {
     return undefined;
   }
 
-  /** @internal A connection counted in by admit() closed. */
-  release(address: string): void {
+  /** @internal */
+  closed(conn: ClientConnection, address: string | undefined): void {
+    this.clients.delete(conn);
+    if (address === undefined) return;
     const mine = (this.perAddress.get(address) ?? 1) - 1;
     if (mine > 0) this.perAddress.set(address, mine);
     else this.perAddress.delete(address);
