@@ -74,6 +74,14 @@ export function instanceFailed(name: string, cause?: unknown): ForgeError {
   });
 }
 
+export function badResponse(name: string, cause: unknown): ForgeError {
+  const detail = cause instanceof Error && cause.cause instanceof Error ? cause.cause.message : cause instanceof Error ? cause.message : String(cause);
+  return new ForgeError(ErrorCode.BadResponse, 502, `the function's answer is not valid HTTP: ${detail}`, {
+    hint: `see \`forge logs ${name}\`; a runtime "docker" function's server must answer well-formed HTTP/1.1`,
+    cause,
+  });
+}
+
 /** Records a request that got a lease (answered, timed out or failed on its instance). */
 export function recordLeased(
   recorder: InvocationRecorder,
@@ -229,12 +237,14 @@ export class DataPlane {
         recordLeased(this.o.recorder, name, lease, requestId, createdAt, started, e.status, 0, kind);
         throw e;
       }
-      if (timedOut) lease.release();
+      // A malformed answer is the function's doing, not a crash: the instance is not suspected.
+      const malformed = isForgeError(err) && err.code === ErrorCode.BadResponse;
+      if (timedOut || malformed) lease.release();
       else {
         lease.fail();
         this.upstream.closeAll(socketPath);
       }
-      const e = timedOut ? functionTimedOut(name, timeoutMs, err) : instanceFailed(name, err);
+      const e = timedOut ? functionTimedOut(name, timeoutMs, err) : malformed ? badResponse(name, err) : instanceFailed(name, err);
       recordLeased(this.o.recorder, name, lease, requestId, createdAt, started, e.status, 0, kind);
       throw e;
     }

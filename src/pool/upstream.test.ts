@@ -4,7 +4,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Socket } from "bun";
 import { until } from "../../test/_helpers.ts";
-import { isForgeError } from "../errors.ts";
+import { MalformedResponse } from "../dataplane/http1/response-head.ts";
+import { ErrorCode, isForgeError } from "../errors.ts";
 import { Abort, UpstreamPool } from "./upstream.ts";
 
 let dir: string;
@@ -299,5 +300,118 @@ describe("UpstreamPool", () => {
     expect(new TextDecoder().decode((await reader.read()).value)).toBe("abc");
     ac.abort(new Error("stop"));
     expect(((await reader.read().catch((e: unknown) => e)) as Error).message).toBe("stop");
+  });
+
+  test("only end-to-end headers go to the instance: hop-by-hop ones and those Connection names are cut, but Host and forge's own", async () => {
+    let got = "";
+    using r = raw((s, head) => {
+      got = head;
+      s.write("HTTP/1.1 204 No Content\r\n\r\n");
+    });
+    using pool = new UpstreamPool();
+    const headers = {
+      host: "fn.test",
+      connection: "x-secret, host, x-forge-request-id",
+      "x-secret": "s",
+      "x-forge-request-id": "r1",
+      "x-plain": "p",
+      te: "trailers",
+      trailer: "x-sum",
+      upgrade: "h2c",
+      "keep-alive": "timeout=5",
+      "proxy-connection": "keep-alive",
+      "content-length": "99",
+    };
+    await pool.send(r.path, get("/", { method: "POST", headers, body: new TextEncoder().encode("hi") }));
+    const lines = got.split("\r\n").slice(1).sort();
+    expect(lines).toEqual(["content-length: 2", "host: fn.test", "x-forge-request-id: r1", "x-plain: p"]);
+  });
+
+  test("the reply carries end-to-end headers only; content-length stays", async () => {
+    using r = raw((s) => void s.write("HTTP/1.1 200 OK\r\nkeep-alive: timeout=5\r\ntrailer: x-sum\r\nupgrade: h2c\r\nconnection: upgrade\r\nx-kept:  1 \r\ncontent-length: 2\r\n\r\nok"));
+    using pool = new UpstreamPool();
+    const reply = await pool.send(r.path, get("/"));
+    expect([...reply.headers]).toEqual([
+      ["content-length", "2"],
+      ["x-kept", "1"],
+    ]);
+    expect(pool.size).toBe(1); // reused: "upgrade" is no close
+  });
+
+  test("a response head and its interim 100 arriving a byte at a time are read whole", async () => {
+    const answer = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 5\r\n\r\nhello";
+    using r = raw((s) => {
+      void (async () => {
+        for (const c of answer) {
+          s.write(c);
+          await Bun.sleep(0);
+        }
+      })();
+    });
+    using pool = new UpstreamPool();
+    const res = await pool.request(r.path, get("/"));
+    expect([res.status, res.headers.get("x-a"), await res.text()]).toEqual([200, "1", "hello"]);
+    expect(await (await pool.request(r.path, get("/"))).text()).toBe("hello");
+    expect(r.connections()).toBe(1);
+  });
+
+  describe("an instance's answer is checked as strictly as the gateway checks it", () => {
+    /** Answers to GET /<name>; GET /ok answers well. */
+    const answers: Record<string, string> = {
+      both: "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+      "bare-lf": "HTTP/1.1 200 OK\r\nx-a: 1\nContent-Length: 2\r\n\r\nok",
+      "two-lengths": "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
+      "bad-length": "HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok",
+      "not-chunked": "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nok",
+      folded: "HTTP/1.1 200 OK\r\nx-a: 1\r\n folded\r\ncontent-length: 0\r\n\r\n",
+      "space-before-colon": "HTTP/1.1 200 OK\r\nx-a : 1\r\ncontent-length: 0\r\n\r\n",
+      status: "HTTP/1.1 20 OK\r\ncontent-length: 0\r\n\r\n",
+      "switching-protocols": "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+      "not-http": "SSH-2.0-OpenSSH_9.6\r\n\r\n",
+      ok: "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    };
+    function strictServer() {
+      const seen: string[] = [];
+      const server = raw((s, head) => {
+        const name = head.slice(5, head.indexOf(" ", 5));
+        seen.push(name);
+        s.write(answers[name] ?? "");
+      });
+      return Object.assign(server, { seen });
+    }
+
+    test("a malformed head is a 502 bad_response whose cause is a MalformedResponse, never retried", async () => {
+      using r = strictServer();
+      using pool = new UpstreamPool();
+      for (const name of Object.keys(answers).filter((n) => n !== "ok")) {
+        // On a kept-alive connection, where a broken one would be retried for a GET.
+        expect(await (await pool.request(r.path, get("/ok"))).text()).toBe("ok");
+        const err = await pool.send(r.path, get(`/${name}`)).catch((e: unknown) => e);
+        expect([name, isForgeError(err) && err.code, isForgeError(err) && err.status]).toEqual([name, ErrorCode.BadResponse, 502]);
+        expect((err as Error).cause).toBeInstanceOf(MalformedResponse);
+        // The connection is out of step: closed, not pooled.
+        expect(pool.size).toBe(0);
+      }
+      // Each request reached the instance once.
+      expect(r.seen.filter((n) => n !== "ok")).toEqual(Object.keys(answers).filter((n) => n !== "ok"));
+    });
+
+    test("broken chunk framing after the head errors the body with a bad_response", async () => {
+      const cases = [
+        "3\r\nabcXY0\r\n\r\n", // no CRLF after the data
+        "3\nabc\r\n0\r\n\r\n", // a bare LF after the size
+        "10000000000000003\r\nabc\r\n0\r\n\r\n", // 17 hex digits
+        "3\r\nabc\r\n0\r\nnot a trailer\r\n\r\n",
+      ];
+      using r = raw((s, head) => void s.write(`HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n${cases[Number(head.slice(5, 6))]}`));
+      using pool = new UpstreamPool();
+      for (let i = 0; i < cases.length; i++) {
+        const res = await pool.request(r.path, get(`/${i}`));
+        expect(res.status).toBe(200);
+        const err = await res.text().catch((e: unknown) => e);
+        expect([i, isForgeError(err) && err.code]).toEqual([i, ErrorCode.BadResponse]);
+      }
+      expect(pool.size).toBe(0);
+    });
   });
 });

@@ -5,16 +5,23 @@
  * Why not fetch: Bun's fetch client costs ~15 us of CPU per proxied request on the warm path
  * (bench: gateway-vs-nginx); this client writes the request head as one string, parses the
  * response head once, and hands a small body of known length over as bytes, without a
- * stream in between.
+ * stream in between. The HTTP/1.1 wire pieces (response head, chunked bodies, write buffering,
+ * the hop-by-hop list) are the gateway's, from dataplane/http1: an instance's answer is checked
+ * as strictly on this path as on the gateway's.
  */
 import type { Socket } from "bun";
+import { Accumulator } from "../dataplane/http1/accumulator.ts";
+import { ChunkedDecoder } from "../dataplane/http1/chunked.ts";
+import { concat, CRLF, DIGITS, HOP_BY_HOP, NON_ASCII } from "../dataplane/http1/head.ts";
+import { Outbox } from "../dataplane/http1/outbox.ts";
+import { MalformedResponse, parseResponseHead } from "../dataplane/http1/response-head.ts";
 import { ErrorCode, ForgeError } from "../errors.ts";
 
 export interface UpstreamRequest {
   method: string;
   /** Path and query. */
   path: string;
-  /** Sent as they are, but for the hop-by-hop ones and content-length (set from the body). */
+  /** Sent as they are, but for the hop-by-hop ones (content-length among them: set from the body). */
   headers: Headers;
   /**
    * null: no body; bytes: sent with the head; a stream: with the content-length of `headers`
@@ -58,14 +65,7 @@ export interface UpstreamPoolOptions {
   maxIdle?: number;
 }
 
-/** Longest response head (status line and headers) accepted. */
-const MAX_HEAD = 64 * 1024;
-const CRLF = Buffer.from("\r\n");
-const CRLFCRLF = Buffer.from("\r\n\r\n");
 const EMPTY = new Uint8Array(0);
-const HOP_BY_HOP = new Set(["connection", "keep-alive", "transfer-encoding", "content-length", "expect", "proxy-connection", "te", "upgrade"]);
-const RESPONSE_HOP_BY_HOP = new Set(["connection", "keep-alive", "transfer-encoding", "proxy-connection"]);
-const NON_ASCII = /[^\x00-\x7f]/;
 
 /** Methods a proxy may send again after a failure (RFC 9110 §9.2.2). */
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]);
@@ -90,16 +90,18 @@ export class UpstreamPool {
   /**
    * Sends a request and resolves with the response once its head (and a small body) is in.
    * A connection that fails before any byte of the response rejects with a ForgeError
-   * InstanceCrashed (retried once on a fresh connection when it was a reused one and the
-   * request had no streamed body); an abort rejects with the signal's reason. Failures after
-   * the reply error its body stream.
+   * InstanceCrashed (retried once on a fresh connection when it was a reused one, the method
+   * idempotent and the body not streamed); an answer that is not valid HTTP/1 (see
+   * parseResponseHead, ChunkedDecoder) with a ForgeError BadResponse, its cause the
+   * MalformedResponse; an abort with the signal's reason. Failures after the reply error its
+   * body stream the same way.
    */
   send(socketPath: string, req: UpstreamRequest): Promise<UpstreamReply> {
     if (this.disposed) return Promise.reject(new ForgeError(ErrorCode.InstanceCrashed, 502, "the upstream pool is disposed"));
     const signal = req.signal;
     if (signal?.aborted) return Promise.reject(signal.reason);
     return new Promise<UpstreamReply>((resolve, reject) => {
-      const ex = new Exchange(this, socketPath, req, encodeHead(req), resolve, reject);
+      const ex = new Exchange(this, socketPath, req, resolve, reject);
       if (signal instanceof Abort) signal.handler = ex.onAbort;
       else if (signal) signal.addEventListener("abort", ex.onAbort, { once: true });
       this.start(ex, false);
@@ -150,7 +152,7 @@ export class UpstreamPool {
     this.live.add(conn);
     Bun.connect({ unix: ex.socketPath, socket: HANDLERS, data: conn }).then(
       (socket) => {
-        conn.socket = socket;
+        conn.attach(socket);
         if (conn.closed || ex.settled || this.disposed) {
           conn.destroy();
           if (!ex.settled) ex.fail(new Error("the connection closed as it opened"), false);
@@ -188,7 +190,8 @@ export class UpstreamPool {
 
 // --- internal ---
 
-type State = "head" | "collect" | "length" | "chunk-size" | "chunk-data" | "chunk-end" | "trailers" | "until-close" | "done";
+/** What a connection is reading: nothing asked, a response head, or a body framed one way. */
+type Reading = "idle" | "head" | "whole" | "length" | "chunked" | "until-close";
 
 /** One request and its response, possibly moved once to a fresh connection. */
 class Exchange {
@@ -201,16 +204,23 @@ class Exchange {
   retried = false;
   controller: ReadableStreamDefaultController<Uint8Array> | undefined;
   readonly isHead: boolean;
+  /** The content-length a streamed body goes with, or -1: chunked. */
+  readonly declared: number;
+  /** The request head, in bytes when it is not ASCII (Outbox writes strings as ASCII). */
+  readonly head: string | Buffer;
 
   constructor(
     readonly pool: UpstreamPool,
     readonly socketPath: string,
     readonly req: UpstreamRequest,
-    readonly head: string,
     readonly resolve: (r: UpstreamReply) => void,
     readonly reject: (err: unknown) => void,
   ) {
     this.isHead = req.method === "HEAD";
+    const length = req.body instanceof ReadableStream ? (req.headers.get("content-length") ?? "") : "";
+    this.declared = DIGITS.test(length) ? Number(length) : -1;
+    const head = encodeHead(req, this.declared);
+    this.head = NON_ASCII.test(head) ? Buffer.from(head, "latin1") : head;
   }
 
   readonly onAbort = (): void => {
@@ -226,6 +236,7 @@ class Exchange {
     const conn = this.conn;
     this.conn = undefined;
     if (conn?.ex === this) conn.ex = undefined;
+    // (A malformed answer is never retried: it came with bytes.)
     if (!aborted && !this.replied && !this.gotBytes && !this.retried && conn && conn.served > 0 && !(this.req.body instanceof ReadableStream) && isIdempotent(this.req.method)) {
       // A kept-alive connection the instance had closed (or an instance that went away):
       // nothing of the request was seen to be acted on, so one more try on a new connection.
@@ -238,9 +249,7 @@ class Exchange {
     }
     this.settled = true;
     this.unlisten();
-    const e = aborted
-      ? err
-      : new ForgeError(ErrorCode.InstanceCrashed, 502, `the instance on ${this.socketPath} failed: ${describe(err)}`, { cause: err });
+    const e = aborted ? err : failure(this.socketPath, err);
     if (this.replied) {
       try {
         this.controller?.error(e);
@@ -265,25 +274,29 @@ class Exchange {
   }
 }
 
+/** One kept-alive connection to an instance: writes a request, reads its response with the shared HTTP/1.1 pieces. */
 class Conn {
   socket: Socket<Conn> | undefined;
   closed = false;
   /** Responses completed on this connection. */
   served = 0;
   ex: Exchange | undefined;
-  private state: State = "done";
-  private leftover: Buffer | undefined;
-  private unsent: Uint8Array | undefined;
+  private readonly out = new Outbox();
+  /** Runs once what waits in `out` has gone (or the connection closed). */
   private onDrained: (() => void) | undefined;
   /** The whole request was written. */
   private sent = false;
+  private reading: Reading = "idle";
+  /** The response head so far, while it spans reads. */
+  private held: Buffer | undefined;
+  private readonly acc = new Accumulator();
   private keepAlive = true;
-  private remaining = 0;
-  private buf: Uint8Array | undefined;
-  private filled = 0;
-  private status = 0;
-  private statusText = "";
-  private headers: Headers | undefined;
+  /** Body bytes still to come ("whole", "length"). */
+  private left = 0;
+  /** The reply whose small body ("whole") is being collected into `whole`. */
+  private waiting: UpstreamReply | undefined;
+  private whole: Uint8Array = EMPTY;
+  private readonly chunks = new ChunkedDecoder((data) => this.enqueue(data));
   private paused = false;
 
   constructor(
@@ -291,33 +304,23 @@ class Conn {
     readonly socketPath: string,
   ) {}
 
+  attach(socket: Socket<Conn>): void {
+    this.socket = socket;
+    this.out.attach(socket);
+  }
+
   begin(ex: Exchange): void {
-    const socket = this.socket;
-    if (!socket || this.closed) return ex.fail(new Error("the connection is closed"), false);
+    if (!this.socket || this.closed) return ex.fail(new Error("the connection is closed"), false);
     this.ex = ex;
     ex.conn = this;
-    this.state = "head";
+    this.reading = "head";
     this.keepAlive = true;
     this.sent = false;
-    this.leftover = undefined;
-    this.unsent = undefined;
     const body = ex.req.body;
+    if (body instanceof ReadableStream) return this.write(ex.head, () => void this.pump(ex, body));
     const head = ex.head;
-    if (body instanceof Uint8Array && body.byteLength > 0) {
-      const headBytes = Buffer.from(head, "latin1");
-      const out = new Uint8Array(headBytes.byteLength + body.byteLength);
-      out.set(headBytes, 0);
-      out.set(body, headBytes.byteLength);
-      if (this.write(out)) this.sent = true;
-      else this.onDrained = () => void (this.sent = true);
-    } else if (body instanceof ReadableStream) {
-      if (this.write(NON_ASCII.test(head) ? Buffer.from(head, "latin1") : head)) void this.pump(ex, body);
-      else this.onDrained = () => void this.pump(ex, body);
-    } else {
-      const ok = NON_ASCII.test(head) ? this.write(Buffer.from(head, "latin1")) : this.write(head);
-      if (ok) this.sent = true;
-      else this.onDrained = () => void (this.sent = true);
-    }
+    const bytes = body && body.byteLength > 0 ? concat(typeof head === "string" ? Buffer.from(head, "latin1") : head, body) : head;
+    this.write(bytes, () => void (this.sent = true));
   }
 
   /** Closes the socket; the exchange in flight (if any) fails with `err`. */
@@ -328,53 +331,37 @@ class Conn {
     this.pool.forget(this);
     if (ex && err !== undefined) ex.fail(err, false);
     this.socket?.terminate();
+    this.wake();
   }
 
   // --- socket events (through HANDLERS) ---
 
   onData(chunk: Buffer): void {
     const ex = this.ex;
-    if (!ex) {
-      // Bytes nobody asked for: the stream is out of step, never reuse it.
-      this.destroy();
-      return;
-    }
+    // Bytes nobody asked for: the stream is out of step, never reuse it.
+    if (!ex) return this.destroy();
     ex.gotBytes = true;
-    let buf = chunk;
-    if (this.leftover) {
-      buf = Buffer.concat([this.leftover, chunk]);
-      this.leftover = undefined;
-    }
     try {
-      this.parse(ex, buf);
+      if (this.reading === "head") this.readHead(ex, chunk);
+      else this.readBody(ex, chunk, 0);
     } catch (err) {
       this.destroy(err);
     }
   }
 
   onDrain(): void {
-    const rest = this.unsent;
-    if (!rest || !this.socket) return;
-    const written = this.socket.write(rest);
-    if (written < 0) return this.destroy(new Error("the connection closed while sending"));
-    if (written < rest.byteLength) {
-      this.unsent = rest.subarray(written);
-      return;
-    }
-    this.unsent = undefined;
-    const next = this.onDrained;
-    this.onDrained = undefined;
-    next?.();
+    if (this.out.flush()) this.wake();
   }
 
   onClose(error?: Error): void {
     this.closed = true;
     this.pool.forget(this);
+    this.wake();
     const ex = this.ex;
     if (!ex) return;
     this.ex = undefined;
-    if (this.state === "until-close" && !error) {
-      this.state = "done";
+    if (this.reading === "until-close" && !error) {
+      this.reading = "idle";
       ex.controller?.close();
       ex.done();
       return;
@@ -390,55 +377,38 @@ class Conn {
 
   // --- internal ---
 
-  /** Writes all of `data` or keeps the rest for drain; false when some is left. */
-  private write(data: string | Uint8Array): boolean {
-    const socket = this.socket;
-    if (!socket) return false;
-    const written = socket.write(data);
-    if (written < 0) {
-      this.destroy(new Error("the connection closed while sending"));
-      return false;
-    }
-    // Strings written here are ASCII (see begin): one byte a character.
-    if (written >= (typeof data === "string" ? data.length : data.byteLength)) return true;
-    this.unsent = (typeof data === "string" ? Buffer.from(data, "latin1") : data).subarray(written);
-    return false;
+  /** Writes data, then runs `then`: at once when the socket took it all, else on drain. */
+  private write(data: string | Uint8Array, then: () => void): void {
+    if (this.out.write(data)) then();
+    else this.onDrained = then;
+  }
+
+  /** What waited for the drain goes on (a pump that finds its exchange gone stops). */
+  private wake(): void {
+    const next = this.onDrained;
+    this.onDrained = undefined;
+    next?.();
   }
 
   private async pump(ex: Exchange, body: ReadableStream<Uint8Array>): Promise<void> {
-    const declared = /\r\ncontent-length: (\d+)\r\n/.exec(ex.head)?.[1];
-    const chunked = declared === undefined;
-    const expected = Number(declared ?? Infinity);
+    const chunked = ex.declared < 0;
     let total = 0;
     const reader = body.getReader();
+    const drained = (): Promise<void> => new Promise<void>((resolve) => (this.onDrained = resolve));
     try {
       for (;;) {
         const r = await reader.read();
-        if (this.ex !== ex) {
-          await reader.cancel();
-          return;
-        }
+        if (this.ex !== ex) return void (await reader.cancel());
         if (r.done) break;
         const v = r.value;
         if (!v.byteLength) continue;
-        let data: Uint8Array = v;
-        if (chunked) {
-          const size = Buffer.from(`${v.byteLength.toString(16)}\r\n`, "latin1");
-          data = new Uint8Array(size.byteLength + v.byteLength + 2);
-          data.set(size, 0);
-          data.set(v, size.byteLength);
-          data.set(CRLF, size.byteLength + v.byteLength);
-        }
-        if (!this.write(data)) await new Promise<void>((resolve) => (this.onDrained = resolve));
+        if (!this.out.write(chunked ? chunkFrame(v) : v)) await drained();
         total += v.byteLength;
+        if (this.ex !== ex) return void (await reader.cancel());
         // The instance may answer as soon as it has the declared length, before read() says done.
-        if (total >= expected && this.ex === ex) this.sent = true;
-        if (this.ex !== ex) {
-          await reader.cancel();
-          return;
-        }
+        if (total >= ex.declared && !chunked) this.sent = true;
       }
-      if (chunked && !this.write("0\r\n\r\n")) await new Promise<void>((resolve) => (this.onDrained = resolve));
+      if (chunked && !this.out.write("0\r\n\r\n")) await drained();
       if (this.ex === ex) this.sent = true;
     } catch (err) {
       if (this.ex === ex) this.destroy(err);
@@ -447,174 +417,87 @@ class Conn {
     }
   }
 
-  private parse(ex: Exchange, buf: Buffer): void {
-    let pos = 0;
-    const len = buf.length;
-    while (this.ex === ex) {
-      switch (this.state) {
-        case "head": {
-          const end = buf.indexOf(CRLFCRLF, pos);
-          if (end < 0) return this.keep(buf, pos, MAX_HEAD, "response head");
-          const headText = buf.toString("latin1", pos, end);
-          pos = end + 4;
-          this.readHead(ex, headText, buf, pos);
-          if ((this.state as State) === "done" && this.ex === ex) {
-            // Whole body taken from this buffer by readHead (fast path).
-            pos += this.remaining;
-            this.remaining = 0;
-            this.complete(ex, pos < len);
-            return;
-          }
-          break;
-        }
-        case "collect": {
-          const target = this.buf;
-          if (!target) throw new Error("no body buffer");
-          const take = Math.min(this.remaining, len - pos);
-          target.set(buf.subarray(pos, pos + take), this.filled);
-          this.filled += take;
-          this.remaining -= take;
-          pos += take;
-          if (this.remaining > 0) return;
-          this.buf = undefined;
-          this.reply(ex, target);
-          this.complete(ex, pos < len);
-          return;
-        }
-        case "length":
-        case "chunk-data": {
-          const take = Math.min(this.remaining, len - pos);
-          if (take > 0) this.enqueue(ex, buf.subarray(pos, pos + take));
-          pos += take;
-          this.remaining -= take;
-          if (this.remaining > 0) return;
-          if (this.state === "length") {
-            ex.controller?.close();
-            this.complete(ex, pos < len);
-            return;
-          }
-          this.state = "chunk-end";
-          this.remaining = 2;
-          break;
-        }
-        case "chunk-end": {
-          const take = Math.min(this.remaining, len - pos);
-          pos += take;
-          this.remaining -= take;
-          if (this.remaining > 0) return;
-          this.state = "chunk-size";
-          break;
-        }
-        case "chunk-size": {
-          const end = buf.indexOf(CRLF, pos);
-          if (end < 0) return this.keep(buf, pos, 1024, "chunk size line");
-          const line = buf.toString("latin1", pos, end);
-          const size = Number.parseInt(line.split(";", 1)[0] ?? "", 16);
-          if (!Number.isFinite(size) || size < 0) throw new Error(`bad chunk size ${JSON.stringify(line.slice(0, 20))}`);
-          pos = end + 2;
-          if (size === 0) this.state = "trailers";
-          else {
-            this.state = "chunk-data";
-            this.remaining = size;
-          }
-          break;
-        }
-        case "trailers": {
-          const end = buf.indexOf(CRLF, pos);
-          if (end < 0) return this.keep(buf, pos, MAX_HEAD, "trailers");
-          const empty = end === pos;
-          pos = end + 2;
-          if (empty) {
-            ex.controller?.close();
-            this.complete(ex, pos < len);
-            return;
-          }
-          break;
-        }
-        case "until-close":
-          if (pos < len) this.enqueue(ex, buf.subarray(pos));
-          return;
-        case "done":
-          return;
-      }
-    }
-  }
-
-  private keep(buf: Buffer, pos: number, limit: number, what: string): void {
-    if (buf.length - pos > limit) throw new Error(`${what} longer than ${limit} bytes`);
-    this.leftover = buf.subarray(pos);
-  }
-
-  /** Parses a response head; for a small body wholly in `buf` from `at`, replies at once and sets state "done" with `remaining` = its length. */
-  private readHead(ex: Exchange, head: string, buf: Buffer, at: number): void {
-    if (!head.startsWith("HTTP/1.") || head.length < 12) throw new Error(`not an HTTP/1 response: ${JSON.stringify(head.slice(0, 40))}`);
-    const status = Number(head.slice(9, 12));
-    if (!Number.isInteger(status) || status < 100) throw new Error(`bad status line: ${JSON.stringify(head.slice(0, 40))}`);
-    if (status < 200 && status !== 101) return; // interim (100-continue): the real head follows
-    const lineEnd = head.indexOf("\r\n");
-    const headers = new Headers();
-    let length = -1;
-    let chunked = false;
-    let connection = "";
-    let p = lineEnd < 0 ? head.length : lineEnd + 2;
-    while (p < head.length) {
-      let e = head.indexOf("\r\n", p);
-      if (e < 0) e = head.length;
-      const colon = head.indexOf(":", p);
-      if (colon > p && colon < e) {
-        const name = head.slice(p, colon).toLowerCase();
-        const value = head.slice(colon + 1, e).trim();
-        if (name === "content-length") {
-          length = Number(value);
-          if (!Number.isSafeInteger(length) || length < 0 || value === "") throw new Error("bad content-length");
-        } else if (name === "transfer-encoding") chunked = value.toLowerCase().includes("chunked");
-        else if (name === "connection") connection = value.toLowerCase();
-        if (!RESPONSE_HOP_BY_HOP.has(name)) headers.append(name, value);
-      }
-      p = e + 2;
-    }
-    this.status = status;
-    this.statusText = lineEnd < 0 ? head.slice(13) : head.slice(13, lineEnd);
-    this.headers = headers;
-    this.keepAlive = head.charCodeAt(7) === 49 /* HTTP/1.1 */ ? !connection.includes("close") : connection.includes("keep-alive");
-    if (ex.isHead || status === 204 || status === 304 || status === 101) {
-      this.state = "done";
-      this.remaining = 0;
-      this.reply(ex, null);
+  private readHead(ex: Exchange, chunk: Buffer): void {
+    const data = this.acc.append(this.held, chunk);
+    const head = parseResponseHead(data);
+    if (!head.complete) {
+      // Interim answers (100 Continue) before it are done with: only the head waited for is kept.
+      this.held = head.from > 0 ? data.subarray(head.from) : data;
+      if (head.from > 0) this.acc.reset();
       return;
     }
-    if (chunked) {
-      this.state = "chunk-size";
-      this.reply(ex, this.stream(ex));
-    } else if (length >= 0) {
-      if (length <= this.pool.bufferLimit) {
-        if (buf.length - at >= length) {
-          this.state = "done";
-          this.remaining = length;
-          this.reply(ex, length === 0 ? EMPTY : buf.subarray(at, at + length));
-          return;
-        }
-        this.state = "collect";
-        this.buf = new Uint8Array(length);
-        this.filled = 0;
-        this.remaining = length;
-      } else {
-        this.state = "length";
-        this.remaining = length;
-        this.reply(ex, this.stream(ex));
-      }
-    } else {
-      this.keepAlive = false;
-      this.state = "until-close";
-      this.reply(ex, this.stream(ex));
+    this.held = undefined;
+    this.acc.reset();
+    this.keepAlive = head.keepAlive;
+    const lineEnd = head.out.indexOf("\r\n");
+    const reply: UpstreamReply = { status: head.status, statusText: head.out.slice(13, lineEnd < 0 ? undefined : lineEnd), headers: replyHeaders(head.out, lineEnd), body: null };
+    const at = head.bodyStart;
+    const length = head.length;
+    if (ex.isHead || head.status === 204 || head.status === 304) {
+      this.answer(ex, reply);
+      return this.complete(ex, at < data.length);
     }
+    if (head.chunked) {
+      this.reading = "chunked";
+      this.chunks.reset();
+    } else if (length < 0) {
+      this.reading = "until-close";
+      this.keepAlive = false;
+    } else if (length <= this.pool.bufferLimit) {
+      if (data.length - at >= length) {
+        // The whole body came with the head (the warm path): no copy, no stream.
+        reply.body = length === 0 ? EMPTY : data.subarray(at, at + length);
+        this.answer(ex, reply);
+        return this.complete(ex, data.length > at + length);
+      }
+      this.reading = "whole";
+      this.whole = new Uint8Array(length);
+      this.left = length;
+      this.waiting = reply;
+      return this.readBody(ex, data, at);
+    } else {
+      this.reading = "length";
+      this.left = length;
+    }
+    reply.body = this.stream(ex);
+    this.answer(ex, reply);
+    this.readBody(ex, data, at);
   }
 
-  private reply(ex: Exchange, body: UpstreamReply["body"]): void {
-    const headers = this.headers ?? new Headers();
-    this.headers = undefined;
+  /** Takes the body bytes of buf from pos. */
+  private readBody(ex: Exchange, buf: Buffer, pos: number): void {
+    let end: number;
+    switch (this.reading) {
+      case "whole":
+      case "length": {
+        end = pos + Math.min(this.left, buf.length - pos);
+        if (this.reading === "whole") this.whole.set(buf.subarray(pos, end), this.whole.length - this.left);
+        else if (end > pos) this.enqueue(buf.subarray(pos, end));
+        this.left -= end - pos;
+        if (this.left > 0) return;
+        break;
+      }
+      case "chunked":
+        end = this.chunks.feed(buf, pos);
+        if (!this.chunks.done) return;
+        break;
+      case "until-close":
+        if (pos < buf.length) this.enqueue(buf.subarray(pos));
+        return;
+      default:
+        return;
+    }
+    const waiting = this.waiting;
+    if (waiting) {
+      waiting.body = this.whole;
+      this.answer(ex, waiting);
+    } else ex.controller?.close();
+    this.complete(ex, end < buf.length);
+  }
+
+  private answer(ex: Exchange, reply: UpstreamReply): void {
     ex.replied = true;
-    ex.resolve({ status: this.status, statusText: this.statusText, headers, body });
+    ex.resolve(reply);
   }
 
   private stream(ex: Exchange): ReadableStream<Uint8Array> {
@@ -634,11 +517,11 @@ class Conn {
     );
   }
 
-  private enqueue(ex: Exchange, chunk: Uint8Array): void {
-    const c = ex.controller;
+  private enqueue(data: Uint8Array): void {
+    const c = this.ex?.controller;
     if (!c) return;
     try {
-      c.enqueue(chunk);
+      c.enqueue(data);
     } catch {
       return; // cancelled by its reader; cancel() closes the connection
     }
@@ -651,10 +534,11 @@ class Conn {
 
   /** The response is complete: the connection goes back to the pool when it can be reused. */
   private complete(ex: Exchange, extra: boolean): void {
-    this.state = "done";
+    this.reading = "idle";
     this.ex = undefined;
     this.served++;
-    this.leftover = undefined;
+    this.waiting = undefined;
+    this.whole = EMPTY;
     ex.done();
     this.resume();
     // Extra bytes, or a response before the whole request was sent: the stream is out of step.
@@ -663,20 +547,19 @@ class Conn {
   }
 }
 
-/** The request head: hop-by-hop headers dropped, content-length or chunked from the body. */
-function encodeHead(req: UpstreamRequest): string {
+/**
+ * The request head: hop-by-hop headers dropped (those named by Connection too, but for Host
+ * and forge's own), content-length or chunked from the body.
+ */
+function encodeHead(req: UpstreamRequest, declared: number): string {
   const method = req.method;
   let head = `${method} ${req.path} HTTP/1.1\r\n`;
-  let length: string | null = null;
   let host = false;
   // Headers the Connection header names are hop-by-hop too (RFC 9110 §7.6.1).
   const connection = req.headers.get("connection");
   const named = connection ? new Set(connection.toLowerCase().split(",").map((t) => t.trim())) : undefined;
   for (const [name, value] of req.headers) {
-    if (HOP_BY_HOP.has(name)) {
-      if (name === "content-length") length = value;
-      continue;
-    }
+    if (HOP_BY_HOP.has(name)) continue;
     // ...but never Host or forge's own (its request id, the control token): a client must not
     // strip what forge adds by naming it.
     if (named?.has(name) && name !== "host" && !name.startsWith("x-forge-")) continue;
@@ -687,9 +570,41 @@ function encodeHead(req: UpstreamRequest): string {
   if (!host) head += "host: instance\r\n";
   const body = req.body;
   if (body instanceof Uint8Array) head += `content-length: ${body.byteLength}\r\n`;
-  else if (body) head += length !== null ? `content-length: ${length}\r\n` : "transfer-encoding: chunked\r\n";
+  else if (body) head += declared >= 0 ? `content-length: ${declared}\r\n` : "transfer-encoding: chunked\r\n";
   else if (method === "POST" || method === "PUT" || method === "PATCH") head += "content-length: 0\r\n";
   return `${head}\r\n`;
+}
+
+/**
+ * A reply's headers from a parsed response head (connection-level lines already cut): the
+ * rest of the hop-by-hop ones go too, but content-length, which still describes the body.
+ */
+function replyHeaders(out: string, lineEnd: number): Headers {
+  const headers = new Headers();
+  // Each line is token ":" value (parseResponseHead checked it); Headers trims the value.
+  for (let p = lineEnd; p >= 0; ) {
+    const colon = out.indexOf(":", p);
+    const name = out.slice(p + 2, colon).toLowerCase();
+    p = out.indexOf("\r\n", colon);
+    if (name === "content-length" || !HOP_BY_HOP.has(name)) headers.append(name, p < 0 ? out.slice(colon + 1) : out.slice(colon + 1, p));
+  }
+  return headers;
+}
+
+/** A chunk of a chunked request body. */
+function chunkFrame(data: Uint8Array): Buffer {
+  return Buffer.concat([Buffer.from(`${data.byteLength.toString(16)}\r\n`, "latin1"), data, CRLF]);
+}
+
+/** The error an instance's failure rejects with: a malformed answer is told apart from a broken connection. */
+function failure(socketPath: string, err: unknown): ForgeError {
+  if (err instanceof MalformedResponse) {
+    return new ForgeError(ErrorCode.BadResponse, 502, `the instance on ${socketPath} answered with bytes that are not valid HTTP: ${err.message}`, {
+      hint: "a function's server must answer well-formed HTTP/1.1",
+      cause: err,
+    });
+  }
+  return new ForgeError(ErrorCode.InstanceCrashed, 502, `the instance on ${socketPath} failed: ${describe(err)}`, { cause: err });
 }
 
 function describe(err: unknown): string {
