@@ -21,7 +21,7 @@ import type { FunctionPool, Lease, PoolManager } from "../pool/index.ts";
 import { isIdempotent } from "../pool/index.ts";
 import { tooLarge } from "../router/_body.ts";
 import { Tunnel, TUNNEL_HANDLERS, type TunnelSink } from "./app-tunnel.ts";
-import { functionNotFound, functionTimedOut, instanceFailed, newRequestId, recordLeased, recordUnleased } from "./data-plane.ts";
+import { badResponse, functionNotFound, functionTimedOut, instanceFailed, newRequestId, recordLeased, recordUnleased } from "./data-plane.ts";
 import { clientOf, type TrustedProxies } from "./forwarded.ts";
 import { functionOf, isValidHost } from "./hosts.ts";
 import { Accumulator } from "./http1/accumulator.ts";
@@ -125,8 +125,9 @@ export class ClientConnection implements ResponseSink, TunnelSink {
   private bodyLeft = 0;
   /** When the last body byte came. */
   private bodyAt = 0;
-  /** Body bytes that came while the request waited for an instance. */
-  private early: Buffer | undefined;
+  /** Body bytes that came while the request waited for an instance, in the pieces they came in. */
+  private early: Buffer[] | undefined;
+  private earlyBytes = 0;
   /** Head and body when they went upstream in one piece (safe to send again on a fresh connection). */
   private whole: string | Uint8Array | undefined;
   private retried = false;
@@ -186,9 +187,10 @@ export class ClientConnection implements ResponseSink, TunnelSink {
       if (this.up) {
         if (!this.up.write(part)) this.pauseSelf();
       } else {
-        // Still waiting for an instance: kept for it.
-        this.early = this.early ? concat(this.early, part) : part;
-        if (this.early.length > MAX_EARLY) this.pauseSelf();
+        // Still waiting for an instance: kept for it (the client paused once enough waits).
+        (this.early ??= []).push(part);
+        this.earlyBytes += part.length;
+        if (this.earlyBytes > MAX_EARLY) this.pauseSelf();
       }
       if (take === chunk.length) return;
       chunk = chunk.subarray(take);
@@ -415,7 +417,8 @@ export class ClientConnection implements ResponseSink, TunnelSink {
     let flowing = up.write(out);
     const early = this.early;
     this.early = undefined;
-    if (early) flowing = up.write(early) && flowing;
+    this.earlyBytes = 0;
+    for (const part of early ?? []) flowing = up.write(part) && flowing;
     if (!flowing) this.pauseSelf();
     else if (this.bodyLeft > 0) this.resumeSelf();
   }
@@ -572,14 +575,7 @@ export class ClientConnection implements ResponseSink, TunnelSink {
     this.lease = undefined;
     if (malformed) {
       lease.release();
-      this.fail(
-        new ForgeError(ErrorCode.BadResponse, 502, `the function's answer is not valid HTTP: ${err.message}`, {
-          hint: `see \`forge logs ${this.name}\`; a runtime "docker" function's server must answer well-formed HTTP/1.1`,
-        }),
-        undefined,
-        lease,
-      );
-      return;
+      return this.fail(badResponse(this.name, err), undefined, lease);
     }
     lease.fail();
     this.fail(instanceFailed(this.name, err), undefined, lease);
@@ -709,6 +705,7 @@ export class ClientConnection implements ResponseSink, TunnelSink {
     this.deadlineAt = 0;
     this.whole = undefined;
     this.early = undefined;
+    this.earlyBytes = 0;
     this.respHead = undefined;
     this.buffered = undefined;
   }

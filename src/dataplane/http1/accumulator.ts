@@ -3,7 +3,8 @@
  * waiting for its instance). Concatenating every piece onto what came before copies the
  * whole so far each time: n bytes in one-byte pieces cost n²/2 copied bytes, and a client
  * trickling a 60 KB head made the gateway copy ~1.8 GB for it. Here a piece goes into spare
- * room that doubles when it runs out, so n bytes cost at most ~3n.
+ * room that doubles when it runs out (by 64 KiB at most), so a head of n bytes costs at
+ * most ~3n.
  */
 export class Accumulator {
   /** The buffer the accumulated bytes live at the start of (only while they are ours). */
@@ -26,7 +27,9 @@ export class Accumulator {
       this.used = total;
       return room.subarray(0, total);
     }
-    const grown = Buffer.allocUnsafe(Math.max(total * 2, 4096));
+    // Spare room doubles while small (a head trickling in), and is at most 64 KiB past the
+    // bytes held (pipelined requests read in large pieces must not hold twice their size).
+    const grown = Buffer.allocUnsafe(Math.max(Math.min(total * 2, total + 64 * 1024), 4096));
     held.copy(grown, 0);
     chunk.copy(grown, held.length);
     this.copied += total;
