@@ -7,11 +7,14 @@
  * no address on any network.
  *
  * It answers forge's health route itself (ok once the function's port accepts a
- * connection) and proxies every other request, streamed both ways, unchanged.
+ * connection) and proxies every other request, streamed both ways, unchanged. A WebSocket
+ * upgrade is relayed message by message: the bridge opens the same WebSocket on the
+ * function's port and only then accepts the client's, so a refused upgrade is a plain error.
  *
  * Self-contained like the shim (it ships alone in the runtime image): Bun and nothing else.
  */
 export {}; // a module: top-level await below
+import type { Server, ServerWebSocket, WebSocketHandler } from "bun";
 
 const CONTROL_HEADER = "x-forge-control";
 const CONTROL_HEALTH = "/__forge/health";
@@ -62,7 +65,7 @@ function upstreamListening(): Promise<boolean> {
   });
 }
 
-async function handle(request: Request): Promise<Response> {
+async function handle(request: Request): Promise<Response | undefined> {
   const url = new URL(request.url);
   if (url.pathname === CONTROL_HEALTH && isControl(request.headers.get(CONTROL_HEADER))) {
     if (!(await upstreamListening())) {
@@ -70,6 +73,7 @@ async function handle(request: Request): Promise<Response> {
     }
     return Response.json({ ok: true, specialized: true, function: fnName, version: fnVersion, pid: process.pid });
   }
+  if (request.headers.get("upgrade")?.toLowerCase() === "websocket") return relayWebSocket(request, url);
   try {
     return await fetch(upstream + url.pathname + url.search, {
       method: request.method,
@@ -85,16 +89,89 @@ async function handle(request: Request): Promise<Response> {
   }
 }
 
+// --- WebSockets: fetch() cannot carry an upgrade, so the bridge relays messages ---
+
+/** Headers of the client's handshake that the bridge's own WebSocket client sets itself. */
+const HANDSHAKE_HEADERS = new Set([
+  "connection",
+  "upgrade",
+  "sec-websocket-key",
+  "sec-websocket-version",
+  "sec-websocket-extensions",
+  "sec-websocket-protocol",
+]);
+
+/** One relayed WebSocket: the function's side, and what it sent before the client's side opened. */
+interface Relay {
+  upstream: WebSocket;
+  client: ServerWebSocket<Relay> | undefined;
+  early: (string | ArrayBuffer)[];
+}
+
+async function relayWebSocket(request: Request, url: URL): Promise<Response | undefined> {
+  const headers: Record<string, string> = {};
+  for (const [name, value] of request.headers) if (!HANDSHAKE_HEADERS.has(name)) headers[name] = value;
+  const protocols = (request.headers.get("sec-websocket-protocol") ?? "")
+    .split(",")
+    .map((p) => p.trim())
+    .filter(Boolean);
+  // Bun's client takes headers (Host included) in its options, an extension of the WHATWG constructor.
+  const upstream = new WebSocket(`ws://127.0.0.1:${port}${url.pathname}${url.search}`, { headers, ...(protocols.length > 0 ? { protocols } : {}) });
+  upstream.binaryType = "arraybuffer";
+  const relay: Relay = { upstream, client: undefined, early: [] };
+  upstream.addEventListener("message", (event) => {
+    const data = event.data as string | ArrayBuffer;
+    if (relay.client === undefined) relay.early.push(data);
+    else relay.client.send(data);
+  });
+  upstream.addEventListener("close", (event) => {
+    // 1005 and 1006 say no close frame came: they are never sent in one.
+    if (event.code === 1005 || event.code === 1006) relay.client?.close();
+    else relay.client?.close(event.code, event.reason);
+  });
+  const opened = await new Promise<boolean>((resolve) => {
+    upstream.addEventListener("open", () => resolve(true));
+    upstream.addEventListener("close", () => resolve(false));
+    // The client left while the function's server had not answered yet.
+    request.signal.addEventListener("abort", () => {
+      if (relay.client === undefined) upstream.close();
+    });
+  });
+  if (!opened) {
+    return jsonError(502, "websocket_refused", `the function's server on port ${port} did not accept the WebSocket upgrade of ${url.pathname}`);
+  }
+  const chosen = upstream.protocol;
+  if (server.upgrade(request, { data: relay, ...(chosen ? { headers: { "sec-websocket-protocol": chosen } } : {}) })) return undefined;
+  upstream.close();
+  return jsonError(400, "bad_upgrade", "the WebSocket upgrade request is not valid");
+}
+
+const relayEvents: WebSocketHandler<Relay> = {
+  open(ws) {
+    ws.data.client = ws;
+    for (const data of ws.data.early.splice(0)) ws.send(data);
+  },
+  message(ws, message) {
+    ws.data.upstream.send(message);
+  },
+  close(ws, code, reason) {
+    // A client WebSocket may only send 1000 or 3000-4999 (WHATWG): other codes close plainly.
+    const upstream = ws.data.upstream;
+    if (code === 1000 || (code >= 3000 && code <= 4999)) upstream.close(code, reason);
+    else upstream.close();
+  },
+};
+
 // Socket mode 0666 (through the umask): forge may run as another uid than this container's.
 const umask = process.umask(0o111);
 const noIdleTimeout: object = { idleTimeout: 0 };
-let server: ReturnType<typeof Bun.serve>;
+let server: Server<Relay>;
 try {
-  server = Bun.serve({ unix: socket, fetch: handle, ...noIdleTimeout });
+  server = Bun.serve({ unix: socket, fetch: handle as (request: Request) => Promise<Response>, websocket: relayEvents, ...noIdleTimeout });
 } catch (err) {
   if ((err as { code?: unknown }).code !== "EADDRINUSE") throw err;
   await Bun.file(socket).delete();
-  server = Bun.serve({ unix: socket, fetch: handle, ...noIdleTimeout });
+  server = Bun.serve({ unix: socket, fetch: handle as (request: Request) => Promise<Response>, websocket: relayEvents, ...noIdleTimeout });
 } finally {
   process.umask(umask);
 }

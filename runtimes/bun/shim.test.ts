@@ -13,6 +13,7 @@ import {
   CONTROL_SPECIALIZE,
 } from "../../src/pool/driver.ts";
 import { type HealthInfo, waitReady } from "../../src/pool/instance-client.ts";
+import { TestWebSocket, upgradeRequestHeaders } from "../../test/_ws-client.ts";
 
 const SHIM = join(import.meta.dir, "shim.ts");
 
@@ -845,10 +846,10 @@ describe("shim: Workers semantics", () => {
     expect(await health(shim)).toMatchObject({ pending: 1 });
     // Bounded: the work is still pending after 20 ms.
     const bounded = await shim.control(CONTROL_DRAIN, { method: "POST", headers: { "x-forge-drain-ms": "20" } });
-    expect(await bounded.json()).toEqual({ pending: 1 });
+    expect(await bounded.json()).toEqual({ pending: 1, websockets: 0 });
     const drain = shim.control(CONTROL_DRAIN, { method: "POST" });
     expect(await (await shim.request("/release")).text()).toBe("released");
-    expect(await (await drain).json()).toEqual({ pending: 0 });
+    expect(await (await drain).json()).toEqual({ pending: 0, websockets: 0 });
     expect(await health(shim)).toMatchObject({ pending: 0 });
 
     expect(await (await shim.request("/fail", withId("bg-1"))).text()).toBe("ok");
@@ -1070,5 +1071,271 @@ describe("shim: specialize with a function folder", () => {
     expect(error.message).toContain("init failed");
     expect(error.stack).toMatch(/^at init \(/);
     expect(await health(shim)).toMatchObject({ specialized: false, kind: null });
+  });
+});
+
+/** Bundles `source` (which may import hono) as forge's CLI would: one ESM file for the shim. */
+async function bundled(source: string): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), "forge-bundle-"));
+  try {
+    const entry = join(dir, "index.ts");
+    await writeFile(entry, source);
+    const built = await Bun.build({ entrypoints: [entry], target: "bun", format: "esm" });
+    if (!built.success) throw new AggregateError(built.logs, "the test module failed to bundle");
+    return (await built.outputs[0]?.text()) ?? "";
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+const HONO = JSON.stringify(Bun.resolveSync("hono", import.meta.dir));
+const HONO_BUN = JSON.stringify(Bun.resolveSync("hono/bun", import.meta.dir));
+const ROUND_TRIPS = 300;
+
+/** `count` round trips, text and binary in turn; each reply must be the message itself. */
+async function echoes(ws: TestWebSocket, count: number): Promise<void> {
+  for (let i = 0; i < count; i++) {
+    if (i % 3 === 2) {
+      const bytes = new Uint8Array([i & 0xff, 0, 255, (i >> 8) & 0xff]);
+      expect(new Uint8Array((await ws.roundTrip(bytes)) as ArrayBuffer)).toEqual(bytes);
+    } else {
+      expect(await ws.roundTrip(`message ${i} ${"x".repeat(i)}`)).toBe(`message ${i} ${"x".repeat(i)}`);
+    }
+  }
+}
+
+const BUN_STYLE_WS = `
+  let release;
+  export default {
+    fetch(request, server) {
+      const url = new URL(request.url);
+      if (url.pathname === "/ws") {
+        if (server.upgrade(request, { data: { user: url.searchParams.get("user") } })) return;
+        return new Response("upgrade failed", { status: 400 });
+      }
+      if (url.pathname === "/release") { release?.(); return new Response("released"); }
+      return Response.json({ keys: Object.keys(server), spread: { ...server }, json: JSON.stringify(server), upgrade: typeof server.upgrade, frozen: Object.isFrozen(server) });
+    },
+    websocket: {
+      open(ws) { ws.send("hello " + ws.data.user); },
+      async message(ws, message) {
+        if (message === "throw") throw new Error("the handler broke");
+        if (message === "slow") { console.log("slow started"); await new Promise((resolve) => (release = resolve)); ws.send("slow done"); return; }
+        if (message === "hang") { console.log("hang started"); return new Promise(() => {}); }
+        ws.send(message);
+      },
+      close(ws, code, reason) { console.log("closed " + code + " " + reason + " " + ws.data.user); },
+    },
+  };
+`;
+
+describe("shim: WebSockets", () => {
+  test("Bun style: server.upgrade with data, open/message/close, a few hundred echoes over the instance's socket; env stays the settings", async () => {
+    await using shim = await startShim(BUN_STYLE_WS, { GREETING: "hi" }, { settings: { FORGE_ENV_NAMES: "GREETING" } });
+    expect(await (await shim.request("/")).json()).toEqual({
+      keys: ["GREETING"],
+      spread: { GREETING: "hi" },
+      json: JSON.stringify({ GREETING: "hi" }),
+      upgrade: "function",
+      frozen: true,
+    });
+
+    await using ws = await TestWebSocket.open("ws://fn.localhost/ws?user=ada", { unix: shim.socketPath, headers: { "x-forge-request-id": "ws-1" } });
+    expect(await ws.next()).toBe("hello ada");
+    expect(await health(shim)).toMatchObject({ websockets: 1 });
+    await echoes(ws, ROUND_TRIPS);
+
+    // A failing handler is logged under the upgrade request's id; the socket stays open (as in Bun).
+    ws.send("throw");
+    await shim.line((l) => l.requestId === "ws-1" && l.text.includes("websocket message handler failed") && l.text.includes("the handler broke"));
+    expect(await ws.roundTrip("still here")).toBe("still here");
+
+    expect(await ws.close(1000, "bye")).toMatchObject({ code: 1000 });
+    await shim.line((l) => l.requestId === "ws-1" && l.text === "closed 1000 bye ada");
+    expect(await health(shim)).toMatchObject({ websockets: 0, pending: 0 });
+  });
+
+  test("Hono style: upgradeWebSocket and websocket from hono/bun work unchanged; getConnInfo gives the client address", async () => {
+    const code = await bundled(`
+      import { Hono } from ${HONO};
+      import { getConnInfo, upgradeWebSocket, websocket } from ${HONO_BUN};
+      const app = new Hono();
+      app.get("/ws", upgradeWebSocket((c) => ({
+        onOpen(event, ws) { ws.send("welcome " + c.req.query("name")); },
+        onMessage(event, ws) { ws.send(event.data); },
+        onClose(event) { console.log("hono closed " + event.code); },
+      })));
+      app.get("/ip", (c) => c.json(getConnInfo(c).remote));
+      app.get("/env", (c) => c.json(c.env));
+      export default { fetch: app.fetch, websocket };
+    `);
+    await using shim = await startShim(code, { GREETING: "hey" }, { settings: { FORGE_ENV_NAMES: "GREETING" } });
+    expect(await (await shim.request("/env")).json()).toEqual({ GREETING: "hey" });
+    expect(await (await shim.request("/ip", { headers: { "x-forge-client-ip": "203.0.113.7" } })).json()).toEqual({
+      address: "203.0.113.7",
+      addressType: "IPv4",
+      port: 0,
+    });
+
+    await using ws = await TestWebSocket.open("ws://fn.localhost/ws?name=grace", { unix: shim.socketPath, headers: { "x-forge-request-id": "hono-1" } });
+    expect(await ws.next()).toBe("welcome grace");
+    await echoes(ws, ROUND_TRIPS);
+    expect(await ws.close(1000)).toMatchObject({ code: 1000 });
+    await shim.line((l) => l.requestId === "hono-1" && l.text === "hono closed 1000");
+  });
+
+  test("a drain closes open WebSockets with 1001: idle ones at once, one whose handler runs once it settled", async () => {
+    await using shim = await startShim(BUN_STYLE_WS);
+    await using idle = await TestWebSocket.open("ws://fn.localhost/ws?user=idle", { unix: shim.socketPath });
+    await using busy = await TestWebSocket.open("ws://fn.localhost/ws?user=busy", { unix: shim.socketPath });
+    expect(await idle.next()).toBe("hello idle");
+    expect(await busy.next()).toBe("hello busy");
+    busy.send("slow");
+    await shim.line((l) => l.text === "slow started");
+    expect(await health(shim)).toMatchObject({ pending: 1, websockets: 2 });
+
+    const drain = shim.control(CONTROL_DRAIN, { method: "POST", headers: { "x-forge-drain-ms": "30000" } });
+    expect(await idle.closed).toMatchObject({ code: 1001, reason: "going away", wasClean: true });
+    // The busy socket is still open: its handler has not finished.
+    expect(busy.socket.readyState).toBe(WebSocket.OPEN);
+    expect(await (await shim.request("/release")).text()).toBe("released");
+    expect(await busy.next()).toBe("slow done");
+    expect(await busy.closed).toMatchObject({ code: 1001, reason: "going away" });
+    expect(await (await drain).json()).toEqual({ pending: 0, websockets: 0 });
+    await shim.line((l) => l.text === "closed 1001 going away idle");
+    await shim.line((l) => l.text === "closed 1001 going away busy");
+
+    // A socket opened after the drain began is closed at once.
+    await using late = await TestWebSocket.open("ws://fn.localhost/ws?user=late", { unix: shim.socketPath });
+    expect(await late.closed).toMatchObject({ code: 1001 });
+  });
+
+  test("a drain closes a socket whose handler never settles at the end of its bound", async () => {
+    await using shim = await startShim(BUN_STYLE_WS);
+    await using ws = await TestWebSocket.open("ws://fn.localhost/ws?user=stuck", { unix: shim.socketPath });
+    expect(await ws.next()).toBe("hello stuck");
+    ws.send("hang");
+    await shim.line((l) => l.text === "hang started");
+    const drain = await shim.control(CONTROL_DRAIN, { method: "POST", headers: { "x-forge-drain-ms": "50" } });
+    expect(await ws.closed).toMatchObject({ code: 1001 });
+    // The hung handler is still pending work; the socket is gone.
+    expect(await drain.json()).toEqual({ pending: 1, websockets: 0 });
+  });
+
+  test("an upgrade on a module without websocket handlers is a 500 that says what to export; the instance serves on", async () => {
+    await using shim = await startShim(`
+      export default {
+        fetch(request, server) {
+          if (request.headers.get("upgrade") === "websocket" && server.upgrade(request)) return;
+          return new Response("plain");
+        },
+      };
+    `);
+    const refused = await shim.request("/ws", { headers: upgradeRequestHeaders() });
+    expect(refused.status).toBe(500);
+    const { error } = (await refused.json()) as { error: { code: string; message: string } };
+    expect(error.code).toBe("function_error");
+    expect(error.message).toContain("exports no websocket handlers");
+    expect(await (await shim.request("/")).text()).toBe("plain");
+  });
+
+  test("the websocket export's options apply, also on a stem cell specialized after it started (maxPayloadLength)", async () => {
+    await using shim = await startShim();
+    const specialized = await shim.control(CONTROL_SPECIALIZE, {
+      method: "POST",
+      body: JSON.stringify({
+        function: "small",
+        version: 1,
+        env: {},
+        code: `export default {
+          fetch: (request, server) => (server.upgrade(request) ? undefined : new Response("no")),
+          websocket: { maxPayloadLength: 1024, message(ws, message) { ws.send(message); } },
+        };`,
+      }),
+    });
+    expect(specialized.status).toBe(200);
+    await using ws = await TestWebSocket.open("ws://fn.localhost/ws", { unix: shim.socketPath });
+    expect(await ws.roundTrip("small enough")).toBe("small enough");
+    ws.send("x".repeat(2048));
+    expect(await ws.closed).toMatchObject({ code: 1009 });
+  });
+
+  test("Workers: WebSocketPair with accept, events, send and close; a 101 to a request that is no upgrade is a 500", async () => {
+    await using shim = await startShim(`
+      export default {
+        fetch(request) {
+          const [client, server] = Object.values(new WebSocketPair());
+          server.send("queued before open");
+          server.accept();
+          server.addEventListener("message", (event) => {
+            if (event.data === "close me") server.close(4000, "asked");
+            else server.send(typeof event.data === "string" ? event.data : "binary " + (event.data instanceof ArrayBuffer) + " " + event.data.byteLength);
+          });
+          server.addEventListener("close", (event) => console.log("pair closed " + event.code));
+          return new Response(null, { status: 101, webSocket: client, headers: { "sec-websocket-protocol": "echo" } });
+        },
+      };
+    `);
+    await using ws = await TestWebSocket.open("ws://fn.localhost/ws", { unix: shim.socketPath, protocols: ["echo"] });
+    expect(ws.protocol).toBe("echo");
+    expect(await ws.next()).toBe("queued before open");
+    for (let i = 0; i < ROUND_TRIPS; i++) expect(await ws.roundTrip(`pair ${i}`)).toBe(`pair ${i}`);
+    expect(await ws.roundTrip(new Uint8Array(5))).toBe("binary true 5");
+    ws.send("close me");
+    expect(await ws.closed).toMatchObject({ code: 4000, reason: "asked" });
+    await shim.line((l) => l.text === "pair closed 4000");
+
+    const plain = await shim.request("/not-an-upgrade");
+    expect(plain.status).toBe(500);
+    expect(((await plain.json()) as { error: { message: string } }).error.message).toContain("not a WebSocket upgrade");
+  });
+
+  test("Hono's Workers adapter (hono/cloudflare-workers upgradeWebSocket) runs on WebSocketPair unchanged", async () => {
+    const code = await bundled(`
+      import { Hono } from ${HONO};
+      import { upgradeWebSocket } from ${JSON.stringify(Bun.resolveSync("hono/cloudflare-workers", import.meta.dir))};
+      const app = new Hono();
+      app.get("/ws", upgradeWebSocket(() => ({ onMessage(event, ws) { ws.send("cf " + event.data); } })));
+      export default app;
+    `);
+    await using shim = await startShim(code);
+    await using ws = await TestWebSocket.open("ws://fn.localhost/ws", { unix: shim.socketPath });
+    for (let i = 0; i < 50; i++) expect(await ws.roundTrip(`m${i}`)).toBe(`cf m${i}`);
+  });
+});
+
+describe("shim: the WebSocket fixtures (test/fixtures/ws-*) the end-to-end tests deploy", () => {
+  for (const fixture of ["ws-bun", "ws-hono"]) {
+    test(`${fixture} echoes text and binary and answers its client address`, async () => {
+      const built = await Bun.build({ entrypoints: [join(import.meta.dir, "../../test/fixtures", fixture, "index.ts")], target: "bun", format: "esm" });
+      expect(built.success).toBe(true);
+      await using shim = await startShim(await built.outputs[0]?.text());
+      const ip = await shim.request("/ip", { headers: { "x-forge-client-ip": "::1" } });
+      expect(await ip.json()).toMatchObject({ address: "::1", port: 0 });
+      await using ws = await TestWebSocket.open("ws://fn.localhost/ws", { unix: shim.socketPath });
+      await echoes(ws, 30);
+      expect(await ws.close(1000, "done")).toMatchObject({ code: 1000 });
+      await shim.line((l) => l.text.includes("closed: 1000 done"));
+    });
+  }
+});
+
+describe("shim: the client's address", () => {
+  test("server.requestIP answers x-forge-client-ip (IPv4, IPv6; null without it); the header stays visible", async () => {
+    await using shim = await startShim(`
+      export default {
+        fetch: (request, server) => Response.json({ ip: server.requestIP(request), header: request.headers.get("x-forge-client-ip") }),
+      };
+    `);
+    const ask = async (ip?: string) => (await shim.request("/", ip === undefined ? {} : { headers: { "x-forge-client-ip": ip } })).json();
+    expect(await ask("198.51.100.4")).toEqual({ ip: { address: "198.51.100.4", family: "IPv4", port: 0 }, header: "198.51.100.4" });
+    expect(await ask("2001:db8::1")).toEqual({ ip: { address: "2001:db8::1", family: "IPv6", port: 0 }, header: "2001:db8::1" });
+    expect(await ask()).toEqual({ ip: null, header: null });
+  });
+
+  test("a Lambda HTTP event carries it as requestContext.http.sourceIp", async () => {
+    await using shim = await startShim(`export const handler = async (event) => ({ statusCode: 200, body: event.requestContext.http.sourceIp });`);
+    expect(await (await shim.request("/", { headers: { "x-forge-client-ip": "192.0.2.9" } })).text()).toBe("192.0.2.9");
+    expect(await (await shim.request("/")).text()).toBe("127.0.0.1");
   });
 });

@@ -31,6 +31,16 @@ const SCHEDULE_TICK_HEADER = "x-forge-schedule-tick";
 /** Upper bound of a drain, ms (header on POST /__forge/drain); DEFAULT_DRAIN_MS without it. */
 const DRAIN_MS_HEADER = "x-forge-drain-ms";
 const DEFAULT_DRAIN_MS = 30_000;
+/** The client's address, set by forge's gateway on every request (a client's own value is cut). */
+const CLIENT_IP_HEADER = "x-forge-client-ip";
+/**
+ * On a drain, how long an open WebSocket whose async handler is still running may finish it
+ * before the close (the drain's bound if shorter); idle sockets are closed at once. Enough for
+ * a reply in progress, short enough not to hold a retired instance's memory for long.
+ */
+const WEBSOCKET_DRAIN_GRACE_MS = 5_000;
+/** The close a drain sends: 1001 Going Away (RFC 6455 7.4.1), clients reconnect to the new version. */
+const GOING_AWAY = 1001;
 /** Stack frames kept in a load error: enough to find the line, short enough for a 400. */
 const LOAD_ERROR_FRAMES = 8;
 
@@ -96,7 +106,7 @@ for (const name of SHIM_VARS) delete process.env[name];
  */
 const SYSTEM_VARS = new Set(["PATH", "HOME", "TMPDIR", "PWD", "OLDPWD", "SHLVL", "_", "HOSTNAME", "USER", "LOGNAME", "SHELL", "TERM", "LANG"]);
 
-/** The Workers `env`: a frozen object of the function's own variables, nothing of the runtime's. */
+/** The Workers `env`: the function's own variables, nothing of the runtime's (see functionEnv). */
 function startWorkersEnv(): Readonly<Record<string, string>> {
   const env: Record<string, string> = {};
   const names = settings.envNames ?? Object.keys(process.env).filter((name) => !SYSTEM_VARS.has(name));
@@ -104,7 +114,7 @@ function startWorkersEnv(): Readonly<Record<string, string>> {
     const value = process.env[name];
     if (value !== undefined) env[name] = value;
   }
-  return Object.freeze(env);
+  return functionEnv(env);
 }
 
 // 2. Requests in flight. A Call is one request's state and, for Workers modules, its `ctx`.
@@ -119,9 +129,13 @@ let drainWaiters: (() => void)[] = [];
 
 class Call {
   readonly requestId: string;
+  /** The request a fetch handler got: a Workers WebSocketPair answer upgrades it. */
+  request: Request | undefined = undefined;
   #answer: ((response: Response) => void) | undefined;
   /** Scheduled events collect their waitUntil work: the tick is done when it is. */
   #collected: Promise<unknown>[] | undefined;
+  /** server.upgrade() took the request: the connection is a WebSocket's, no answer is sent. */
+  #upgraded = false;
 
   constructor(requestId: string) {
     this.requestId = requestId;
@@ -160,6 +174,12 @@ class Call {
 
   /** The function's result: a Response answers (a streamed one once its first chunk is there). */
   respond(value: unknown): void {
+    if (this.#upgraded) {
+      // Bun-style code returns nothing after server.upgrade(), Hono an empty 200: Bun sends neither.
+      if (value instanceof NativeResponse && streamBodied.has(value)) void value.body?.cancel().catch(() => {});
+      this.#settle(new NativeResponse(null));
+      return;
+    }
     if (!(value instanceof NativeResponse)) {
       this.fail(new TypeError(`the function returned ${describe(value)} instead of a Response`));
       return;
@@ -168,6 +188,13 @@ class Call {
       // Answered already (a stray error failed it): nobody reads this body.
       if (streamBodied.has(value)) void value.body?.cancel().catch(() => {});
       return;
+    }
+    if (pairAnswers !== undefined && value.status === 101) {
+      const client = pairAnswers.get(value);
+      if (client !== undefined) {
+        this.#acceptPair(client, value);
+        return;
+      }
     }
     if (streamBodied.has(value)) {
       firstChunkFirst(value, this).then(
@@ -195,6 +222,11 @@ class Call {
     this.#collected = [];
   }
 
+  /** The function's server.upgrade(request) succeeded. */
+  markUpgraded(): void {
+    this.#upgraded = true;
+  }
+
   /** Waits for the collected waitUntil work, including work added while waiting; the first failure, if any. */
   async settleCollected(): Promise<{ failed: unknown } | undefined> {
     const work = this.#collected ?? [];
@@ -206,6 +238,23 @@ class Call {
       }
     }
     return undefined;
+  }
+
+  /** A Workers answer `new Response(null, { status: 101, webSocket: client })`: the request becomes that pair's socket. */
+  #acceptPair(client: PairSocket, answer: Response): void {
+    const serverEnd = PairSocket.serverEndOf(client);
+    const request = this.request;
+    if (serverEnd !== undefined) serverEnd.protocol = answer.headers.get("sec-websocket-protocol") ?? "";
+    const upgraded =
+      serverEnd !== undefined &&
+      request !== undefined &&
+      server.upgrade(request, { data: new Connection(this, PairSocket.events, serverEnd), headers: upgradeHeaders(answer.headers) });
+    if (!upgraded) {
+      this.fail(new TypeError("the function answered 101 with a WebSocket, but the request is not a WebSocket upgrade (GET with Upgrade: websocket)"));
+      return;
+    }
+    this.#upgraded = true;
+    this.#settle(new NativeResponse(null));
   }
 
   #settle(response: Response): void {
@@ -247,13 +296,17 @@ function workSettled(): void {
 }
 
 /** Resolves once no waitUntil work is pending, or after `boundMs`. */
-function drained(boundMs: number): Promise<void> {
-  if (pendingWork === 0) return Promise.resolve();
-  return new Promise<void>((resolve) => {
-    const timer = setTimeout(resolve, boundMs);
-    drainWaiters.push(() => {
+async function drained(boundMs: number): Promise<void> {
+  if (pendingWork > 0) await wokenWithin(drainWaiters, boundMs);
+}
+
+/** Waits until one of `waiters` is called (true), at most `boundMs` (false). */
+function wokenWithin(waiters: (() => void)[], boundMs: number): Promise<boolean> {
+  return new Promise<boolean>((resolve) => {
+    const timer = setTimeout(() => resolve(false), boundMs);
+    waiters.push(() => {
       clearTimeout(timer);
-      resolve();
+      resolve(true);
     });
   });
 }
@@ -319,12 +372,17 @@ for (const method of ["log", "info", "debug", "warn", "error"] as const) {
 // a Proxy costed ~1 µs). A Response straight from fetch() is not marked and streams as is.
 const NativeResponse = Response;
 const streamBodied = new WeakSet<Response>();
+/** Workers answers with a WebSocketPair's client end; made on first use (most functions never do). */
+let pairAnswers: WeakMap<Response, PairSocket> | undefined;
 class MarkingResponse extends NativeResponse {
   constructor(body?: ConstructorParameters<typeof NativeResponse>[0], init?: ResponseInit) {
     super(body, init);
     if (typeof body === "object" && body !== null && (body instanceof ReadableStream || Symbol.asyncIterator in body)) {
       streamBodied.add(this);
     }
+    // Workers: `new Response(null, { status: 101, webSocket: client })` answers with a WebSocketPair.
+    const webSocket = (init as { webSocket?: unknown } | null | undefined)?.webSocket;
+    if (webSocket !== undefined && webSocket instanceof PairSocket) (pairAnswers ??= new WeakMap()).set(this, webSocket);
   }
 
   // `fetch()` answers are native Responses: they stay `instanceof Response` (Hono checks it).
@@ -378,6 +436,8 @@ interface Loaded {
   streaming: boolean;
   highWaterMark: number | undefined;
   scheduled: ScheduledHandler | undefined;
+  /** Bun.serve's `websocket` handlers and options, as exported beside fetch. */
+  websocket: WebSocketHandler | undefined;
   lambdaStatic: LambdaStatic;
 }
 let loaded: Loaded | undefined;
@@ -428,7 +488,7 @@ function adapt(mod: Record<string, unknown>, info: FunctionInfo, env: Readonly<R
     typeof scheduledFn === "function"
       ? (controller: unknown, e: unknown, ctx: unknown) => scheduledFn.call(def, controller, e, ctx)
       : undefined;
-  const base = { info, env, scheduled, lambdaStatic: lambdaStatic(info) };
+  const base = { info, env, scheduled, websocket: websocketOf(def, mod), lambdaStatic: lambdaStatic(info) };
   const lambda = (fn: LambdaHandler): Loaded => ({
     ...base,
     kind: "lambda",
@@ -478,7 +538,18 @@ function describe(value: unknown): string {
 
 function runFetch(call: Call, fn: Loaded, request: Request): Response | Promise<Response> {
   if (fn.fetch === undefined) throw new Error("the module exports no fetch handler (only scheduled)");
+  call.request = request;
   return fn.fetch(request, fn.env, call) as Response | Promise<Response>;
+}
+
+/**
+ * The Bun.serve `websocket` object the module exports: `default.websocket` (Bun.serve options,
+ * Hono's `export default { fetch: app.fetch, websocket }`) or a `websocket` export beside the app.
+ */
+function websocketOf(def: unknown, mod: Record<string, unknown>): WebSocketHandler | undefined {
+  const found = hasProps(def) && isObject(def.websocket) ? def.websocket : mod.websocket;
+  if (!isObject(found)) return undefined;
+  return WEBSOCKET_EVENTS.some((event) => typeof found[event] === "function") ? (found as WebSocketHandler) : undefined;
 }
 
 // --- Lambda ---
@@ -714,7 +785,7 @@ async function lambdaEvent(request: Request, requestId: string, now: number) {
         method: request.method,
         path: url.pathname,
         protocol: "HTTP/1.1",
-        sourceIp: "127.0.0.1",
+        sourceIp: request.headers.get(CLIENT_IP_HEADER) || "127.0.0.1",
         userAgent: request.headers.get("user-agent") ?? "",
       },
       requestId,
@@ -1111,7 +1182,7 @@ async function specialize(request: Request): Promise<Response> {
   };
   const own: Record<string, string> = {};
   for (const [name, value] of Object.entries(body.env)) own[name] = String(value);
-  const env = Object.freeze(own);
+  const env = functionEnv(own);
   const cwd = process.cwd();
   const previous = new Map<string, string | undefined>();
   let written: string | undefined;
@@ -1129,6 +1200,11 @@ async function specialize(request: Request): Promise<Response> {
       file = written;
     }
     loaded = await load(file, info, env);
+    const websocket = loaded.websocket;
+    if (websocket !== undefined && WEBSOCKET_OPTIONS.some((name) => websocket[name] !== undefined)) {
+      // Bun applies a reload's websocket options (maxPayloadLength...) to sockets opened after it (checked on 1.4.5).
+      server.reload({ fetch: handle, ...serveOptions, ...websocketOptions() } as Parameters<typeof server.reload>[0]);
+    }
   } catch (err) {
     // Stay generic: undo the env and folder so a later attempt starts clean.
     restoreEnv(previous);
@@ -1145,6 +1221,352 @@ async function specialize(request: Request): Promise<Response> {
     specializing = false;
   }
   return Response.json({ ok: true, loadMs: performance.now() - started, kind: loaded.kind });
+}
+
+// --- WebSockets: Bun's server.upgrade, Workers' WebSocketPair, the close on a drain ---
+
+type ServerWebSocket<T> = Bun.ServerWebSocket<T>;
+type WebSocketEvent = "open" | "message" | "close" | "drain" | "ping" | "pong";
+type WebSocketListener = (ws: ServerWebSocket<unknown>, a?: unknown, b?: unknown) => unknown;
+/** A Bun.serve `websocket` object, as a module exports it: handlers, and options (maxPayloadLength...). */
+type WebSocketHandler = { [E in WebSocketEvent]?: WebSocketListener } & Record<string, unknown>;
+const WEBSOCKET_EVENTS: readonly WebSocketEvent[] = ["open", "message", "close", "drain", "ping", "pong"];
+/** Bun.serve `websocket` options a module may set (they apply once it is loaded: server.reload). */
+const WEBSOCKET_OPTIONS = [
+  "maxPayloadLength",
+  "backpressureLimit",
+  "closeOnBackpressureLimit",
+  "idleTimeout",
+  "publishToSelf",
+  "sendPings",
+  "perMessageDeflate",
+] as const;
+
+/**
+ * The second argument of fetch is both the Workers `env` and Bun's `server`: Workers code
+ * reads its settings, Bun code calls `server.upgrade(request)` and `server.requestIP(request)`
+ * on the same object, and so do Hono's `hono/bun` helpers (with no `server` key they take
+ * env itself for the server). The members are non-enumerable and the object is frozen, so
+ * Object.keys, spreading and JSON see the function's settings only; a setting of the same
+ * name wins over a member. What would reach past the function (stop, reload) is left out.
+ */
+const SERVER_MEMBERS: Record<string, PropertyDescriptor> = {
+  upgrade: { value: upgrade },
+  requestIP: { value: requestIP },
+  // forge bounds a request's time upstream (timeoutMs); an idle timeout set on this socket
+  // would later cut forge's kept-alive connection to the instance, so it is not passed on.
+  timeout: { value: (_request: Request, _seconds: number): void => {} },
+  publish: { value: (...args: Parameters<typeof server.publish>) => server.publish(...args) },
+  subscriberCount: { value: (topic: string) => server.subscriberCount(topic) },
+  pendingRequests: { get: () => server.pendingRequests },
+  pendingWebSockets: { get: () => connections.size },
+};
+
+/** The function's settings, as the frozen `env` that is also its `server` (see SERVER_MEMBERS). */
+function functionEnv(own: Record<string, string>): Readonly<Record<string, string>> {
+  for (const [name, member] of Object.entries(SERVER_MEMBERS)) {
+    if (!Object.hasOwn(own, name)) Object.defineProperty(own, name, member);
+  }
+  return Object.freeze(own);
+}
+
+/**
+ * Bun's `server.requestIP`: the client forge's gateway saw (this socket's own peer is forge,
+ * over a Unix socket). Null without the header: a request that did not come through the gateway.
+ */
+function requestIP(request: Request): { address: string; family: "IPv4" | "IPv6"; port: number } | null {
+  const address = request.headers.get(CLIENT_IP_HEADER);
+  if (!address) return null;
+  return { address, family: address.includes(":") ? "IPv6" : "IPv4", port: 0 };
+}
+
+const NO_WEBSOCKET =
+  "server.upgrade(): the module exports no websocket handlers; export them beside fetch: " +
+  "export default { fetch, websocket: { open(ws) {}, message(ws, message) {}, close(ws, code, reason) {} } } " +
+  '(with Hono: import { upgradeWebSocket, websocket } from "hono/bun"; export default { fetch: app.fetch, websocket })';
+
+/** Bun's `server.upgrade(request, { data, headers })`, for the module's own `websocket` handlers. */
+function upgrade(request: Request, options?: { data?: unknown; headers?: ConstructorParameters<typeof Headers>[0] }): boolean {
+  const handler = loaded?.websocket;
+  // As Bun.serve without `websocket` does: a throw, so the function's error names the cause.
+  if (handler === undefined) throw new TypeError(NO_WEBSOCKET);
+  const call = requestScope.getStore();
+  const data = new Connection(call, handler, options?.data);
+  const headers = options?.headers;
+  const upgraded = server.upgrade(request, headers === undefined ? { data } : { data, headers });
+  if (upgraded) call?.markUpgraded();
+  return upgraded;
+}
+
+/**
+ * One open WebSocket: the handlers its events go to (the module's, or a WebSocketPair's), the
+ * upgrade request's Call (its console lines and stray errors carry that request's id), and
+ * the function's `ws.data`. Until `open`, ws.data is the Connection itself.
+ */
+class Connection {
+  readonly call: Call | undefined;
+  readonly handler: WebSocketHandler;
+  readonly data: unknown;
+  ws: ServerWebSocket<unknown> | undefined = undefined;
+  /** Handler promises not settled yet: a drain lets them finish, up to its grace, before the close. */
+  busy = 0;
+  /** A drain wants this socket closed once no handler of it runs. */
+  leaving = false;
+
+  constructor(call: Call | undefined, handler: WebSocketHandler, data: unknown) {
+    this.call = call;
+    this.handler = handler;
+    this.data = data;
+  }
+
+  /** Closes once no handler of this socket runs: at once when idle. */
+  leave(): void {
+    this.leaving = true;
+    if (this.busy === 0) this.goAway();
+  }
+
+  goAway(): void {
+    // Bun sends the close frame, runs the close handler and ends the connection right away
+    // (checked on 1.4.5): nothing waits for the client's closing frame. A second call is a no-op.
+    this.ws?.close(GOING_AWAY, "going away");
+  }
+}
+
+const connections = new Map<ServerWebSocket<unknown>, Connection>();
+let websocketWaiters: (() => void)[] = [];
+/** A drain began: a socket that opens from now on is closed at once. */
+let retiring = false;
+
+/** The shim's Bun.serve `websocket`: each event goes to its connection's handlers. */
+const websocketEvents: Required<{ [E in WebSocketEvent]: WebSocketListener }> = {
+  open(ws) {
+    const conn = ws.data as Connection;
+    ws.data = conn.data;
+    conn.ws = ws;
+    connections.set(ws, conn);
+    dispatch(conn, "open", ws);
+    if (retiring) conn.leave();
+  },
+  message(ws, message) {
+    const conn = connections.get(ws);
+    if (conn !== undefined) dispatch(conn, "message", ws, message);
+  },
+  close(ws, code, reason) {
+    const conn = connections.get(ws);
+    if (conn === undefined) return;
+    connections.delete(ws);
+    dispatch(conn, "close", ws, code, reason);
+    if (connections.size > 0) return;
+    const waiters = websocketWaiters;
+    websocketWaiters = [];
+    for (const wake of waiters) wake();
+  },
+  drain(ws) {
+    const conn = connections.get(ws);
+    if (conn !== undefined) dispatch(conn, "drain", ws);
+  },
+  ping(ws, data) {
+    const conn = connections.get(ws);
+    if (conn !== undefined) dispatch(conn, "ping", ws, data);
+  },
+  pong(ws, data) {
+    const conn = connections.get(ws);
+    if (conn !== undefined) dispatch(conn, "pong", ws, data);
+  },
+};
+
+/** Bun.serve's `websocket`: the shim's events with the module's options (Bun's defaults without). */
+function websocketConfig(handler: WebSocketHandler | undefined): object {
+  const config: Record<string, unknown> = { ...websocketEvents };
+  if (handler !== undefined) for (const name of WEBSOCKET_OPTIONS) if (handler[name] !== undefined) config[name] = handler[name];
+  return config;
+}
+
+function dispatch(conn: Connection, event: WebSocketEvent, ws: ServerWebSocket<unknown>, a?: unknown, b?: unknown): void {
+  const listener = conn.handler[event];
+  if (typeof listener !== "function") return;
+  if (conn.call === undefined) runListener(conn, event, listener, ws, a, b);
+  else requestScope.run(conn.call, runListener, conn, event, listener, ws, a, b);
+}
+
+/** Runs one handler; a failure is logged and the socket stays open (as in Bun). Async work counts as pending, like waitUntil. */
+function runListener(conn: Connection, event: WebSocketEvent, listener: WebSocketListener, ws: ServerWebSocket<unknown>, a: unknown, b: unknown): void {
+  let result: unknown;
+  try {
+    result = listener.call(conn.handler, ws, a, b);
+  } catch (err) {
+    listenerFailed(conn, event, err);
+    return;
+  }
+  if (!isThenable(result)) return;
+  conn.busy++;
+  pendingWork++;
+  result.then(
+    () => listenerSettled(conn),
+    (err: unknown) => {
+      listenerFailed(conn, event, err);
+      listenerSettled(conn);
+    },
+  );
+}
+
+function listenerFailed(conn: Connection, event: WebSocketEvent, err: unknown): void {
+  const label = `websocket ${event} handler failed:`;
+  if (conn.call === undefined) console.error(`forge: ${label}`, err);
+  else conn.call.log(label, err);
+}
+
+function listenerSettled(conn: Connection): void {
+  workSettled();
+  if (--conn.busy === 0 && conn.leaving) conn.goAway();
+}
+
+/**
+ * A drain's part for WebSockets: every socket is closed with 1001 Going Away, an idle one at
+ * once, one whose async handler still runs when that settles, at the latest after the grace
+ * (WEBSOCKET_DRAIN_GRACE_MS, or the drain's bound if shorter).
+ */
+async function closeWebSockets(boundMs: number): Promise<void> {
+  retiring = true;
+  for (const conn of [...connections.values()]) conn.leave();
+  if (connections.size === 0) return;
+  if (await wokenWithin(websocketWaiters, Math.min(boundMs, WEBSOCKET_DRAIN_GRACE_MS))) return;
+  for (const conn of [...connections.values()]) conn.goAway();
+}
+
+/** The function's 101 headers (a chosen Sec-WebSocket-Protocol, cookies) without those Bun's upgrade writes. */
+function upgradeHeaders(headers: Headers): Headers {
+  const out = new Headers(headers);
+  for (const name of ["upgrade", "connection", "sec-websocket-accept", "content-length", "transfer-encoding"]) out.delete(name);
+  return out;
+}
+
+const CONNECTING = 0;
+const OPEN = 1;
+const CLOSING = 2;
+const CLOSED = 3;
+
+/**
+ * One end of a Workers `WebSocketPair`. The function keeps the server end (accept,
+ * addEventListener, send, close) and answers `new Response(null, { status: 101, webSocket:
+ * client })`; the shim then upgrades the request and ties the server end to the real socket.
+ * Events wait for accept(); send() and close() before the socket is open wait for it.
+ */
+class PairSocket extends EventTarget {
+  static readonly CONNECTING = CONNECTING;
+  static readonly OPEN = OPEN;
+  static readonly CLOSING = CLOSING;
+  static readonly CLOSED = CLOSED;
+
+  /** The connection's handlers for a pair: ws.data is the server end. */
+  static readonly events: WebSocketHandler = {
+    open: (ws) => (ws.data as PairSocket).#opened(ws),
+    message: (ws, message) => (ws.data as PairSocket).#received(message),
+    close: (ws, code, reason) => (ws.data as PairSocket).#closed(Number(code), String(reason)),
+  };
+
+  static pair(): [client: PairSocket, server: PairSocket] {
+    const client = new PairSocket();
+    const serverEnd = new PairSocket();
+    client.#peer = serverEnd;
+    client.#isClient = true;
+    serverEnd.#peer = client;
+    return [client, serverEnd];
+  }
+
+  static serverEndOf(client: PairSocket): PairSocket | undefined {
+    return client.#isClient ? client.#peer : undefined;
+  }
+
+  /** The subprotocol the function's 101 chose (its Sec-WebSocket-Protocol header). */
+  protocol = "";
+  readonly url = null;
+  readonly extensions = "";
+  #peer: PairSocket | undefined;
+  #isClient = false;
+  #ws: ServerWebSocket<unknown> | undefined;
+  #state = CONNECTING;
+  /** Events before accept(). */
+  #held: Event[] | undefined = [];
+  /** send() and close() before the socket opened. */
+  #queued: ((ws: ServerWebSocket<unknown>) => void)[] = [];
+
+  get readyState(): number {
+    return this.#state;
+  }
+
+  accept(): void {
+    this.#serverOnly("accept");
+    const held = this.#held ?? [];
+    this.#held = undefined;
+    if (this.#state === CONNECTING) this.#state = OPEN;
+    for (const event of held) this.dispatchEvent(event);
+  }
+
+  send(data: string | ArrayBuffer | ArrayBufferView): void {
+    this.#serverOnly("send");
+    if (this.#state >= CLOSING) throw new TypeError("Can't call WebSocket send() after close().");
+    const ws = this.#ws;
+    if (ws === undefined) this.#queued.push((open) => open.send(data as string | Uint8Array));
+    else ws.send(data as string | Uint8Array);
+  }
+
+  close(code?: number, reason?: string): void {
+    this.#serverOnly("close");
+    if (this.#state >= CLOSING) return;
+    this.#state = CLOSING;
+    const ws = this.#ws;
+    if (ws === undefined) this.#queued.push((open) => open.close(code, reason));
+    else ws.close(code, reason);
+  }
+
+  #serverOnly(method: string): void {
+    if (this.#isClient) {
+      throw new TypeError(
+        `${method}() on the client end of a WebSocketPair: answer new Response(null, { status: 101, webSocket: client }) and use the server end`,
+      );
+    }
+  }
+
+  #opened(ws: ServerWebSocket<unknown>): void {
+    this.#ws = ws;
+    if (this.#state === CONNECTING) this.#state = OPEN;
+    const queued = this.#queued;
+    this.#queued = [];
+    for (const step of queued) step(ws);
+  }
+
+  #received(message: unknown): void {
+    // Workers hand binary messages over as ArrayBuffer; Bun has a Buffer (a view on a shared pool).
+    const data = typeof message === "string" ? message : new Uint8Array(message as Uint8Array).buffer;
+    this.#emit(new MessageEvent("message", { data }));
+  }
+
+  #closed(code: number, reason: string): void {
+    this.#state = CLOSED;
+    this.#ws = undefined;
+    this.#emit(new CloseEvent("close", { code, reason, wasClean: true }));
+  }
+
+  #emit(event: Event): void {
+    if (this.#held === undefined) this.dispatchEvent(event);
+    else this.#held.push(event);
+  }
+}
+
+/** Workers' `new WebSocketPair()`: `{ 0: client, 1: server }`, as Object.values(pair) expects. */
+class WebSocketPair {
+  0: PairSocket;
+  1: PairSocket;
+
+  constructor() {
+    const [client, serverEnd] = PairSocket.pair();
+    this[0] = client;
+    this[1] = serverEnd;
+  }
+}
+if (!("WebSocketPair" in globalThis)) {
+  Object.defineProperty(globalThis, "WebSocketPair", { value: WebSocketPair, writable: true, configurable: true });
 }
 
 // --- serving ---
@@ -1186,14 +1608,19 @@ async function control(request: Request, path: string): Promise<Response | undef
       pid: process.pid,
       kind: loaded?.kind ?? null,
       pending: pendingWork,
+      websockets: connections.size,
     });
   }
   if (request.method !== "POST") return undefined;
   if (path === CONTROL_SPECIALIZE) return specialize(request);
   if (path === CONTROL_DRAIN) {
     const bound = Number(request.headers.get(DRAIN_MS_HEADER));
-    await drained(Number.isFinite(bound) && bound >= 0 && request.headers.has(DRAIN_MS_HEADER) ? bound : DEFAULT_DRAIN_MS);
-    return Response.json({ pending: pendingWork });
+    const boundMs = Number.isFinite(bound) && bound >= 0 && request.headers.has(DRAIN_MS_HEADER) ? bound : DEFAULT_DRAIN_MS;
+    const started = Date.now();
+    // WebSockets first: their close handlers' async work is pending work the drain waits for.
+    await closeWebSockets(boundMs);
+    await drained(Math.max(0, boundMs - (Date.now() - started)));
+    return Response.json({ pending: pendingWork, websockets: connections.size });
   }
   const invoke = path === CONTROL_INVOKE || path.startsWith(CONTROL_INVOKE + "/");
   const scheduled = path === CONTROL_SCHEDULED || path.startsWith(CONTROL_SCHEDULED + "/");
@@ -1244,19 +1671,24 @@ if (settings.bundle) {
 // (checked on 1.4.5: without it a request idle for 10 s is cut); spread untyped to pass it.
 const serveOptions: object = { idleTimeout: 0, development: false, error: onServeError };
 
+/** Bun.serve's `websocket`, known at serve time (a stem cell has no module yet), with the loaded module's options. */
+function websocketOptions(): object {
+  return { websocket: websocketConfig(loaded?.websocket) };
+}
+
 function listenOnSocket(path: string) {
   // Socket mode 0666: forge may run as another uid than the container's user. Through the
   // umask rather than chmod, which would need node:fs on the cold path.
   const umask = process.umask(0o111);
   try {
-    return Bun.serve({ unix: path, fetch: handle, ...serveOptions });
+    return Bun.serve({ unix: path, fetch: handle, ...serveOptions, ...websocketOptions() });
   } finally {
     process.umask(umask);
   }
 }
 
 async function listen() {
-  if (!settings.socket) return Bun.serve({ hostname: "0.0.0.0", port: settings.port, fetch: handle, ...serveOptions });
+  if (!settings.socket) return Bun.serve({ hostname: "0.0.0.0", port: settings.port, fetch: handle, ...serveOptions, ...websocketOptions() });
   try {
     return listenOnSocket(settings.socket);
   } catch (err) {
@@ -1266,7 +1698,8 @@ async function listen() {
     return listenOnSocket(settings.socket);
   }
 }
-const server = await listen();
+// Typed for the Connection every upgrade carries until `open` (then the function's own data).
+const server = (await listen()) as Bun.Server<unknown>;
 
 // A child of a forge that died (even by SIGKILL) must not live on, orphaned, holding its
 // socket: nothing would ever stop it, and a restarted forge has no label to find it by.
