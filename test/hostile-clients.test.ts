@@ -23,8 +23,17 @@ beforeAll(async () => {
   forge = await startForge({
     env: { FORGE_IDLE_TIMEOUT: `${IDLE_MS}ms`, FORGE_HEAD_TIMEOUT: `${HEAD_MS}ms`, FORGE_MAX_CONNECTIONS: "12000", FORGE_MAX_CONNECTIONS_PER_CLIENT: "12000" },
   });
-  writeFileSync(join(dir, "index.ts"), `export default { async fetch(req: Request) { return new Response("ok " + new URL(req.url).pathname); } };`);
+  writeFileSync(
+    join(dir, "index.ts"),
+    `export default { async fetch(req: Request) {
+       const path = new URL(req.url).pathname;
+       if (path === "/hold") await Bun.sleep(6000);
+       if (req.body) await req.arrayBuffer();
+       return new Response("ok " + path);
+     } };`,
+  );
   expect((await cli(forge, ["deploy", dir, "--name", "steady"])).code).toBe(0);
+  expect((await cli(forge, ["deploy", dir, "--name", "narrow", "--concurrency", "1", "--max-instances", "1"])).code).toBe(0);
 });
 afterAll(async () => {
   await forge?.[Symbol.asyncDispose]();
@@ -115,6 +124,54 @@ describe("odd requests beside a steady load", () => {
   });
 });
 
+const rssMb = (): number => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${forge.pid}/status`, "utf8"))?.[1] ?? NaN) / 1024;
+
+describe("memory stays bounded", () => {
+  test("200 clients pipelining 1 MB of requests each without reading, and 300 bodies of 1 MB, all queued for one busy slot", async () => {
+    const base = rssMb();
+    const host = `steady.localhost:${forge.port}`;
+    const narrow = `narrow.localhost:${forge.port}`;
+    const sockets: Socket[] = [];
+    try {
+      // One slot, held: every request below waits for it, its bytes coming meanwhile.
+      void fetch(`http://127.0.0.1:${forge.port}/hold`, { headers: { host: narrow } });
+      await until(async () => {
+        const r = (await (await forge.api("/v1/functions/narrow")).json()) as { pool: { inFlight: number } };
+        return r.pool.inFlight > 0 || undefined;
+      }, 10_000, "the slot held");
+      const pipelined = Buffer.from(`GET /p HTTP/1.1\r\nHost: ${narrow}\r\n\r\n`.repeat(Math.ceil(1_000_000 / 40)), "latin1");
+      for (let i = 0; i < 200; i += 100) {
+        const batch = await Promise.all(
+          Array.from({ length: 100 }, () => Bun.connect({ hostname: "127.0.0.1", port: forge.port, socket: { data() {}, drain() {} } })),
+        );
+        for (const s of batch) {
+          s.pause(); // reads nothing
+          s.write(pipelined);
+        }
+        sockets.push(...batch);
+      }
+      const body = Buffer.alloc(1_000_000, 97);
+      for (let i = 0; i < 300; i++) {
+        const s = await Bun.connect({ hostname: "127.0.0.1", port: forge.port, socket: { data() {}, drain() {} } });
+        s.write(Buffer.concat([Buffer.from(`POST /q HTTP/1.1\r\nHost: ${narrow}\r\nContent-Length: ${body.length}\r\n\r\n`, "latin1"), body]));
+        sockets.push(s);
+      }
+      // What forge buffers: one head plus 64 KiB of input, 64 KiB of a waiting body, one answer, per connection.
+      await until(async () => {
+        const r = (await (await forge.api("/v1/functions/narrow")).json()) as { pool: { queued: number } };
+        return r.pool.queued >= 450 || undefined;
+      }, 20_000, "the queued requests");
+      const grown = rssMb() - base;
+      console.log(`forge RSS grew ${grown.toFixed(0)} MB for 200 unread pipelines and 300 queued 1 MB bodies`);
+      expect(grown).toBeLessThan(256);
+      const res = await fetch(`http://127.0.0.1:${forge.port}/other`, { headers: { host } });
+      expect(await res.text()).toBe("ok /other");
+    } finally {
+      for (const s of sockets) s.terminate();
+    }
+  }, 60_000);
+});
+
 describe("ten thousand connections from one address", () => {
   test("idle and trickling connections: others are served, RSS stays bounded, all are closed in time", async () => {
     const host = `steady.localhost:${forge.port}`;
@@ -147,9 +204,9 @@ describe("ten thousand connections from one address", () => {
       // Another client is served meanwhile.
       const res = await fetch(`http://127.0.0.1:${forge.port}/other`, { headers: { host } });
       expect(await res.text()).toBe("ok /other");
-      const rssMb = Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${forge.pid}/status`, "utf8"))?.[1] ?? NaN) / 1024;
-      console.log(`forge RSS with 10,000 connections open: ${rssMb.toFixed(0)} MB (opened in ${allOpen - opened} ms)`);
-      expect(rssMb).toBeLessThan(RSS_BOUND_MB);
+      const rss = rssMb();
+      console.log(`forge RSS with 10,000 connections open: ${rss.toFixed(0)} MB (opened in ${allOpen - opened} ms)`);
+      expect(rss).toBeLessThan(RSS_BOUND_MB);
       await until(() => sockets.every((s) => s.data.closedAt > 0) || undefined, IDLE_MS + HEAD_MS + 20_000, "every connection closed");
     } finally {
       clearInterval(trickle);
