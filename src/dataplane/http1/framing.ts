@@ -42,15 +42,20 @@ export class Framing {
     }
     if (this.mode === 3) return n;
     while (this.mode === 2 && pos < n) {
-      if (this.step === 1 || this.step === 2) {
+      if (this.step === 2) {
+        // The CRLF that ends a chunk's data, checked byte by byte (it may straddle reads).
+        if (buf[pos] !== (this.remaining === 2 ? 13 : 10)) throw new MalformedResponse("a chunk's data is not followed by CRLF");
+        pos++;
+        if (--this.remaining === 0) this.step = 0;
+        continue;
+      }
+      if (this.step === 1) {
         const take = Math.min(this.remaining, n - pos);
         pos += take;
         this.remaining -= take;
         if (this.remaining > 0) break;
-        if (this.step === 1) {
-          this.step = 2;
-          this.remaining = 2;
-        } else this.step = 0;
+        this.step = 2;
+        this.remaining = 2;
         continue;
       }
       const e = buf.indexOf(10, pos);
