@@ -20,7 +20,7 @@ import type { InvocationRecorder } from "../functions/index.ts";
 import type { FunctionPool, Lease, PoolManager } from "../pool/index.ts";
 import { isIdempotent } from "../pool/index.ts";
 import { tooLarge } from "../router/_body.ts";
-import { Tunnel, TUNNEL_HANDLERS, type TunnelSink } from "./app-tunnel.ts";
+import { AppTunnel, type TunnelClient } from "./app-tunnel.ts";
 import { badResponse, functionNotFound, functionTimedOut, instanceFailed, newRequestId, recordLeased, recordUnleased } from "./data-plane.ts";
 import { clientOf, type TrustedProxies } from "./forwarded.ts";
 import { functionOf, isValidHost } from "./hosts.ts";
@@ -68,7 +68,7 @@ export interface ConnectionHost {
   closed(conn: ClientConnection, address: string | undefined): void;
 }
 
-export class ClientConnection implements ResponseSink, TunnelSink {
+export class ClientConnection implements ResponseSink, TunnelClient {
   private buf: Buffer | undefined;
   private closed = false;
   /** A close was decided: input is dropped, the socket ends once `out` is empty. */
@@ -79,11 +79,8 @@ export class ClientConnection implements ResponseSink, TunnelSink {
   private lingerAt = 0;
   /** socket.end() was called: the close is on its way. */
   private ended = false;
-  private tunnel: Tunnel | undefined;
-  /** The head of the tunnelled request's answer went out. */
-  private tunnelHeadSent = false;
-  /** The tunnelled request's body still comes from the client, framed here. */
-  private tunnelBody: Framing | undefined;
+  /** The one request this connection handed to the app, once it did. */
+  private tunnel: AppTunnel | undefined;
   /** Close once the current response is out. */
   private closeAfter = false;
   /** Output to the client; `out.pending` is what it has not taken yet. */
@@ -178,7 +175,11 @@ export class ClientConnection implements ResponseSink, TunnelSink {
       if (this.up && !this.up.write(chunk)) this.pauseSelf();
       return;
     }
-    if (this.tunnel) return this.toTunnelBody(chunk);
+    if (this.tunnel) {
+      this.bodyAt = this.g.now;
+      if (!this.tunnel.fromClient(chunk)) this.pauseSelf();
+      return;
+    }
     if (this.busy && this.bodyLeft > 0) {
       this.bodyAt = this.g.now;
       const take = Math.min(this.bodyLeft, chunk.length);
@@ -206,7 +207,7 @@ export class ClientConnection implements ResponseSink, TunnelSink {
     if (!this.flushOut()) return;
     if (this.closing) return this.end();
     this.up?.resume();
-    this.tunnel?.socket?.resume();
+    this.tunnel?.resume();
     if (this.upgraded) return this.resumeSelf();
     if (!this.busy) {
       this.resumeSelf();
@@ -607,7 +608,7 @@ export class ClientConnection implements ResponseSink, TunnelSink {
     }
     if (this.tunnel) {
       // Body bytes owed to the app (and not held back by forge) must keep coming.
-      if (this.tunnelBody && !this.paused && now - this.bodyAt > g.bodyTimeoutMs) this.destroy();
+      if (this.tunnel.wantsBody && !this.paused && now - this.bodyAt > g.bodyTimeoutMs) this.destroy();
       return;
     }
     if (!this.busy) {
@@ -727,96 +728,38 @@ export class ClientConnection implements ResponseSink, TunnelSink {
 
   // --- the tunnel: one request to the Hono app ---
 
-  /**
-   * Sends one request to Bun.serve (the Hono app) and its answer back as bytes, then closes:
-   * its head as forge rewrote it (forwarded headers, `connection: close`), its body as framed
-   * here. What the client sends after it is not read (RFC 9112 §9.6: a client retries it).
-   */
+  /** Hands the request to the app (see AppTunnel); what the client sends after it is not read (RFC 9112 §9.6: a client retries it). */
   private toTunnel(head: RequestHead, prefix: string, rest: Buffer | undefined): void {
-    const tunnel = new Tunnel(this);
-    this.tunnel = tunnel;
     this.buf = undefined;
     this.closeAfter = true;
     this.bodyAt = this.g.now;
-    const body = new Framing();
-    if (head.chunked) body.chunked();
-    else body.byLength(Math.max(0, head.length));
-    tunnel.write(Buffer.from(head.kept + this.forwarded(head, prefix) + "\r\nconnection: close\r\n\r\n", "latin1"));
-    if (!body.done) this.tunnelBody = body;
-    if (rest) this.toTunnelBody(rest);
-    if (!this.tunnelBody) this.pauseSelf();
-    Bun.connect<Tunnel>({ unix: this.g.o.backend, socket: TUNNEL_HANDLERS, data: tunnel }).then(
-      (socket) => {
-        if (this.closed) return socket.end();
-        tunnel.connected(socket);
-      },
-      (err: unknown) => {
-        this.g.o.logger.error("the gateway could not reach the API server:", err);
-        const e = new ForgeError(ErrorCode.ServiceUnavailable, 503, "forge's API server did not answer", {
-          hint: "the server log says why; restarting forge recreates its socket (<data dir>/api.sock)",
-        });
-        this.tunnel = undefined;
-        this.write(errorBytes(e, newRequestId(), true, false));
-        this.closing = true;
-        if (!this.out.pending) this.end();
-      },
-    );
+    const text = head.kept + this.forwarded(head, prefix) + "\r\nconnection: close\r\n\r\n";
+    const tunnel = new AppTunnel(this, this.g.o.backend, Buffer.from(text, "latin1"), head);
+    this.tunnel = tunnel;
+    const more = rest ? tunnel.fromClient(rest) : tunnel.wantsBody;
+    if (!more) this.pauseSelf();
   }
 
-  /** Body bytes of the tunnelled request: passed on up to the body's end; what follows is dropped. */
-  private toTunnelBody(chunk: Buffer): void {
-    const body = this.tunnelBody;
-    const tunnel = this.tunnel;
-    if (!body || !tunnel) return;
-    this.bodyAt = this.g.now;
-    let end: number;
-    try {
-      end = body.feed(chunk, 0);
-    } catch {
-      // Broken chunk framing: what was sent is cut short, the app answers or closes.
-      end = chunk.length;
-      body.byLength(0);
-    }
-    const flowing = end > 0 ? tunnel.write(end === chunk.length ? chunk : chunk.subarray(0, end)) : true;
-    if (body.done) {
-      this.tunnelBody = undefined;
-      this.pauseSelf();
-    } else if (!flowing) this.pauseSelf();
-  }
-
-  fromTunnel(chunk: Buffer): void {
+  toClient(data: Uint8Array): boolean {
     this.lastActive = this.g.now;
-    let data = chunk;
-    if (!this.tunnelHeadSent) {
-      // The answer's head says the connection closes after it (Bun.serve closes, but does not say so).
-      data = this.buffered ? concat(this.buffered, chunk) : chunk;
-      this.buffered = undefined;
-      let parsed;
-      try {
-        parsed = parseResponseHead(data);
-      } catch {
-        parsed = undefined; // not for forge to judge: passed on as it is
-      }
-      if (parsed && !parsed.complete) {
-        this.buffered = data;
-        return;
-      }
-      this.tunnelHeadSent = true;
-      const head = parsed ? data.toString("latin1", parsed.interimEnd, parsed.bodyStart - 4) : "";
-      if (parsed && !/\r\nconnection:/i.test(head)) {
-        if (parsed.interimEnd > 0) this.write(data, 0, parsed.interimEnd);
-        this.write(Buffer.from(head + "\r\nconnection: close\r\n\r\n", "latin1"));
-        data = data.subarray(parsed.bodyStart);
-      }
-    }
-    if (!this.write(data)) this.tunnel?.socket?.pause();
+    return this.write(data);
   }
 
   tunnelDrained(): void {
-    if (this.tunnelBody) this.resumeSelf();
+    if (this.tunnel?.wantsBody) this.resumeSelf();
   }
 
   tunnelClosed(): void {
+    this.closing = true;
+    if (!this.out.pending) this.end();
+  }
+
+  tunnelFailed(err: unknown): void {
+    this.g.o.logger.error("the gateway could not reach the API server:", err);
+    const e = new ForgeError(ErrorCode.ServiceUnavailable, 503, "forge's API server did not answer", {
+      hint: "the server log says why; restarting forge recreates its socket (<data dir>/api.sock)",
+    });
+    this.write(errorBytes(e, newRequestId(), true, false));
     this.closing = true;
     if (!this.out.pending) this.end();
   }
