@@ -30,7 +30,13 @@ try {
     console.log(`run ${i}/${runs}: ${summary[0]} pass, ${summary[1]} fail (${((performance.now() - started) / 1000).toFixed(1)} s, ${burners.length} cores kept busy)`);
     if (code !== 0) {
       failed = true;
-      console.log(text.split("\n").filter((l) => /\(fail\)|error:|Expected|Received/.test(l)).slice(0, 40).join("\n"));
+      // The failures, and around each error what the test printed (a server's output, say).
+      const lines = text.split("\n");
+      const shown = new Set<number>();
+      lines.forEach((l, i) => {
+        if (/^error:|\(fail\)/.test(l)) for (let k = Math.max(0, i - 2); k < Math.min(lines.length, i + 25); k++) shown.add(k);
+      });
+      console.log([...shown].sort((a, b) => a - b).slice(0, 120).map((i) => lines[i]).join("\n"));
     }
   }
 } finally {
