@@ -35,9 +35,9 @@ beforeAll(async () => {
        if (url.pathname === "/bytes") return new Response("x".repeat(Number(url.searchParams.get("n") ?? "0")));
        if (url.pathname === "/wait") { await Bun.sleep(1500); return new Response("waited"); }
        if (url.pathname === "/big-stream") {
-         // 4 MB in 64 KB pieces, produced only as fast as the client takes them.
+         // 32 MB in 64 KB pieces (more than kernel buffers hold), produced only as fast as the client takes them.
          let i = 0;
-         return new Response(new ReadableStream({ pull(c) { if (i++ === 64) return c.close(); c.enqueue(new Uint8Array(65536).fill(120)); } }));
+         return new Response(new ReadableStream({ pull(c) { if (i++ === 512) return c.close(); c.enqueue(new Uint8Array(65536).fill(120)); } }));
        }
        const body = new Uint8Array(await req.arrayBuffer());
        let sum = 0;
@@ -45,7 +45,7 @@ beforeAll(async () => {
        return Response.json({ method: req.method, path: url.pathname + url.search, length: body.length, sum,
          id: req.headers.get("x-forge-request-id"), te: req.headers.get("transfer-encoding"), connection: req.headers.get("connection"), control: req.headers.get("x-forge-control"), secret: req.headers.get("x-secret"),
          xff: req.headers.get("x-forwarded-for"), proto: req.headers.get("x-forwarded-proto"), fhost: req.headers.get("x-forwarded-host"),
-         prefix: req.headers.get("x-forwarded-prefix"), clientIp: req.headers.get("x-forge-client-ip"), clientId: req.headers.get("x-forge-client-request-id") });
+         prefix: req.headers.get("x-forwarded-prefix"), forwarded: req.headers.get("forwarded"), realIp: req.headers.get("x-real-ip"), clientIp: req.headers.get("x-forge-client-ip"), clientId: req.headers.get("x-forge-client-request-id") });
      } };`,
   );
   writeFileSync(join(dir, "forge.json"), JSON.stringify({ timeoutMs: 2500 }));
@@ -765,5 +765,63 @@ describe("client addresses and ids", () => {
     const req = `POST /up HTTP/1.1\r\nHost: ${host()}\r\nX-Forwarded-For: 6.6.6.6\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n`;
     const { responses } = await exchange([req], 1);
     expect(json(responses[0])).toMatchObject({ length: 5, xff: "127.0.0.1", clientIp: "127.0.0.1" });
+  });
+});
+
+describe("what a hostile review found", () => {
+  test("Expect: 100-continue through the tunnel: the 100 comes at once, the answer after the body", async () => {
+    let got = "";
+    const socket = await Bun.connect({ hostname: "127.0.0.1", port: forge.port, socket: { data: (_s, d) => void (got += d.toString("latin1")) } });
+    try {
+      socket.write(`POST /up HTTP/1.1\r\nHost: ${host()}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n`);
+      await until(() => got.startsWith("HTTP/1.1 100 Continue\r\n\r\n") || undefined, 5_000, "the 100 Continue");
+      socket.write("hello");
+      await until(() => got.includes('"length":5') || undefined, 5_000, "the answer");
+    } finally {
+      socket.end();
+    }
+  });
+
+  test("a Host ending in \\xa0 is not taken for the function's (a 400, not the function's 500)", async () => {
+    const { responses } = await exchange([`GET / HTTP/1.1\r\nHost: ${host()}\xa0\r\n\r\n`], 1);
+    expect(responses[0]?.status).toBe(400);
+  });
+
+  test("a tunnelled chunked body that stops coming gets a 408", async () => {
+    const { responses, closed } = await exchange([`POST /up HTTP/1.1\r\nHost: ${host()}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel`], 2);
+    expect(closed).toBe(true);
+    expect(responses.map((r) => r.status)).toEqual([408]);
+  });
+
+  test("a chunk size of 17 digits in a tunnelled body is a 400, and nothing after it reaches the app", async () => {
+    const { responses, closed } = await exchange([`POST /up HTTP/1.1\r\nHost: ${host()}\r\nTransfer-Encoding: chunked\r\n\r\n00000000000000000\r\n\r\nGET /b HTTP/1.1\r\nHost: ${host()}\r\n\r\n`], 2);
+    expect(closed).toBe(true);
+    expect(responses.map((r) => r.status)).toEqual([400]);
+  });
+
+  test("transfer codings other than chunked, and chunked over HTTP/1.0, are a 400 from forge", async () => {
+    for (const req of [
+      `POST /up HTTP/1.1\r\nHost: ${host()}\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n`,
+      `POST /up HTTP/1.1\r\nHost: ${host()}\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n`,
+      `POST /up HTTP/1.0\r\nHost: ${host()}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n`,
+    ]) {
+      const { responses } = await exchange([req], 2);
+      expect([responses[0]?.status, (json(responses[0]).error as { code?: string } | undefined)?.code]).toEqual([400, "bad_request"]);
+    }
+  });
+
+  test("Forwarded and X-Real-IP from a client are cut (forge's X-Forwarded-* say who it is)", async () => {
+    const { responses } = await exchange([get("/who", "Forwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n")], 1);
+    expect(json(responses[0])).toMatchObject({ forwarded: null, realIp: null, clientIp: "127.0.0.1" });
+  });
+
+  test("/fn/ with a percent-encoded name keeps the whole path after the name", async () => {
+    const { responses } = await exchange([`GET /fn/%67w/x?q=1 HTTP/1.1\r\nHost: 127.0.0.1:${forge.port}\r\n\r\n`], 2);
+    expect(json(responses[0]).path).toBe("/x?q=1");
+  });
+
+  test("a Connection header naming more than 32 options is a 400", async () => {
+    const { responses } = await exchange([get("/", `Connection: ${Array.from({ length: 40 }, (_, i) => `x-${i}`).join(", ")}\r\n`)], 2);
+    expect(responses[0]?.status).toBe(400);
   });
 });

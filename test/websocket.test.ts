@@ -68,6 +68,16 @@ for (const driver of drivers) {
       expect(await res.text()).toBe("ws-bun");
     });
 
+    test("an open WebSocket takes no request slot: a function of concurrency 1 still serves requests", async () => {
+      const r = await cli(forge, ["deploy", join(fixtures, "ws-bun"), "--name", "ws-one", "--concurrency", "1", "--max-instances", "1"]);
+      expect(r.code).toBe(0);
+      await using ws = await open("ws-one");
+      expect(await ws.roundTrip("held")).toBe("held");
+      const res = await forge.fn("ws-one", "/");
+      expect(await res.text()).toBe("ws-bun");
+      expect(await ws.roundTrip("still open")).toBe("still open");
+    });
+
     test("a new version closes open WebSockets cleanly (1001), and new ones reach it", async () => {
       const ws = await open("ws-hono");
       expect(await ws.roundTrip("before")).toBe("before");

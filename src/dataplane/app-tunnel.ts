@@ -65,22 +65,21 @@ export class AppTunnel {
     return this.body !== undefined;
   }
 
+  /** Bytes of the app's answer went to the client. */
+  get answering(): boolean {
+    return this.headSent || this.pending !== undefined;
+  }
+
   /**
    * Takes bytes from the client: the body's are passed on, what follows the body is dropped
    * (the connection closes after this request). False when the client should pause: the app
-   * is not keeping up, or the body is whole.
+   * is not keeping up, or the body is whole. Throws MalformedResponse on broken chunk framing
+   * (nothing past it is passed on).
    */
   fromClient(chunk: Buffer): boolean {
     const body = this.body;
     if (!body || this.closed) return false;
-    let end: number;
-    try {
-      end = body.feed(chunk, 0);
-    } catch {
-      // Broken chunk framing: what was sent stands, cut short; the app answers or closes.
-      end = chunk.length;
-      body.byLength(0);
-    }
+    const end = body.feed(chunk, 0);
     const flowing = end > 0 ? this.out.write(end === chunk.length ? chunk : chunk.subarray(0, end)) : true;
     if (body.done) this.body = undefined;
     return flowing && this.body !== undefined;
@@ -91,6 +90,7 @@ export class AppTunnel {
     this.socket?.resume();
   }
 
+  /** Ends the tunnel from the client's side (the client is not told: it knows). */
   close(): void {
     if (this.closed) return;
     this.closed = true;
@@ -110,7 +110,9 @@ export class AppTunnel {
         parsed = undefined; // not for the gateway to judge: passed on as it is
       }
       if (parsed && !parsed.complete) {
-        this.pending = data;
+        // Interim answers (100 Continue) go out now: a client waits for them to send its body.
+        if (parsed.from > 0) this.client.toClient(data.subarray(0, parsed.from));
+        this.pending = parsed.from > 0 ? data.subarray(parsed.from) : data;
         return;
       }
       this.headSent = true;
@@ -131,6 +133,7 @@ export class AppTunnel {
 
   /** @internal */
   onClose(): void {
+    if (this.closed) return; // closed by the client
     this.closed = true;
     this.client.tunnelClosed();
   }

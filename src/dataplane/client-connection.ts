@@ -175,11 +175,7 @@ export class ClientConnection implements ResponseSink, TunnelClient {
       if (this.up && !this.up.write(chunk)) this.pauseSelf();
       return;
     }
-    if (this.tunnel) {
-      this.bodyAt = this.g.now;
-      if (!this.tunnel.fromClient(chunk)) this.pauseSelf();
-      return;
-    }
+    if (this.tunnel) return this.toTunnelBody(chunk);
     if (this.busy && this.bodyLeft > 0) {
       this.bodyAt = this.g.now;
       const take = Math.min(this.bodyLeft, chunk.length);
@@ -204,7 +200,11 @@ export class ClientConnection implements ResponseSink, TunnelClient {
   onDrain(): void {
     if (!this.out.pending) return;
     this.lastActive = this.outAt = this.g.now; // the client reads: output progress counts as activity
-    if (!this.flushOut()) return;
+    if (this.flushOut()) this.outputTaken();
+  }
+
+  /** Everything written went out: what waited for the client to read goes on. */
+  private outputTaken(): void {
     if (this.closing) return this.end();
     this.up?.resume();
     this.tunnel?.resume();
@@ -595,8 +595,18 @@ export class ClientConnection implements ResponseSink, TunnelClient {
       if (!this.ended && (now - this.lingerAt > LINGER_MS || now - this.closingAt > LINGER_MAX_MS)) this.closeGracefully();
       return;
     }
-    // Output the client has not taken for the whole send timeout: it is gone (or hostile).
-    if (this.out.pending && now - this.outAt > g.sendTimeoutMs) return this.destroy();
+    if (this.out.pending && now - this.outAt > g.sendTimeoutMs / 4) {
+      // The kernel signals room again only once a third of its buffer is free: a client that
+      // reads slowly but steadily shows its progress here, by taking some bytes now.
+      const before = this.out.pending.length;
+      if (this.flushOut()) {
+        this.outAt = now;
+        return this.outputTaken();
+      }
+      if ((this.out.pending?.length ?? 0) < before) this.outAt = now;
+      // Nothing taken for the whole send timeout: the client is gone (or hostile).
+      else if (now - this.outAt > g.sendTimeoutMs) return this.destroy();
+    }
     const idleFor = now - this.lastActive;
     if (this.closing) {
       if (idleFor > g.idleTimeoutMs) this.destroy();
@@ -608,7 +618,7 @@ export class ClientConnection implements ResponseSink, TunnelClient {
     }
     if (this.tunnel) {
       // Body bytes owed to the app (and not held back by forge) must keep coming.
-      if (this.tunnel.wantsBody && !this.paused && now - this.bodyAt > g.bodyTimeoutMs) this.destroy();
+      if (this.tunnel.wantsBody && !this.paused && now - this.bodyAt > g.bodyTimeoutMs) this.tunnelRefused(requestTimeout("the request body"));
       return;
     }
     if (!this.busy) {
@@ -736,8 +746,31 @@ export class ClientConnection implements ResponseSink, TunnelClient {
     const text = head.kept + this.forwarded(head, prefix) + "\r\nconnection: close\r\n\r\n";
     const tunnel = new AppTunnel(this, this.g.o.backend, Buffer.from(text, "latin1"), head);
     this.tunnel = tunnel;
-    const more = rest ? tunnel.fromClient(rest) : tunnel.wantsBody;
-    if (!more) this.pauseSelf();
+    if (rest) this.toTunnelBody(rest);
+    else if (!tunnel.wantsBody) this.pauseSelf();
+  }
+
+  /** Body bytes of the tunnelled request. */
+  private toTunnelBody(chunk: Buffer): void {
+    const tunnel = this.tunnel;
+    if (!tunnel) return;
+    this.bodyAt = this.g.now;
+    try {
+      if (!tunnel.fromClient(chunk)) this.pauseSelf();
+    } catch {
+      this.tunnelRefused(new ForgeError(ErrorCode.BadRequest, 400, "the request's chunked body is malformed", { hint: "end chunk size lines and chunk data with CRLF; sizes are at most 15 hex digits" }));
+    }
+  }
+
+  /** The tunnelled request fails before the app answered: the tunnel goes, the client gets `err`, then the close. */
+  private tunnelRefused(err: ForgeError): void {
+    const tunnel = this.tunnel;
+    this.tunnel = undefined;
+    tunnel?.close();
+    if (tunnel?.answering) return this.destroy(); // half an answer out: only a close says it is cut
+    this.write(errorBytes(err, newRequestId(), true, false));
+    this.closing = true;
+    if (!this.out.pending) this.end();
   }
 
   toClient(data: Uint8Array): boolean {
@@ -756,12 +789,11 @@ export class ClientConnection implements ResponseSink, TunnelClient {
 
   tunnelFailed(err: unknown): void {
     this.g.o.logger.error("the gateway could not reach the API server:", err);
-    const e = new ForgeError(ErrorCode.ServiceUnavailable, 503, "forge's API server did not answer", {
-      hint: "the server log says why; restarting forge recreates its socket (<data dir>/api.sock)",
-    });
-    this.write(errorBytes(e, newRequestId(), true, false));
-    this.closing = true;
-    if (!this.out.pending) this.end();
+    this.tunnelRefused(
+      new ForgeError(ErrorCode.ServiceUnavailable, 503, "forge's API server did not answer", {
+        hint: "the server log says why; restarting forge recreates its socket (<data dir>/api.sock)",
+      }),
+    );
   }
 
   // --- writing and flow control ---

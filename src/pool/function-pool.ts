@@ -40,8 +40,8 @@ export interface PoolHost {
 export class PoolInstance {
   state: "starting" | "ready" | "stopping" = "starting";
   inFlight = 0;
-  /** Of inFlight, the WebSockets (a drain does not wait for them). */
-  longLived = 0;
+  /** WebSockets open on it: they take no request slot, but keep it from idling out. */
+  websockets = 0;
   served = 0;
   handle: InstanceHandle | undefined;
   origin: StartKind = "cold";
@@ -213,7 +213,7 @@ export class FunctionPool {
     const floor = Math.max(this.spec.minWarm, this.desired());
     // Oldest idle first, so the most recently used instances (warmest caches) stay.
     const idle = [...this.instances.values()]
-      .filter((i) => i.state === "ready" && i.inFlight === 0 && now - i.lastUsed >= keepAliveMs)
+      .filter((i) => i.state === "ready" && i.inFlight === 0 && i.websockets === 0 && now - i.lastUsed >= keepAliveMs)
       .sort((a, b) => a.lastUsed - b.lastUsed);
     for (const inst of idle) {
       if (live <= floor) break;
@@ -229,9 +229,9 @@ export class FunctionPool {
     this.instances.delete(id);
     if (inst.state !== "stopping") this.host.releaseMemory(inst.memoryMb);
     inst.state = "stopping";
-    this.inFlightTotal -= inst.inFlight - inst.longLived;
+    this.inFlightTotal -= inst.inFlight;
     inst.inFlight = 0;
-    inst.longLived = 0;
+    inst.websockets = 0;
     this.checkDrained();
     this.scale();
     return true;
@@ -241,7 +241,7 @@ export class FunctionPool {
   evictionCandidate(): PoolInstance | undefined {
     let best: PoolInstance | undefined;
     for (const i of this.instances.values()) {
-      if (i.state !== "ready" || i.inFlight > 0) continue;
+      if (i.state !== "ready" || i.inFlight > 0 || i.websockets > 0) continue;
       if (!best || i.lastUsed < best.lastUsed) best = i;
     }
     // minWarm instances are a promise to the user; they are not evicted for someone else.
@@ -286,9 +286,10 @@ export class FunctionPool {
         id: i.handle?.id ?? i.id,
         state: i.state,
         inFlight: i.inFlight,
+        websockets: i.websockets,
         origin: i.origin,
         ageMs: now - i.createdAt,
-        idleMs: i.inFlight > 0 ? 0 : now - i.lastUsed,
+        idleMs: i.inFlight > 0 || i.websockets > 0 ? 0 : now - i.lastUsed,
         served: i.served,
         memoryMb: i.memoryMb,
         ...(i.handle ? { socketPath: i.handle.endpoint.socketPath } : {}),
@@ -323,24 +324,30 @@ export class FunctionPool {
   }
 
   /** @internal A lease's slot goes back (PoolLease.release). */
-  returnSlot(inst: PoolInstance, longLived = false): void {
+  returnSlot(inst: PoolInstance, websocket = false): void {
     if (this.instances.get(inst.id) !== inst) return; // gone meanwhile; counts already dropped
-    inst.inFlight--;
-    if (longLived) inst.longLived--;
-    else this.inFlightTotal--;
     inst.lastUsed = this.host.clock.now();
+    if (websocket) {
+      inst.websockets--;
+      return;
+    }
+    inst.inFlight--;
+    this.inFlightTotal--;
     this.dispatch(inst, "warm");
     this.checkDrained();
   }
 
   /**
-   * @internal A request became a WebSocket (PoolLease.upgraded): it keeps its instance's slot
-   * (and the instance from idling out), but a drain no longer waits for it.
+   * @internal A request became a WebSocket (PoolLease.upgraded). As on Workers, it takes no
+   * request slot (its slot goes back now: others are served), but keeps its instance from
+   * idling out or being evicted; a drain does not wait for it (the retired instance closes it).
    */
-  slotLongLived(inst: PoolInstance): void {
+  slotToWebSocket(inst: PoolInstance): void {
     if (this.instances.get(inst.id) !== inst) return;
-    inst.longLived++;
+    inst.websockets++;
+    inst.inFlight--;
     this.inFlightTotal--;
+    this.dispatch(inst, "warm");
     this.checkDrained();
   }
 
@@ -412,9 +419,9 @@ export class FunctionPool {
     const wasStarting = inst.state === "starting";
     inst.state = "stopping";
     this.instances.delete(inst.id);
-    this.inFlightTotal -= inst.inFlight - inst.longLived;
+    this.inFlightTotal -= inst.inFlight;
     inst.inFlight = 0;
-    inst.longLived = 0;
+    inst.websockets = 0;
     const handle = inst.handle;
     if (!wasStarting && graceful && handle) {
       this.host.stopInstance(handle.id, { handle, memoryMb: inst.memoryMb });
@@ -443,7 +450,7 @@ export class FunctionPool {
 /** A slot on an instance: a class rather than closures, since one is made per request. */
 class PoolLease implements Lease {
   private done = false;
-  private longLived = false;
+  private websocket = false;
 
   constructor(
     private readonly pool: FunctionPool,
@@ -460,13 +467,13 @@ class PoolLease implements Lease {
   release(): void {
     if (this.done) return;
     this.done = true;
-    this.pool.returnSlot(this.inst, this.longLived);
+    this.pool.returnSlot(this.inst, this.websocket);
   }
 
   upgraded(): void {
-    if (this.done || this.longLived) return;
-    this.longLived = true;
-    this.pool.slotLongLived(this.inst);
+    if (this.done || this.websocket) return;
+    this.websocket = true;
+    this.pool.slotToWebSocket(this.inst);
   }
 
   fail(): void {

@@ -39,8 +39,9 @@ export interface Lease {
   /** Gives the slot back; idempotent. */
   release(): void;
   /**
-   * The request became a long-lived connection (a WebSocket): its slot stays taken until
-   * release(), but a drain of the pool does not wait for it; the instance, retired, closes it.
+   * The request became a WebSocket: its request slot goes back at once (as on Workers, an open
+   * WebSocket does not count against concurrency), the instance is kept from idling out until
+   * release(), and a drain does not wait for it: the instance, retired, closes it with 1001.
    */
   upgraded(): void;
   /** The request failed on the instance's connection (refused, reset, closed unanswered): the slot goes back and the instance is checked; it leaves the pool only if it fails its health check. */
@@ -51,6 +52,8 @@ export interface InstanceSnapshot {
   id: string;
   state: "starting" | "ready" | "stopping";
   inFlight: number;
+  /** WebSockets open on it (they take no request slot). */
+  websockets: number;
   origin: StartKind;
   ageMs: number;
   idleMs: number;

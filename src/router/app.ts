@@ -309,10 +309,12 @@ function pathOf(url: string): string {
   return slash < 0 ? "/" : url.slice(slash);
 }
 
-function stripPrefix(rawUrl: string, name: string): string {
+/** The path after /fn/<name>, cut from the raw path (the name may be percent-encoded there). */
+function stripPrefix(rawUrl: string, _name: string): string {
   const url = new URL(rawUrl);
-  const rest = url.pathname.slice(`/fn/${name}`.length);
-  return (rest.startsWith("/") ? rest : "/" + rest) + url.search;
+  const slash = url.pathname.indexOf("/", "/fn/".length);
+  const rest = slash < 0 ? "/" : url.pathname.slice(slash);
+  return rest + url.search;
 }
 
 function urlOf(c: Context, name: string, domain: string): string {

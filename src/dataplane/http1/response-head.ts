@@ -72,7 +72,7 @@ export function parseResponseHead(data: Buffer, upgrade = false): ResponseHead {
   RESPONSE_SPECIAL.lastIndex = 0;
   for (let m = RESPONSE_SPECIAL.exec(head); m; m = RESPONSE_SPECIAL.exec(head)) {
     const field = (m[1] ?? "").toLowerCase();
-    const value = (m[2] ?? "").trimEnd();
+    const value = (m[2] ?? "").replace(/[ \t]+$/, "");
     if (field === "content-length") {
       if (length >= 0 || !DIGITS.test(value)) throw new MalformedResponse("a repeated or bad content-length in the response");
       length = Number(value);
