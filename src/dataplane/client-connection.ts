@@ -642,6 +642,15 @@ export class ClientConnection implements ResponseSink, TunnelClient {
   private bodyTimedOut(): void {
     const err = requestTimeout("the request body");
     if (this.waiting) return this.waiting.abort(err); // answered by the acquire's rejection
+    this.cutShort(err);
+  }
+
+  private timedOut(timeoutMs: number): void {
+    this.cutShort(functionTimedOut(this.name, timeoutMs));
+  }
+
+  /** Ends the request in flight early: its instance connection cut, the slot back, `err` answered (or, once the answer started, a close). */
+  private cutShort(err: ForgeError): void {
     const up = this.up;
     this.up = undefined;
     up?.destroy();
@@ -653,20 +662,6 @@ export class ClientConnection implements ResponseSink, TunnelClient {
     this.lease = undefined;
     lease?.release();
     this.fail(err, undefined, lease);
-  }
-
-  private timedOut(timeoutMs: number): void {
-    const up = this.up;
-    this.up = undefined;
-    up?.destroy();
-    if (this.headSent) {
-      this.finish(this.status, false);
-      return this.destroy();
-    }
-    const lease = this.lease;
-    this.lease = undefined;
-    lease?.release();
-    this.fail(functionTimedOut(this.name, timeoutMs), undefined, lease);
   }
 
   // --- ends of a request ---
