@@ -3,7 +3,9 @@
  * upstream) in front of the same instance of examples/hello, measured with wrk from
  * outside both processes, in alternating rounds after a warm-up. Reports throughput and
  * CPU per request of each proxy, then the latency a proxy adds over a direct call to the
- * instance's Unix socket (sequential requests, p50).
+ * instance's Unix socket (sequential requests, p50). Last, the warm path end to end: forge
+ * (gateway + instance) against nginx in front of a plain Bun server running the same module
+ * on a Unix socket, which is what a user would set up by hand.
  *
  *   bun src/bench/gateway-vs-nginx.ts [--driver process|docker] [-c 64] [-d 5s] [--rounds 3]
  */
@@ -38,7 +40,15 @@ async function main(): Promise<number> {
   const dir = mkdtempSync(join(tmpdir(), "forge-gw-"));
   let forge: ForgeChild | undefined;
   let nginx: ReturnType<typeof Bun.spawn> | undefined;
+  let plain: ReturnType<typeof Bun.spawn> | undefined;
   try {
+    // The same module as a plain Bun server on a Unix socket, for the end-to-end comparison.
+    const plainSocket = join(dir, "plain.sock");
+    plain = Bun.spawn(
+      [process.execPath, "-e", `const m = await import(${JSON.stringify(join(import.meta.dir, "..", "..", "examples", "hello", "index.ts"))}); Bun.serve({ unix: ${JSON.stringify(plainSocket)}, fetch: m.default.fetch }); console.log("ready");`],
+      { stdout: "pipe", stderr: "inherit" },
+    );
+    await (plain.stdout as ReadableStream<Uint8Array>).getReader().read(); // "ready"
     forge = await startForgeWithHello({ FORGE_DATA_DIR: join(dir, "data"), FORGE_DRIVER: String(values.driver) }, ["--concurrency", "256", "--max-instances", "1"]);
     const { url, key, host } = forge;
     await fetch(`${url}/?name=x`, { headers: { host } });
@@ -55,7 +65,9 @@ async function main(): Promise<number> {
 events { worker_connections 4096; }
 http { access_log off;
   upstream fn { server unix:${socket}; keepalive 256; }
-  server { listen 127.0.0.1:${nginxPort}; location / { proxy_pass http://fn; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host $http_host; } } }
+  upstream plain { server unix:${plainSocket}; keepalive 256; }
+  server { listen 127.0.0.1:${nginxPort}; location / { proxy_pass http://fn; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host $http_host; } }
+  server { listen 127.0.0.1:${nginxPort + 1}; location / { proxy_pass http://plain; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host $http_host; } } }
 `,
     );
     nginx = Bun.spawn(["nginx", "-c", join(dir, "nginx.conf"), "-p", dir], { stdout: "ignore", stderr: "ignore" });
@@ -71,11 +83,15 @@ http { access_log off;
     const forgePid = forge.proc.pid;
     wrk(`${url}/?name=x`, host, c, 2, forgePid);
     wrk(nginxUrl, host, c, 2, workerPid);
+    const plainUrl = `http://127.0.0.1:${nginxPort + 1}/?name=x`;
+    wrk(plainUrl, host, c, 2, workerPid);
     const gw: { rps: number; cpuUs: number }[] = [];
     const ng: { rps: number; cpuUs: number }[] = [];
+    const np: { rps: number; cpuUs: number }[] = [];
     for (let i = 0; i < rounds; i++) {
       gw.push(wrk(`${url}/?name=x`, host, c, seconds, forgePid));
       ng.push(wrk(nginxUrl, host, c, seconds, workerPid));
+      np.push(wrk(plainUrl, host, c, seconds, workerPid));
     }
     // Added latency, sequential requests: the same client for all three paths.
     const seq = async (target: string, unix?: string): Promise<number> => {
@@ -93,10 +109,14 @@ http { access_log off;
     console.log(`nginx (1 worker, keep-alive upstream): ${n.rps.toFixed(0)} req/s, ${n.cpu.toFixed(1)} us CPU per request`);
     console.log(`throughput gateway / nginx: ${(g.rps / n.rps).toFixed(2)}x`);
     console.log(`sequential p50: direct ${direct} us, via gateway ${viaGw} us (+${viaGw - direct} us), via nginx ${viaNginx} us (+${viaNginx - direct} us)`);
+    const p = median(np.map((r) => r.rps));
+    console.log(`end to end: forge (gateway + instance) ${g.rps.toFixed(0)} req/s, nginx + plain Bun server ${p.toFixed(0)} req/s: ${(g.rps / p).toFixed(2)}x`);
     return 0;
   } finally {
     nginx?.kill("SIGQUIT");
     await nginx?.exited;
+    plain?.kill();
+    await plain?.exited;
     forge?.proc.kill("SIGTERM");
     await forge?.proc.exited;
     rmSync(dir, { recursive: true, force: true });
