@@ -117,6 +117,7 @@ describe("forge bench: bad input exits 1 with a message and a hint", () => {
     ["a malformed duration", ["bench", "greet", "-d", "10x"], "is not a duration"],
     ["-d and -n together", ["bench", "greet", "-d", "1s", "-n", "10"], "not both"],
     ["-n 0", ["bench", "greet", "-n", "0"], "--requests must be a whole number"],
+    ["a malformed warm-up", ["bench", "greet", "--warmup", "soon"], "--warmup \"soon\" is not a duration"],
     ["a path without /", ["bench", "greet", "--path", "x"], "--path must start with /"],
     ["a bad method", ["bench", "greet", "--method", "GE T"], "is not an HTTP method"],
     ["a missing --data file", ["bench", "greet", "--data", "@/nonexistent/body.json"], "does not exist"],
@@ -125,6 +126,7 @@ describe("forge bench: bad input exits 1 with a message and a hint", () => {
     ["suite: an unknown scenario", ["bench", "suite", "--only", "warm-gateway,fastest"], "no scenario \"fastest\""],
     ["suite: --json without a file", ["bench", "suite", "--json", "--report", "x.html"], "--json takes a file name"],
     ["suite: --requests 0", ["bench", "suite", "--requests", "0"], "--requests must be a whole number"],
+    ["suite: a malformed warm-up", ["bench", "suite", "--warmup", "-1s"], "--warmup \"-1s\" is not a duration"],
     ["suite: a missing --compare file", ["bench", "suite", "--compare", "/nonexistent/old.json"], "does not exist"],
     ["suite: a bad --url", ["bench", "suite", "--url", "ftp://x"], "is not an http(s) URL"],
   ];

@@ -10,6 +10,9 @@
  * kind (connect, reset, timeout) and connections be counted.
  */
 import type { Socket } from "bun";
+import { Accumulator } from "../dataplane/http1/accumulator.ts";
+import { Framing } from "../dataplane/http1/framing.ts";
+import { readResponseHead } from "./_response-head.ts";
 
 export type ErrorKind = "connect" | "timeout" | "reset" | "protocol";
 
@@ -27,31 +30,38 @@ export class TransportError extends Error {
 
 export type Target = { hostname: string; port: number; tls?: boolean } | { unix: string };
 
-/** Longest response head (status line and headers) accepted. */
-const MAX_HEAD = 64 * 1024;
-const CRLF = Buffer.from("\r\n");
-const CRLFCRLF = Buffer.from("\r\n\r\n");
-
-type State = "idle" | "head" | "length" | "chunk-size" | "chunk-data" | "chunk-end" | "trailers" | "until-close";
-
-interface Pending {
-  resolve(status: number): void;
-  reject(err: TransportError): void;
-  head: boolean;
+/** Where a connection hands the outcome of each request (one way: it never reaches into its owner). */
+export interface ResponseListener {
+  /** The whole response arrived; `latencyNs` from the request's first byte written to the response's last byte read. */
+  onResponse(status: number, latencyNs: number): void;
+  /** The request got no complete response; the connection is no longer usable. */
+  onError(err: TransportError): void;
 }
 
+/**
+ * A response's body is framed by the gateway's own Framing (length, chunked, until close),
+ * and a head arriving in pieces gathers in an Accumulator; the head is read by
+ * readResponseHead. What neither can read (a bad head, a 101 to a request that asked for
+ * no upgrade, broken chunks) counts as a "protocol" error.
+ */
 export class Http1Connection {
   private socket: Socket<Http1Connection> | undefined;
-  private state: State = "idle";
-  private pending: Pending | undefined;
-  private leftover: Buffer | undefined;
+  /** Who waits for the response in flight (none: the connection is idle). */
+  private pending: ResponseListener | undefined;
+  /** Was the request in flight a HEAD (no body follows)? */
+  private head = false;
+  /** The head of the response in flight is in: bytes now go to `framing`. */
+  private inBody = false;
+  private readonly framing = new Framing();
+  /** A head that came in pieces, so far. */
+  private held: Buffer | undefined;
+  private readonly accumulator = new Accumulator();
   private unsent: Uint8Array | undefined;
-  private remaining = 0;
   private status = 0;
   private keepAlive = true;
   private closedFlag = false;
-  /** performance.now() when the request in flight was sent (for a timeout watchdog). */
-  busySince: number | undefined;
+  /** Bun.nanoseconds() when the request in flight was sent (latency, and a timeout watchdog); 0 when idle. */
+  sentAtNs = 0;
 
   private constructor() {}
 
@@ -75,33 +85,35 @@ export class Http1Connection {
 
   /** False once the socket closed or the server asked to close it. */
   get reusable(): boolean {
-    return !this.closedFlag && this.keepAlive && this.state === "idle";
+    return !this.closedFlag && this.keepAlive && !this.pending;
   }
 
   /**
-   * Sends one request (whole, precomputed bytes) and resolves with the response status
-   * once the whole response body has arrived. `head` tells a HEAD request (no body follows).
+   * Sends one request (whole, precomputed bytes); `listener` hears of its response once the
+   * whole body has arrived, or of its failure. `head` tells a HEAD request (no body follows).
+   * A callback rather than a promise a request: the promise, its resolution and the await cost
+   * the generator ~1.5 us of CPU a request (measured against nginx, 2-core VM, Bun 1.4.5).
    */
-  send(request: Uint8Array, head = false): Promise<number> {
+  send(request: Uint8Array, head: boolean, listener: ResponseListener): void {
     if (this.pending || this.closedFlag || !this.socket) {
-      return Promise.reject(new TransportError("reset", "the connection is closed or busy"));
+      listener.onError(new TransportError("reset", "the connection is closed or busy"));
+      return;
     }
-    const socket = this.socket;
-    return new Promise<number>((resolve, reject) => {
-      this.pending = { resolve, reject, head };
-      this.busySince = performance.now();
-      this.state = "head";
-      this.status = 0;
-      this.keepAlive = true;
-      const written = socket.write(request);
-      if (written < 0) this.fail(new TransportError("reset", "the connection closed while sending"));
-      else if (written < request.byteLength) this.unsent = request.subarray(written);
-    });
+    this.pending = listener;
+    this.head = head;
+    this.inBody = false;
+    this.status = 0;
+    this.keepAlive = true;
+    this.sentAtNs = Bun.nanoseconds();
+    const written = this.socket.write(request);
+    if (written < 0) this.fail(new TransportError("reset", "the connection closed while sending"));
+    else if (written < request.byteLength) this.unsent = request.subarray(written);
   }
 
   /** Closes the socket; a request in flight fails with `err`. */
   destroy(err?: TransportError): void {
     if (err) this.fail(err);
+    if (this.closedFlag) return;
     this.closedFlag = true;
     this.socket?.terminate();
   }
@@ -114,14 +126,10 @@ export class Http1Connection {
       this.destroy();
       return;
     }
-    let buf = chunk;
-    if (this.leftover) {
-      buf = Buffer.concat([this.leftover, chunk]);
-      this.leftover = undefined;
-    }
     try {
-      this.parse(buf);
+      this.take(chunk);
     } catch (err) {
+      // MalformedResponse, from the head or the framing: an answer the gateway would not take either.
       this.destroy(err instanceof TransportError ? err : new TransportError("protocol", describe(err)));
     }
   }
@@ -136,7 +144,7 @@ export class Http1Connection {
   onClose(error?: Error): void {
     this.closedFlag = true;
     if (!this.pending) return;
-    if (this.state === "until-close" && !error) {
+    if (this.inBody && this.framing.mode === 3 /* until the server closes */ && !error) {
       this.finish();
       return;
     }
@@ -145,114 +153,60 @@ export class Http1Connection {
 
   // --- internal ---
 
-  private parse(buf: Buffer): void {
+  private take(chunk: Buffer): void {
+    let buf = chunk;
     let pos = 0;
-    while (this.pending) {
-      switch (this.state) {
-        case "head": {
-          const end = buf.indexOf(CRLFCRLF, pos);
-          if (end < 0) return this.keep(buf, pos, MAX_HEAD, "response head");
-          this.readHead(buf.toString("latin1", pos, end));
-          pos = end + 4;
-          break;
-        }
-        case "length":
-        case "chunk-data":
-        case "chunk-end": {
-          const take = Math.min(this.remaining, buf.length - pos);
-          pos += take;
-          this.remaining -= take;
-          if (this.remaining > 0) return;
-          if (this.state === "length") this.finish();
-          else if (this.state === "chunk-data") {
-            this.state = "chunk-end";
-            this.remaining = 2;
-          } else this.state = "chunk-size";
-          break;
-        }
-        case "chunk-size": {
-          const end = buf.indexOf(CRLF, pos);
-          if (end < 0) return this.keep(buf, pos, 1024, "chunk size line");
-          const line = buf.toString("latin1", pos, end);
-          const size = Number.parseInt(line.split(";", 1)[0] ?? "", 16);
-          if (!Number.isFinite(size) || size < 0) throw new TransportError("protocol", `bad chunk size ${JSON.stringify(line.slice(0, 20))}`);
-          pos = end + 2;
-          if (size === 0) this.state = "trailers";
-          else {
-            this.state = "chunk-data";
-            this.remaining = size;
-          }
-          break;
-        }
-        case "trailers": {
-          const end = buf.indexOf(CRLF, pos);
-          if (end < 0) return this.keep(buf, pos, MAX_HEAD, "trailers");
-          const empty = end === pos;
-          pos = end + 2;
-          if (empty) this.finish();
-          break;
-        }
-        case "until-close":
-          return;
-        case "idle":
-          return;
+    if (!this.inBody) {
+      buf = this.accumulator.append(this.held, chunk);
+      const head = readResponseHead(buf);
+      if (!head) {
+        this.held = buf;
+        return;
+      }
+      this.held = undefined;
+      this.accumulator.reset();
+      this.inBody = true;
+      this.status = head.status;
+      this.keepAlive = head.keepAlive;
+      pos = head.bodyStart;
+      if (this.head || head.status === 204 || head.status === 304) this.framing.byLength(0);
+      else if (head.chunked) this.framing.chunked();
+      else if (head.length >= 0) this.framing.byLength(head.length);
+      else {
+        this.framing.untilClose();
+        this.keepAlive = false;
       }
     }
-  }
-
-  private keep(buf: Buffer, pos: number, limit: number, what: string): void {
-    if (buf.length - pos > limit) throw new TransportError("protocol", `${what} longer than ${limit} bytes`);
-    this.leftover = buf.subarray(pos);
-  }
-
-  private readHead(head: string): void {
-    // Hot path (once a response): no split, no regex; header names are case-insensitive.
-    if (!head.startsWith("HTTP/1.") || head.length < 12) throw new TransportError("protocol", `not an HTTP/1 response: ${JSON.stringify(head.slice(0, 40))}`);
-    const status = Number(head.slice(9, 12));
-    if (!Number.isInteger(status) || status < 100) throw new TransportError("protocol", `bad status line: ${JSON.stringify(head.slice(0, 40))}`);
-    if (status >= 100 && status < 200 && status !== 101) return; // informational: the real head follows
-    const lower = head.toLowerCase();
-    const lengthText = headerValue(lower, "content-length");
-    const chunked = headerValue(lower, "transfer-encoding")?.includes("chunked") ?? false;
-    const connection = headerValue(lower, "connection") ?? "";
-    this.status = status;
-    this.keepAlive = head.charCodeAt(7) === 49 /* HTTP/1.1 */ ? !connection.includes("close") : connection.includes("keep-alive");
-    const pending = this.pending;
-    if (pending?.head || status === 204 || status === 304) return this.finish();
-    if (chunked) {
-      this.state = "chunk-size";
-    } else if (lengthText !== undefined) {
-      const length = Number(lengthText);
-      if (!Number.isSafeInteger(length) || length < 0 || lengthText === "") throw new TransportError("protocol", "bad content-length");
-      this.remaining = length;
-      if (length === 0) this.finish();
-      else this.state = "length";
-    } else {
-      this.keepAlive = false;
-      this.state = "until-close";
-    }
+    const end = this.framing.feed(buf, pos);
+    if (!this.framing.done) return;
+    // Bytes past the end of the response were not asked for: the stream is out of step.
+    if (end < buf.length) this.keepAlive = false;
+    this.finish();
   }
 
   private finish(): void {
     const pending = this.pending;
-    this.pending = undefined;
-    this.busySince = undefined;
-    this.state = "idle";
-    this.leftover = undefined;
+    const latencyNs = Bun.nanoseconds() - this.sentAtNs;
+    this.reset();
     // A response that came before the whole request was sent leaves the stream out of step.
     if (!this.keepAlive || this.unsent) this.destroy();
-    pending?.resolve(this.status);
+    pending?.onResponse(this.status, latencyNs);
   }
 
   private fail(err: TransportError): void {
     const pending = this.pending;
-    this.pending = undefined;
-    this.busySince = undefined;
-    this.state = "idle";
-    this.leftover = undefined;
+    this.reset();
     this.unsent = undefined;
     this.keepAlive = false;
-    pending?.reject(err);
+    pending?.onError(err);
+  }
+
+  private reset(): void {
+    this.pending = undefined;
+    this.sentAtNs = 0;
+    this.inBody = false;
+    this.held = undefined;
+    this.accumulator.reset();
   }
 }
 
@@ -275,16 +229,7 @@ export function encodeRequest(method: string, path: string, headers: Record<stri
   return out;
 }
 
-/** The trimmed value of a header in a lower-cased head, or undefined. */
-function headerValue(lowerHead: string, name: string): string | undefined {
-  const at = lowerHead.indexOf(`\r\n${name}:`);
-  if (at < 0) return undefined;
-  const from = at + name.length + 3;
-  const end = lowerHead.indexOf("\r\n", from);
-  return lowerHead.slice(from, end < 0 ? undefined : end).trim();
-}
-
-function describe(err: unknown): string {
+export function describe(err: unknown): string {
   if (err instanceof Error) {
     const code = (err as Error & { code?: unknown }).code;
     return typeof code === "string" && !err.message.includes(code) ? `${code}: ${err.message}` : err.message;

@@ -5,7 +5,7 @@
  *   1. docker-run         plain `docker run` of the runtime image to first response (docker only)
  *   2. forge-cold         first request with no stem cell (a server started with 0 cells)
  *   3. forge-cell         first request with a stem cell ready
- *   4. warm-gateway       warm load through the gateway
+ *   4. warm-gateway       warm load through the gateway (each warm load after a warm-up, not counted)
  *   5. warm-direct        the same load straight to the instance's socket (the limit)
  *   6. warm-nginx         the same load through nginx to that socket (the peer proxy)
  *   7. burst              N concurrent requests at a cold function; instances counted
@@ -46,6 +46,8 @@ export interface SuiteOptions {
   requests?: number;
   /** Workers of the warm scenarios. Default 16. */
   concurrency?: number;
+  /** Load before each warm scenario is measured, not counted: JIT of gateway, instance and generator. Default 2000 ms. */
+  warmupMs?: number;
   /** First requests per cold-start scenario (and docker runs). Default 10. */
   samples?: number;
   /** Concurrent requests of the burst. Default 32. */
@@ -68,6 +70,7 @@ export async function runSuite(options: SuiteOptions = {}): Promise<BenchReport>
   const settings: SuiteSettings = {
     requests: options.requests ?? 5000,
     concurrency: options.concurrency ?? 16,
+    warmupMs: options.warmupMs ?? 2000,
     samples: options.samples ?? 10,
     burst: options.burst ?? 32,
     runtimeImage: base.runtimeImage,
@@ -139,7 +142,9 @@ export async function runSuite(options: SuiteOptions = {}): Promise<BenchReport>
 
   const order = new Map<string, number>(SCENARIOS.map((s, i) => [s, i]));
   results.sort((a, b) => (order.get(a.name) ?? 99) - (order.get(b.name) ?? 99));
-  ctx.notes.push("latency: from the first byte of a request sent to the last byte of its response received; loads are closed-loop over kept-alive connections, on a thread of their own");
+  ctx.notes.push(
+    `latency: from the first byte of a request sent to the last byte of its response received; loads are closed-loop over kept-alive connections, on a thread of their own; warm scenarios after a ${settings.warmupMs / 1000}s warm-up that is not counted`,
+  );
   return {
     schema: SCHEMA_VERSION,
     tool: "forge-bench",
@@ -148,32 +153,20 @@ export async function runSuite(options: SuiteOptions = {}): Promise<BenchReport>
     driver: options.url !== undefined ? (options.driver ?? "unknown") : driver,
     target: options.url ?? "in-process",
     units: { latency: "ms", rps: "requests/s" },
-    options: { requests: settings.requests, concurrency: settings.concurrency, samples: settings.samples, burst: settings.burst },
+    options: { requests: settings.requests, concurrency: settings.concurrency, warmupMs: settings.warmupMs, samples: settings.samples, burst: settings.burst },
     scenarios: results,
     ratios: computeRatios(results),
     notes: ctx.notes,
   };
 }
 
-// --- internal ---
-
-async function steadyScenarios(ctx: SuiteContext, target: BenchTarget, only: ReadonlySet<string>): Promise<ScenarioResult[]> {
-  const out: ScenarioResult[] = [];
-  if (only.has(GATEWAY.name) || only.has(DIRECT.name) || only.has(NGINX.name)) {
-    out.push(...(await guard("warm", "warm requests: gateway, direct, nginx", "load", ctx.logger, () => warmScenarios(ctx, target, only))));
-  }
-  if (only.has(BURST.name)) out.push(...(await guard(BURST.name, BURST.title, "burst", ctx.logger, () => burst(ctx, target))));
-  if (only.has(DEPLOY.name)) out.push(...(await guard(DEPLOY.name, DEPLOY.title, "deploy", ctx.logger, () => deployUnderLoad(ctx, target))));
-  return out;
-}
-
-interface InProcessForge extends AsyncDisposable {
+export interface InProcessForge extends AsyncDisposable {
   server: ForgeServer;
   target: BenchTarget;
 }
 
 /** A forge in this process: temp data dir, port 0, `stemCells` cells, ready when it resolves. */
-async function inProcess(base: Config, driver: "process" | "docker", stemCells: number, logger: ConsolaInstance): Promise<InProcessForge> {
+export async function inProcess(base: Config, driver: "process" | "docker", stemCells: number, logger: ConsolaInstance): Promise<InProcessForge> {
   const dataDir = await mkdtemp(join(tmpdir(), "forge-bench-data-"));
   const config: Config = {
     ...base,
@@ -209,4 +202,16 @@ async function inProcess(base: Config, driver: "process" | "docker", stemCells: 
     target: { url: server.url, client: new ForgeClient(server.url, server.apiKey), pool },
     [Symbol.asyncDispose]: dispose,
   };
+}
+
+// --- internal ---
+
+async function steadyScenarios(ctx: SuiteContext, target: BenchTarget, only: ReadonlySet<string>): Promise<ScenarioResult[]> {
+  const out: ScenarioResult[] = [];
+  if (only.has(GATEWAY.name) || only.has(DIRECT.name) || only.has(NGINX.name)) {
+    out.push(...(await guard("warm", "warm requests: gateway, direct, nginx", "load", ctx.logger, () => warmScenarios(ctx, target, only))));
+  }
+  if (only.has(BURST.name)) out.push(...(await guard(BURST.name, BURST.title, "burst", ctx.logger, () => burst(ctx, target))));
+  if (only.has(DEPLOY.name)) out.push(...(await guard(DEPLOY.name, DEPLOY.title, "deploy", ctx.logger, () => deployUnderLoad(ctx, target))));
+  return out;
 }

@@ -24,6 +24,7 @@ const suite = defineCommand({
     input: { type: "string", description: "read a JSON report instead of running (to render or compare it)" },
     requests: { type: "string", description: "requests of each warm scenario (default 5000)" },
     concurrency: { type: "string", description: "workers of the warm scenarios (default 16)" },
+    warmup: { type: "string", description: "load before each warm scenario is measured, not counted (default 2s; 0 for none)" },
     samples: { type: "string", description: "first requests per cold-start scenario (default 10)" },
     burst: { type: "string", description: "concurrent requests of the burst (default 32)" },
     only: { type: "string", description: `comma-separated scenarios: ${SCENARIOS.join(", ")}` },
@@ -60,6 +61,7 @@ const suite = defineCommand({
         ...(url ? { url, ...(apiKey ? { apiKey } : {}) } : {}),
         ...optionalInt(args.requests, "requests", 1, 10_000_000),
         ...optionalInt(args.concurrency, "concurrency", 1, MAX_CONCURRENCY),
+        ...(args.warmup === undefined ? {} : { warmupMs: warmup(String(args.warmup)) }),
         ...optionalInt(args.samples, "samples", 1, 10_000),
         ...optionalInt(args.burst, "burst", 1, MAX_CONCURRENCY),
         ...(only ? { only } : {}),
@@ -99,7 +101,7 @@ export default defineCommand({
     description:
       "load a function through its subdomain, or run the suite of cold vs warm vs baselines:\n" +
       "  forge bench suite [--driver process|docker] [--url URL] [--report out.html] [--json out.json|-]\n" +
-      "                    [--compare old.json] [--input run.json] [--requests N] [--concurrency N]\n" +
+      "                    [--compare old.json] [--input run.json] [--requests N] [--concurrency N] [--warmup 2s]\n" +
       `                    [--samples N] [--burst N] [--only ${SCENARIOS.slice(0, 2).join(",")},...]`,
   },
   args: {
@@ -111,6 +113,7 @@ export default defineCommand({
     method: { type: "string", description: "HTTP method (default GET, POST with --data)" },
     data: { type: "string", description: "request body, or @file to read it from a file" },
     timeout: { type: "string", description: "per-request timeout (default 30s)" },
+    warmup: { type: "string", description: "load this long first, not counted (JIT of the function and the gateway), e.g. 2s (default 0)" },
     ...jsonArg,
   },
   async run({ args, rawArgs }) {
@@ -126,6 +129,7 @@ export default defineCommand({
     const durationMs = args.duration === undefined ? undefined : duration(String(args.duration), "duration");
     const requests = args.requests === undefined ? undefined : intIn(args.requests, "requests", 1, 1_000_000_000, "-n 10000");
     const timeoutMs = args.timeout === undefined ? 30_000 : duration(String(args.timeout), "timeout");
+    const warmupMs = args.warmup === undefined ? 0 : warmup(String(args.warmup));
     const path = String(args.path ?? "/");
     if (!path.startsWith("/")) throw new ForgeError(ErrorCode.BadRequest, 400, `--path must start with /, got ${JSON.stringify(path)}`, { hint: "e.g. --path /hello?name=World" });
     const body = args.data === undefined ? undefined : await readData(String(args.data));
@@ -138,7 +142,7 @@ export default defineCommand({
     const fn = await api.info(name);
     const host = new URL(fn.url).host;
     const target = new URL(path, api.baseUrl).href;
-    if (!args.json) ui.info(`${requests !== undefined ? `${requests} requests` : `${((durationMs ?? 10_000) / 1000).toFixed(1)}s`} at ${concurrency} connections: ${method} http://${host}${path}`);
+    if (!args.json) ui.info(`${requests !== undefined ? `${requests} requests` : `${((durationMs ?? 10_000) / 1000).toFixed(1)}s`} at ${concurrency} connections${warmupMs ? ` after a ${(warmupMs / 1000).toFixed(1)}s warm-up` : ""}: ${method} http://${host}${path}`);
     const r = await runLoad({
       url: target,
       headers: { host, ...(body !== undefined ? { "content-type": isJson(body) ? "application/json" : "text/plain; charset=utf-8" } : {}) },
@@ -147,6 +151,7 @@ export default defineCommand({
       concurrency,
       ...(requests !== undefined ? { requests } : { durationMs: durationMs ?? 10_000 }),
       timeoutMs,
+      warmupMs,
       progressTo: process.stderr,
     });
     output(Boolean(args.json), summary(name, `http://${host}${path}`, r), () => ui.log(formatLoad(r)));
@@ -215,6 +220,11 @@ function duration(text: string, flag: string): number {
     throw new ForgeError(ErrorCode.BadRequest, 400, `--${flag} ${JSON.stringify(text)} is not a duration`, { hint: "use a number with a unit: 500ms, 10s, 2m (a bare number is milliseconds)" });
   }
   return ms;
+}
+
+/** A --warmup: a duration, or 0 for none. */
+function warmup(text: string): number {
+  return /^0+(?:ms|s)?$/.test(text.trim()) ? 0 : duration(text, "warmup");
 }
 
 async function readData(d: string): Promise<string> {

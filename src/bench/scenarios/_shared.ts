@@ -21,6 +21,8 @@ export interface SuiteSettings {
   requests: number;
   /** Workers of the warm scenarios. */
   concurrency: number;
+  /** Load before each warm scenario is measured, milliseconds (not counted). */
+  warmupMs: number;
   /** First requests measured per cold-start scenario. */
   samples: number;
   /** Concurrent requests of the burst. */
