@@ -303,7 +303,7 @@ export class FunctionPool {
     let best: PoolInstance | undefined;
     const cap = this.spec.concurrency;
     for (const i of this.instances.values()) {
-      if (i.state !== "ready" || i.inFlight >= cap) continue;
+      if (i.state !== "ready" || i.checking || i.inFlight >= cap) continue;
       if (!best || i.inFlight < best.inFlight) best = i;
       if (best.inFlight === 0) break;
     }
@@ -355,7 +355,8 @@ export class FunctionPool {
    * @internal A request failed on the instance's connection (PoolLease.fail). One odd request
    * (a method its server refuses, a head too large for it) must not stop an instance that
    * serves others: it goes only when its health check fails too (an exit is seen sooner, by
-   * the driver).
+   * the driver). While it is checked it takes no new request, so a dead instance fails only
+   * what was in flight on it.
    */
   suspectInstance(inst: PoolInstance): void {
     const handle = inst.handle;
@@ -363,7 +364,9 @@ export class FunctionPool {
     inst.checking = true;
     void this.host.checkInstance(handle).then((healthy) => {
       inst.checking = false;
-      if (healthy || this.instances.get(inst.id) !== inst) return;
+      if (this.instances.get(inst.id) !== inst) return;
+      // Healthy: back in rotation, and waiting requests may take its slots.
+      if (healthy) return this.dispatch(inst, "warm");
       this.retire(inst, false);
       this.scale();
     });
@@ -371,7 +374,7 @@ export class FunctionPool {
 
   /** Hands free slots of an instance to waiting requests, in order. */
   private dispatch(inst: PoolInstance, start: StartKind): void {
-    while (inst.state === "ready" && inst.inFlight < this.spec.concurrency && this.waiters.size > 0) {
+    while (inst.state === "ready" && !inst.checking && inst.inFlight < this.spec.concurrency && this.waiters.size > 0) {
       const w = this.waiters.shift();
       if (!w) break;
       w.timer.cancel();
