@@ -94,6 +94,9 @@ export class ClientConnection implements ResponseSink, TunnelClient {
   private headAt = 0;
   /** The head forwarded lines that are the same for every request of this connection (an untrusted peer). */
   private readonly forwardedFixed: string | undefined;
+  /** The last Host an untrusted peer sent, and its forwarded lines (forwardedFixed and x-forwarded-host). */
+  private lastHost: string | undefined;
+  private lastHostLines = "";
 
   // The request in flight (one at a time; pipelined ones wait in buf).
   private busy = false;
@@ -324,7 +327,14 @@ export class ClientConnection implements ResponseSink, TunnelClient {
       const { client, chain } = clientOf(this.peer, this.g.trusted, head.forwardedFor);
       lines = `\r\nx-forwarded-for: ${chain}\r\nx-forwarded-proto: ${head.forwardedProto ?? "http"}\r\nx-forge-client-ip: ${client}`;
       if (head.forwardedHost !== undefined) lines += `\r\nx-forwarded-host: ${head.forwardedHost}`;
-    } else if (head.host !== undefined) lines += `\r\nx-forwarded-host: ${head.host}`;
+    } else if (head.host !== undefined) {
+      // A connection sends the same Host again and again: its lines are built once, not per request.
+      if (head.host !== this.lastHost) {
+        this.lastHost = head.host;
+        this.lastHostLines = `${lines}\r\nx-forwarded-host: ${head.host}`;
+      }
+      lines = this.lastHostLines;
+    }
     if (prefix) lines += `\r\nx-forwarded-prefix: ${prefix}`;
     if (head.clientRequestId) lines += `\r\nx-forge-client-request-id: ${head.clientRequestId}`;
     return lines;
