@@ -119,7 +119,7 @@ async function bunRecipe(bunPath?: string): Promise<BunRecipe> {
   const libs = await linkedLibraries(bin);
   const info = await stat(bin);
   const hash = createHash("sha256");
-  for (const file of ["Dockerfile", "shim.ts", "bridge.ts"]) hash.update(await readFile(join(RUNTIMES_DIR, "bun", file)));
+  for (const file of ["bun/Dockerfile", "js/shim.ts", "bun/bridge.ts"]) hash.update(await readFile(join(RUNTIMES_DIR, file)));
   // The binary is 100 MB: its version, size and time stand for its content.
   hash.update(JSON.stringify({ version: bunPath ? null : Bun.version, size: info.size, mtime: info.mtimeMs, libs }));
   return { hash: hash.digest("hex").slice(0, 32), bunPath: bin, libs };
@@ -143,7 +143,7 @@ async function buildBun(docker: Dockerode, image: string, options: RuntimeImageO
   const labels = { [IMAGE_LABELS.recipe]: recipe.hash, "dev.forge.runtime": "bun", "dev.forge.bun-version": options.bunPath ? "custom" : Bun.version };
   const files: ContextEntry[] = [
     { path: "rootfs/usr/local/bin/bun", type: "disk", from: recipe.bunPath, size: (await stat(recipe.bunPath)).size, mode: 0o755 },
-    { path: "rootfs/forge/shim.ts", data: await readFile(join(RUNTIMES_DIR, "bun/shim.ts")) },
+    { path: "rootfs/forge/shim.ts", data: await readFile(join(RUNTIMES_DIR, "js/shim.ts")) },
     { path: "rootfs/forge/bridge.ts", data: await readFile(join(RUNTIMES_DIR, "bun/bridge.ts")) },
     { path: "rootfs/etc/passwd", data: "root:x:0:0:root:/root:/sbin/nologin\nforge:x:1000:1000:forge function:/tmp:/sbin/nologin\n" },
     { path: "rootfs/etc/group", data: "root:x:0:\nforge:x:1000:\n" },

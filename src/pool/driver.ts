@@ -7,6 +7,17 @@
 
 export type InstanceRole = "instance" | "cell";
 
+/** Language runtimes that run forge's shim (runtimes/js/shim.ts) and take the function contract of DESIGN §2. */
+export type ShimRuntime = "bun" | "node";
+export const SHIM_RUNTIMES: readonly ShimRuntime[] = ["bun", "node"];
+/** What an instance runs: forge's shim on a language runtime, or a user's image serving HTTP on $PORT ("docker"). */
+export type InstanceRuntime = ShimRuntime | "docker";
+
+/** True for the runtimes that run forge's shim (control routes, specialization, drain). */
+export function isShimRuntime(runtime: string): runtime is ShimRuntime {
+  return runtime === "bun" || runtime === "node";
+}
+
 /** How forge reaches an instance: always a Unix socket on local drivers. */
 export interface Endpoint {
   /** Path of the Unix socket the shim listens on. */
@@ -17,8 +28,8 @@ export interface InstanceSpec {
   /** Unique id, short and DNS-safe (used in container and folder names). */
   id: string;
   role: InstanceRole;
-  /** Runtime: "bun" runs forge's shim; "docker" runs a user image serving HTTP on $PORT. */
-  runtime: "bun" | "docker";
+  /** Runtime: "bun" and "node" run forge's shim on that runtime; "docker" runs a user image serving HTTP on $PORT. */
+  runtime: InstanceRuntime;
   /** Function and version this instance serves; absent for a stem cell. */
   function?: string;
   version?: number;

@@ -36,8 +36,14 @@ export interface ProcessDriverOptions {
   logger?: ConsolaInstance;
   /** The bun binary. Default process.execPath (the bun running forge). */
   bunPath?: string;
-  /** The shim to run. Default runtimes/bun/shim.ts of this checkout. */
+  /** The shim bun runs. Default runtimes/js/shim.ts of this checkout. */
   shimPath?: string;
+  /**
+   * Runtime "node": the node binary and the shim built for Node (a JavaScript file; a
+   * function is called on first use, so a forge that never runs a node function never
+   * builds it). Absent: a node instance fails to start with a hint.
+   */
+  node?: { bin: string; shim: string | (() => Promise<string>) };
   /** How long an instance may take to answer its first health check. Default 10 000. */
   startTimeoutMs?: number;
   /** Grace between SIGTERM and SIGKILL on stop. Default 2 000. */
@@ -70,13 +76,19 @@ function traversable(dir: string): boolean {
 const INSTANCE_UID_BASE = 200_000;
 const INSTANCE_UID_SPAN = 60_000;
 
-const DEFAULT_SHIM = resolve(dirname(fileURLToPath(import.meta.url)), "../../runtimes/bun/shim.ts");
+const DEFAULT_SHIM = resolve(dirname(fileURLToPath(import.meta.url)), "../../runtimes/js/shim.ts");
 
 /**
  * Unix socket paths are limited to 108 bytes (sun_path) including the NUL on Linux, 104 on
  * macOS; past that bind() fails. Stay well below both.
  */
 const MAX_SOCKET_PATH = 100;
+
+/**
+ * Node's flags: no inspector or REPL habits, and warnings (a function's deprecated API) go
+ * to stderr as they would on Lambda. Kept short: every flag is parsed on every start.
+ */
+const NODE_FLAGS = ["--disable-warning=ExperimentalWarning"];
 
 /** Memory at or below which the child runs with `--smol` (a GC that favours footprint). */
 const SMOL_AT_MB = 128;
@@ -120,6 +132,8 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
   /** Ids between start() and the spawn, so a second start of the same id fails at once. */
   const preparing = new Set<string>();
   let disposed = false;
+  /** The node shim, once built (shared by every node instance). */
+  let nodeShim: Promise<string> | undefined;
 
   function emitLog(line: LogLine): void {
     for (const listener of logListeners) {
@@ -160,9 +174,14 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
 
   async function start(spec: InstanceSpec, signal?: AbortSignal): Promise<InstanceHandle> {
     if (disposed) throw new ForgeError(ErrorCode.Disposed, 503, "the process driver was disposed");
-    if (spec.runtime !== "bun") {
+    if (spec.runtime === "docker") {
       throw new ForgeError(ErrorCode.DriverUnavailable, 503, `the process driver cannot run a ${spec.runtime} image`, {
         hint: "functions with runtime \"docker\" need the docker driver (FORGE_DRIVER=docker)",
+      });
+    }
+    if (spec.runtime === "node" && !opts.node) {
+      throw new ForgeError(ErrorCode.DriverUnavailable, 503, "this forge has no node binary to run runtime \"node\" with", {
+        hint: "install Node.js (node on PATH) or set FORGE_NODE_BIN, then restart forge",
       });
     }
     if (instances.has(spec.id) || preparing.has(spec.id)) {
@@ -233,10 +252,16 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
     };
     // Memory is not enforced on a process (no cgroup of its own without root or systemd);
     // small limits only get a thriftier heap. The docker driver enforces memoryMb.
-    const flags = ["--no-install", "--no-env-file", ...(spec.memoryMb <= SMOL_AT_MB ? ["--smol"] : [])];
+    let command: string[];
+    try {
+      command = await commandFor(spec);
+    } catch (err) {
+      await rm(dir, { recursive: true, force: true });
+      throw new ForgeError(ErrorCode.InstanceStartFailed, 502, `could not prepare the ${spec.runtime} shim`, { cause: err });
+    }
     let proc: Subprocess<"pipe", "pipe", "pipe">;
     try {
-      proc = Bun.spawn([opts.bunPath, ...flags, opts.shimPath], {
+      proc = Bun.spawn(command, {
         cwd: fnDir ?? dir,
         env,
         ...(uid !== undefined ? { uid, gid: uid } : {}),
@@ -247,8 +272,8 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
       });
     } catch (err) {
       await rm(dir, { recursive: true, force: true });
-      throw new ForgeError(ErrorCode.InstanceStartFailed, 502, `could not run ${opts.bunPath}`, {
-        hint: "check the bun binary forge runs instances with",
+      throw new ForgeError(ErrorCode.InstanceStartFailed, 502, `could not run ${command[0]}`, {
+        hint: `check the ${spec.runtime} binary forge runs instances with`,
         cause: err,
       });
     }
@@ -314,6 +339,18 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
     instance.ready = true;
     logger.debug(`instance ${spec.id} ready in ${Date.now() - handle.startedAt} ms`);
     return handle;
+  }
+
+  /** The command line of an instance of `spec.runtime` (bun or node). */
+  async function commandFor(spec: InstanceSpec): Promise<string[]> {
+    if (spec.runtime === "node" && opts.node) {
+      const shim = typeof opts.node.shim === "string" ? opts.node.shim : await (nodeShim ??= opts.node.shim().catch((err: unknown) => {
+              nodeShim = undefined;
+              throw err;
+            }));
+      return [opts.node.bin, ...NODE_FLAGS, shim];
+    }
+    return [opts.bunPath, "--no-install", "--no-env-file", ...(spec.memoryMb <= SMOL_AT_MB ? ["--smol"] : []), opts.shimPath];
   }
 
   async function placeArtifact(id: string, artifactDir: string): Promise<{ dir: string; bundle: string }> {

@@ -1,4 +1,4 @@
-import type { InstanceHandle } from "./driver.ts";
+import type { InstanceHandle, InstanceRuntime } from "./driver.ts";
 
 export type StartKind = "warm" | "cell" | "cold";
 
@@ -6,7 +6,7 @@ export type StartKind = "warm" | "cell" | "cold";
 export interface PoolSpec {
   function: string;
   version: number;
-  runtime: "bun" | "docker";
+  runtime: InstanceRuntime;
   /** Requests one instance serves at once. */
   concurrency: number;
   /** Concurrency instead when the module turns out to be a Lambda handler (the config set none). */
