@@ -1,6 +1,6 @@
 /**
- * forge's in-instance shim: the program every Bun instance runs (a child process of the
- * process driver, or PID 1 of a FROM-scratch container). It listens on a Unix socket,
+ * forge's in-instance shim: the program every bun and node instance runs (a child process of
+ * the process driver, or PID 1 of a FROM-scratch container). It listens on a Unix socket,
  * answers forge's control routes (health, specialize, invoke, scheduled, drain) and hands
  * every other request to the function module, tagging the function's console output with
  * the request id. Workers modules get Workers semantics (`env`, `ctx.waitUntil`,
@@ -8,15 +8,24 @@
  * `awslambda.streamifyResponse`).
  *
  * Self-contained on purpose: it is copied alone into an image holding just the bun
- * binary, so it imports only Bun and node: builtins.
+ * binary, so it imports only Bun and node: builtins. On Node it is bundled with
+ * runtimes/node/serve.ts (its Bun.serve) by src/build/node-shim.ts; the few other places
+ * that differ test `ON_BUN`.
  *
- * Run as `bun --no-install --no-env-file runtimes/bun/shim.ts`.
+ * Run as `bun --no-install --no-env-file runtimes/js/shim.ts`, or `node shim.mjs` (the bundle).
  */
 // Only node:async_hooks is imported up front: a cold start pays for every module loaded
 // before the socket listens (measured on Bun 1.4.5: node:crypto ~9 ms, node:util ~3 ms,
 // node:fs ~3 ms, node:async_hooks <1 ms), so the others are avoided or loaded when needed
 // (node:stream only once a module calls awslambda.streamifyResponse).
 import { AsyncLocalStorage } from "node:async_hooks";
+
+/** Bun runs the shim as is; Node runs it bundled with runtimes/node/serve.ts. */
+const ON_BUN = typeof Bun !== "undefined";
+/** A builtin module, synchronously, loaded only when first needed (Bun and Node 20.16+). */
+function builtin<T>(name: string): T {
+  return process.getBuiltinModule(name) as T;
+}
 
 // Kept in step with src/pool/driver.ts (the shim cannot import from src: it ships alone).
 const CONTROL_HEADER = "x-forge-control";
@@ -346,17 +355,19 @@ function tagged(original: ConsoleMethod): ConsoleMethod {
 function format(args: unknown[]): string {
   const first = args[0];
   if (typeof first === "string" && first.includes("%")) {
-    const util = require("node:util") as typeof import("node:util");
-    return util.format(...args);
+    return builtin<typeof import("node:util")>("node:util").format(...args);
   }
   let out = "";
   for (let i = 0; i < args.length; i++) {
     const arg = args[i];
     if (i > 0) out += " ";
-    out += typeof arg === "string" ? arg : arg instanceof Error ? (arg.stack ?? String(arg)) : Bun.inspect(arg);
+    out += typeof arg === "string" ? arg : arg instanceof Error ? (arg.stack ?? String(arg)) : inspect(arg);
   }
   return out;
 }
+
+/** Bun.inspect, or node:util's inspect on Node (both print objects as console.log does). */
+const inspect: (value: unknown) => string = ON_BUN ? Bun.inspect : (value) => builtin<typeof import("node:util")>("node:util").inspect(value);
 
 for (const method of ["log", "info", "debug", "warn", "error"] as const) {
   console[method] = tagged(console[method].bind(console));
@@ -372,6 +383,14 @@ for (const method of ["log", "info", "debug", "warn", "error"] as const) {
 // a Proxy costed ~1 µs). A Response straight from fetch() is not marked and streams as is.
 const NativeResponse = Response;
 const streamBodied = new WeakSet<Response>();
+/** Stream-bodied Responses the shim itself makes (a first chunk put back, a Lambda response stream). */
+const shimStreams = new WeakSet<Response>();
+/** A Response of the shim's own with a stream body (see wholeBody). */
+function streamResponse(body: ReadableStream<Uint8Array>, init: ResponseInit): Response {
+  const response = new NativeResponse(body, init);
+  shimStreams.add(response);
+  return response;
+}
 /** Workers answers with a WebSocketPair's client end; made on first use (most functions never do). */
 let pairAnswers: WeakMap<Response, PairSocket> | undefined;
 class MarkingResponse extends NativeResponse {
@@ -419,7 +438,7 @@ async function firstChunkFirst(response: Response, call: Call): Promise<Response
       return reader.cancel(reason);
     },
   });
-  return new NativeResponse(body as ReadableStream<Uint8Array>, init);
+  return streamResponse(body as ReadableStream<Uint8Array>, init);
 }
 
 // 6. The function: what the module exported, and how it is called.
@@ -443,7 +462,25 @@ interface Loaded {
 let loaded: Loaded | undefined;
 let specializing = false;
 
-class LoadError extends Error {}
+class LoadError extends Error {
+  /** Where a syntax error is (`at file:line:column` and the line), when the error itself does not say. */
+  where: string[] = [];
+}
+
+/**
+ * Node: where a module's syntax error is. Node keeps it out of a dynamic import's error
+ * (it prints it only for an uncaught one), so `node --check` is asked, on this failure path only.
+ */
+function syntaxErrorWhere(path: string): string[] {
+  const { spawnSync } = builtin<typeof import("node:child_process")>("node:child_process");
+  const checked = spawnSync(process.execPath, ["--check", path], { encoding: "utf8", timeout: 10_000 });
+  // "<path>:<line>", the line, a caret under the column, then the error.
+  const [head, text, caret] = (checked.stderr ?? "").split("\n");
+  const line = head?.startsWith(path + ":") ? head.slice(path.length + 1) : undefined;
+  if (line === undefined || !/^\d+$/.test(line)) return [];
+  const column = caret !== undefined && caret.includes("^") ? caret.indexOf("^") + 1 : 1;
+  return [`at ${path}:${line}:${column}`, ...(text?.trim() ? [`  ${text}`] : [])];
+}
 
 function isObject(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null;
@@ -606,7 +643,7 @@ function setLambdaEnv(info: FunctionInfo, own: Readonly<Record<string, string>>)
     AWS_DEFAULT_REGION: info.region,
     AWS_EXECUTION_ENV: `AWS_Lambda_nodejs${process.versions.node.split(".")[0]}.x`,
     LAMBDA_TASK_ROOT: info.dir ?? process.cwd(),
-    LAMBDA_RUNTIME_DIR: import.meta.dir,
+    LAMBDA_RUNTIME_DIR: ON_BUN ? import.meta.dir : import.meta.dirname,
   };
   // TZ: UTC unless the function sets its own. Lambda's runtime runs with TZ=:UTC and Workers
   // always run in UTC, so code formats dates assuming it; a process-driver instance would
@@ -869,7 +906,7 @@ let responseStreamClass: ResponseStreamClass | undefined;
 /** Built on first use: node:stream costs start-up time only modules that stream pay. */
 function loadResponseStreamClass(): ResponseStreamClass {
   if (responseStreamClass) return responseStreamClass;
-  const { Writable } = require("node:stream") as typeof import("node:stream");
+  const { Writable } = builtin<typeof import("node:stream")>("node:stream");
   class ResponseStream extends Writable {
     #contentType = "application/octet-stream";
     #onHead: (response: Response) => void;
@@ -954,9 +991,9 @@ function loadResponseStreamClass(): ResponseStreamClass {
       const prelude = this[PRELUDE];
       if (this.#contentType === HTTP_INTEGRATION_TYPE && isObject(prelude)) {
         const status = typeof prelude.statusCode === "number" ? prelude.statusCode : 200;
-        this.#onHead(new NativeResponse(this.#body, { status, headers: headersOf(prelude.headers, prelude.cookies) }));
+        this.#onHead(streamResponse(this.#body, { status, headers: headersOf(prelude.headers, prelude.cookies) }));
       } else {
-        this.#onHead(new NativeResponse(this.#body, { headers: { "content-type": this.#contentType } }));
+        this.#onHead(streamResponse(this.#body, { headers: { "content-type": this.#contentType } }));
       }
     }
   }
@@ -1034,7 +1071,7 @@ function asFunctionRequest(request: Request, path: string): Request {
   const headers = new Headers(request.headers);
   headers.delete(CONTROL_HEADER);
   const origin = new URL(request.url).origin;
-  return new Request(origin + (path || "/"), { method: "POST", headers, body: request.body });
+  return new Request(origin + (path || "/"), { method: "POST", headers, body: request.body, duplex: "half" } as RequestInit);
 }
 
 /** JSON payload as the event: empty is {}, invalid JSON a 400 invalid_payload (as a Response). */
@@ -1110,7 +1147,9 @@ async function load(path: string, info: FunctionInfo, env: Readonly<Record<strin
   try {
     mod = (await import(path)) as Record<string, unknown>;
   } catch (err) {
-    throw new LoadError(`the module failed to load: ${errorParts(err).message}`, { cause: err });
+    const failure = new LoadError(`the module failed to load: ${errorParts(err).message}`, { cause: err });
+    if (!ON_BUN && err instanceof SyntaxError) failure.where = syntaxErrorWhere(path);
+    throw failure;
   }
   return adapt(mod, info, env);
 }
@@ -1120,8 +1159,8 @@ function loadFailure(err: unknown): { message: string; stack: string } {
   const message = errorParts(err).message;
   // A LoadError of the shim's own (nothing usable exported) has no frames worth showing.
   const cause = err instanceof LoadError ? err.cause : err;
-  const frames: string[] = [];
-  if (hasProps(cause)) {
+  const frames: string[] = err instanceof LoadError ? [...err.where] : [];
+  if (frames.length === 0 && hasProps(cause)) {
     if (typeof cause.stack === "string") {
       for (const line of cause.stack.split("\n")) if (line.trimStart().startsWith("at ")) frames.push(line.trim());
     }
@@ -1141,6 +1180,17 @@ const SPECIALIZE_SHAPE =
 
 function optional(body: Record<string, unknown>, name: string, type: "string" | "number"): boolean {
   return body[name] === undefined || typeof body[name] === type;
+}
+
+/** Writes a file only this instance's user reads. */
+function writeOwn(path: string, text: string): Promise<unknown> {
+  if (ON_BUN) return Bun.write(path, text, { mode: 0o600 });
+  return builtin<typeof import("node:fs/promises")>("node:fs/promises").writeFile(path, text, { mode: 0o600 });
+}
+
+function removeFile(path: string): Promise<unknown> {
+  if (ON_BUN) return Bun.file(path).delete();
+  return builtin<typeof import("node:fs/promises")>("node:fs/promises").unlink(path);
 }
 
 async function specialize(request: Request): Promise<Response> {
@@ -1196,7 +1246,7 @@ async function specialize(request: Request): Promise<Response> {
     let file = body.bundle as string | undefined;
     if (file === undefined) {
       written = `${settings.workDir}/fn-${crypto.randomUUID()}.mjs`;
-      await Bun.write(written, body.code as string, { mode: 0o600 });
+      await writeOwn(written, body.code as string);
       file = written;
     }
     loaded = await load(file, info, env);
@@ -1210,9 +1260,7 @@ async function specialize(request: Request): Promise<Response> {
     restoreEnv(previous);
     process.chdir(cwd);
     if (written !== undefined) {
-      await Bun.file(written)
-        .delete()
-        .catch(() => {});
+      await removeFile(written).catch(() => {});
     }
     const failure = loadFailure(err);
     console.error(`forge: specialize failed: ${failure.message}${failure.stack ? `\n${failure.stack}` : ""}`);
@@ -1676,6 +1724,22 @@ function websocketOptions(): object {
   return { websocket: websocketConfig(loaded?.websocket) };
 }
 
+/**
+ * True when a Response's body is whole (a string, bytes, JSON) rather than a stream: the node
+ * server sends it with a Content-Length in one write. Bun tells this apart itself.
+ */
+function wholeBody(response: Response): boolean {
+  // Stream bodies are the function's `new Response(stream)`, the shim's own, and fetch()'s answers (they have a url).
+  return !streamBodied.has(response) && !shimStreams.has(response) && response.url === "";
+}
+
+/** Node: runtimes/node/serve.ts in Bun.serve's place (bundled in; never loaded on Bun). */
+async function listenOnNode() {
+  const { serveNode } = await import("../node/serve.ts");
+  const where = settings.socket === undefined ? { port: settings.port } : { unix: settings.socket };
+  return serveNode({ ...where, fetch: handle, error: onServeError, wholeBody });
+}
+
 function listenOnSocket(path: string) {
   // Socket mode 0666: forge may run as another uid than the container's user. Through the
   // umask rather than chmod, which would need node:fs on the cold path.
@@ -1688,6 +1752,7 @@ function listenOnSocket(path: string) {
 }
 
 async function listen() {
+  if (!ON_BUN) return listenOnNode();
   if (!settings.socket) return Bun.serve({ hostname: "0.0.0.0", port: settings.port, fetch: handle, ...serveOptions, ...websocketOptions() });
   try {
     return listenOnSocket(settings.socket);
@@ -1699,14 +1764,14 @@ async function listen() {
   }
 }
 // Typed for the Connection every upgrade carries until `open` (then the function's own data).
-const server = (await listen()) as Bun.Server<unknown>;
+const server = (await listen()) as unknown as Bun.Server<unknown>;
 
 // A child of a forge that died (even by SIGKILL) must not live on, orphaned, holding its
 // socket: nothing would ever stop it, and a restarted forge has no label to find it by.
 if (settings.exitWithParent) {
   void (async () => {
     try {
-      for await (const _ of Bun.stdin.stream()) {
+      for await (const _ of ON_BUN ? Bun.stdin.stream() : process.stdin) {
         // forge never writes; any bytes are ignored
       }
     } finally {
@@ -1715,7 +1780,7 @@ if (settings.exitWithParent) {
       // Only the instance's own folder: the one its socket lives in, named by forge.
       const own = settings.socket !== undefined && settings.socket === `${settings.workDir}/s.sock`;
       if (own) {
-        const { rmSync } = await import("node:fs");
+        const { rmSync } = builtin<typeof import("node:fs")>("node:fs");
         try {
           rmSync(settings.workDir, { recursive: true, force: true });
         } catch {

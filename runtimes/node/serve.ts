@@ -1,0 +1,196 @@
+/**
+ * The shim's server on Node.js: what Bun.serve is to the shim on Bun. A node:http server on
+ * the instance's Unix socket (or $PORT) turns each request into a fetch `Request`, hands it
+ * to the shim's handler and writes the `Response` back, streaming its body as it comes.
+ *
+ * Loaded by runtimes/js/shim.ts only when it runs on Node (the node shim is that file
+ * bundled for Node by src/build/node-shim.ts), so it may import node: builtins freely.
+ *
+ * What it keeps of Bun.serve's behaviour, which forge's data path relies on:
+ * - no timeouts of its own: forge bounds a request upstream, and kept-alive connections from
+ *   forge must not be cut after Node's default 5 s idle;
+ * - heads up to forge's own limit (64 KiB) pass (Node's default is 16 KiB);
+ * - repeated request headers arrive joined with ", " (Headers.append), as Bun hands them over;
+ * - a client that goes away aborts `request.signal`.
+ * WebSocket upgrades get a 501: the node runtime does not serve WebSockets yet.
+ */
+import { once } from "node:events";
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { unlinkSync } from "node:fs";
+import type { Socket } from "node:net";
+import { Readable } from "node:stream";
+
+export interface NodeServeOptions {
+  /** Unix socket path; absent: TCP on `port`. */
+  unix?: string;
+  port?: number;
+  fetch: (request: Request) => Response | Promise<Response>;
+  /** A handler that throws or rejects: the answer to send instead. */
+  error: (err: unknown) => Response;
+  /** True when the body is whole (a string, bytes, JSON): sent with a Content-Length in one write. */
+  wholeBody: (response: Response) => boolean;
+}
+
+/** The members of Bun's Server the shim uses. */
+export interface NodeServer {
+  upgrade(request: Request, options?: unknown): boolean;
+  publish(topic: string, data: unknown): number;
+  subscriberCount(topic: string): number;
+  readonly pendingRequests: number;
+  reload(options: unknown): void;
+  stop(closeActive?: boolean): Promise<void>;
+}
+
+/** forge's largest request head (src/dataplane/http1/request-head.ts), plus room. */
+const MAX_HEADER_BYTES = 80 * 1024;
+
+const NO_BODY = new Set(["GET", "HEAD"]);
+
+const UPGRADE_REFUSED =
+  "HTTP/1.1 501 Not Implemented\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: ";
+const UPGRADE_BODY = JSON.stringify({
+  error: { code: "websocket_unsupported", message: "the node runtime does not serve WebSockets yet", hint: 'deploy with "runtime": "bun" for WebSockets' },
+});
+
+export async function serveNode(options: NodeServeOptions): Promise<NodeServer> {
+  let pending = 0;
+  const server = createServer(
+    { maxHeaderSize: MAX_HEADER_BYTES, requestTimeout: 0, headersTimeout: 0, keepAliveTimeout: 0, noDelay: true },
+    (req, res) => {
+      pending++;
+      res.once("close", () => pending--);
+      void answer(req, res, options);
+    },
+  );
+  // keepAliveTimeout in the options is Node 22's; on 20 it is a property.
+  server.keepAliveTimeout = 0;
+  server.on("upgrade", (_req: IncomingMessage, socket: Socket) => {
+    socket.end(UPGRADE_REFUSED + Buffer.byteLength(UPGRADE_BODY) + "\r\n\r\n" + UPGRADE_BODY);
+  });
+  server.on("clientError", (_err, socket: Socket) => {
+    if (socket.writable) socket.end("HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
+    else socket.destroy();
+  });
+  await listen(server, options);
+  return {
+    upgrade(): boolean {
+      throw new TypeError("server.upgrade(): the node runtime does not serve WebSockets yet; deploy with runtime bun");
+    },
+    publish: () => 0,
+    subscriberCount: () => 0,
+    get pendingRequests() {
+      return pending;
+    },
+    reload(): void {},
+    stop(closeActive?: boolean): Promise<void> {
+      if (closeActive) server.closeAllConnections();
+      return new Promise((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+async function listen(server: ReturnType<typeof createServer>, options: NodeServeOptions): Promise<void> {
+  const attempt = () =>
+    new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      const done = () => {
+        server.off("error", reject);
+        resolve();
+      };
+      if (options.unix === undefined) server.listen(options.port ?? 8080, "0.0.0.0", done);
+      else server.listen(options.unix, done);
+    });
+  if (options.unix === undefined) return attempt();
+  // Socket mode 0666: forge may run as another uid than the instance's user.
+  const umask = process.umask(0o111);
+  try {
+    await attempt().catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== "EADDRINUSE") throw err;
+      // A socket file left by an earlier life of this instance (a restarted container).
+      unlinkSync(options.unix as string);
+      return attempt();
+    });
+  } finally {
+    process.umask(umask);
+  }
+}
+
+/** The fetch Request for a node request: same method, target, headers and (streamed) body. */
+function toRequest(req: IncomingMessage, signal: AbortSignal): Request {
+  const headers = new Headers();
+  const raw = req.rawHeaders;
+  for (let i = 0; i < raw.length; i += 2) headers.append(raw[i] as string, raw[i + 1] as string);
+  const url = `http://${req.headers.host || "localhost"}${req.url ?? "/"}`;
+  const method = req.method ?? "GET";
+  const hasBody = !NO_BODY.has(method) && (req.headers["transfer-encoding"] !== undefined || Number(req.headers["content-length"] ?? 0) > 0);
+  return new Request(url, {
+    method,
+    headers,
+    signal,
+    ...(hasBody ? { body: Readable.toWeb(req) as ReadableStream<Uint8Array>, duplex: "half" } : {}),
+  } as RequestInit);
+}
+
+async function answer(req: IncomingMessage, res: ServerResponse, options: NodeServeOptions): Promise<void> {
+  const aborter = new AbortController();
+  res.once("close", () => {
+    if (!res.writableFinished) aborter.abort();
+  });
+  let response: Response;
+  try {
+    response = await options.fetch(toRequest(req, aborter.signal));
+  } catch (err) {
+    response = options.error(err);
+  }
+  try {
+    await write(res, response, options, req.method === "HEAD");
+  } catch {
+    // The client went away or the body failed mid-stream (the shim logged why): cut it.
+    res.destroy();
+  }
+}
+
+function headLines(response: Response): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (const [name, value] of response.headers) {
+    if (name === "set-cookie") continue;
+    out[name] = value;
+  }
+  const cookies = response.headers.getSetCookie();
+  if (cookies.length > 0) out["set-cookie"] = cookies;
+  return out;
+}
+
+async function write(res: ServerResponse, response: Response, options: NodeServeOptions, head: boolean): Promise<void> {
+  const headers = headLines(response);
+  const body = response.body;
+  if (body === null || head) {
+    res.writeHead(response.status, response.statusText || undefined, headers);
+    if (body !== null) await body.cancel().catch(() => {});
+    res.end();
+    return;
+  }
+  if (options.wholeBody(response)) {
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    if (headers["content-length"] === undefined && headers["transfer-encoding"] === undefined) headers["content-length"] = String(bytes.byteLength);
+    res.writeHead(response.status, response.statusText || undefined, headers);
+    res.end(bytes);
+    return;
+  }
+  res.writeHead(response.status, response.statusText || undefined, headers);
+  // The head goes out now: a stream's first bytes may be long in coming (SSE).
+  res.flushHeaders();
+  const reader = body.getReader();
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      if (res.destroyed) throw new Error("client gone");
+      if (!res.write(value)) await Promise.race([once(res, "drain"), once(res, "close")]);
+    }
+    res.end();
+  } catch (err) {
+    await reader.cancel(err).catch(() => {});
+    throw err;
+  }
+}
