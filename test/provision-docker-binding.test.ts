@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { cli, ROOT, startForge, type ForgeProcess } from "./_helpers.ts";
+import { cli, ROOT, startForge, until, type ForgeProcess } from "./_helpers.ts";
 import { requireDocker, requirePostgresImage } from "./_services.ts";
 
 const engine = await requireDocker();
@@ -17,7 +17,8 @@ describe.skipIf(!engine || !pg)("database bindings on the docker driver", () => 
 
   beforeAll(async () => {
     if (!pg) return;
-    forge = await startForge({ env: { FORGE_DRIVER: "docker", FORGE_POSTGRES_IMAGE: pg.image, FORGE_STEM_CELLS: "1" } });
+    // A short keep-alive: the function goes back to no instance, so its next request is a first one again.
+    forge = await startForge({ env: { FORGE_DRIVER: "docker", FORGE_POSTGRES_IMAGE: pg.image, FORGE_STEM_CELLS: "bun=1", FORGE_KEEP_ALIVE: "1s" } });
   }, 120_000);
 
   afterAll(async () => {
@@ -48,5 +49,15 @@ describe.skipIf(!engine || !pg)("database bindings on the docker driver", () => 
     // The network is internal: it reaches the database, not the outside.
     const net = await pg?.docker.getNetwork(`forge-db-${jobId}`).inspect();
     expect(net?.Internal).toBe(true);
+  }, 120_000);
+
+  test("its first request is served by a stem cell already on the database's network", async () => {
+    const instances = async () => ((await (await forge.api("/v1/functions/todo-db")).json()) as { pool: { instances: unknown[] } | null }).pool?.instances.length ?? 0;
+    await until(async () => (await instances()) === 0, 20_000, "the idle instance to retire");
+    // One bun cell on the default networks, and one kept for todo-db's networks (egress + the database's).
+    await until(async () => (((await (await forge.api("/readyz")).json()) as { stemCellsByRuntime: { bun?: number } }).stemCellsByRuntime.bun ?? 0) >= 2, 60_000, "a cell on todo-db's networks");
+    const r = await forge.fn("todo-db", "/");
+    expect(r.headers.get("x-forge-start")).toBe("cell");
+    expect(((await r.json()) as { todos: { title: string }[] }).todos.map((t) => t.title)).toEqual(["from a container"]);
   }, 120_000);
 });

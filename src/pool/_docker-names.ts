@@ -21,7 +21,7 @@ export const LABEL = {
   dir: "dev.forge.dir",
   /** The shim's control token: a restarted forge needs it to health-check and adopt. */
   token: "dev.forge.token",
-  /** Hash of what the instance runs (image, folder, handler, timeout, env, memory): adopted only for an equal spec. */
+  /** Hash of what the instance runs (image, folder, handler, timeout, env, memory, networks): adopted only for an equal spec. */
   spec: "dev.forge.spec",
 } as const;
 
@@ -45,7 +45,7 @@ export function containerName(spec: InstanceSpec, role: ContainerRole): string {
 export function specHash(spec: InstanceSpec, image: string): string {
   const env = Object.entries(spec.env).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   return createHash("sha256")
-    .update(JSON.stringify([spec.runtime, image, spec.bundlePath ?? null, spec.artifactDir ?? null, spec.handler ?? null, spec.timeoutMs ?? null, spec.memoryMb, env]))
+    .update(JSON.stringify([spec.runtime, image, spec.bundlePath ?? null, spec.artifactDir ?? null, spec.handler ?? null, spec.timeoutMs ?? null, spec.memoryMb, env, spec.networks ?? []]))
     .digest("hex")
     .slice(0, 24);
 }

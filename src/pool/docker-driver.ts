@@ -7,9 +7,15 @@
  * crosses docker-proxy; and a socket needs no network in the container at all).
  *
  * Each container runs as uid 1000 with every capability dropped, no-new-privileges, a
- * read-only root filesystem with a small tmpfs on /tmp, no network (NetworkMode none), and
- * limits on memory (no swap), pids and CPU shares. It sees its own folder and nothing else
- * of the host: not forge's data dir, not another function's code.
+ * read-only root filesystem with a small tmpfs on /tmp, and limits on memory (no swap), pids
+ * and CPU shares. It sees its own folder and nothing else of the host: not forge's data dir,
+ * not another function's code.
+ *
+ * Networks: a container joins exactly the networks its spec names (InstanceSpec.networks),
+ * cells as instances; none named means NetworkMode none. Functions get forge's egress
+ * network (options.egressNetwork, _egress-network.ts: outbound access, no traffic between
+ * containers, the host closed by _host-firewall.ts) unless forge.json says "network": "none",
+ * plus the internal network of each bound database.
  *
  * - Stem cells run the runtime image generic; the pool specializes them over the socket.
  * - A bun function's instance runs its version image `forge/fn-<name>:v<N>`, the function's
@@ -17,11 +23,12 @@
  *   image the folder is copied (hard links) into the instance folder, at /run/forge/fn, as
  *   placeArtifact does for a stem cell about to be specialized.
  * - A runtime "docker" instance runs the user's image, which serves HTTP on $PORT over TCP.
- *   With no network, nothing outside can reach that port, so a second container (the socket
+ *   Nothing outside reaches that port (no network, or the egress bridge, where containers
+ *   cannot reach each other and nothing is published), so a second container (the socket
  *   bridge, runtimes/bun/bridge.ts) joins its network namespace and serves the Unix socket.
- *   Chosen over a port published on 127.0.0.1 because it keeps NetworkMode none (no egress,
- *   no address to scan), keeps one kind of endpoint for the pool and needs nothing from the
- *   user's image; the price is a second, small container per instance.
+ *   Chosen over a port published on 127.0.0.1 because it publishes nothing (no address to
+ *   scan, and it works under NetworkMode none), keeps one kind of endpoint for the pool and
+ *   needs nothing from the user's image; the price is a second, small container per instance.
  *
  * Exits come from one Docker events subscription filtered by forge's labels (no polling);
  * an OOM kill is reported as reason "oom". Logs are read from each container's multiplexed
@@ -39,9 +46,11 @@ import { ARTIFACT_COPY, copyArtifact } from "./_artifact-copy.ts";
 import { DockerEvents, type ContainerEvent } from "./_docker-events.ts";
 import { demux, logLines } from "./_docker-logs.ts";
 import { containerName, LABEL, ownerOf, specHash, type ContainerRole } from "./_docker-names.ts";
+import { ensureEgressNetwork } from "./_egress-network.ts";
+import { guardHost, type HostGuard } from "./_host-firewall.ts";
 import { InstanceLog } from "./_log-parse.ts";
 import { shimSettings } from "./_shim-env.ts";
-import { BUNDLE_FILE, type Driver, type ExitInfo, type InstanceHandle, type InstanceSpec, type ListedInstance, type LogLine, type LogOptions } from "./driver.ts";
+import { BUNDLE_FILE, type Driver, type ExitInfo, type InstanceHandle, type InstanceRuntime, type InstanceSpec, type ListedInstance, type LogLine, type LogOptions } from "./driver.ts";
 import { health, waitReady } from "./instance-client.ts";
 
 export interface DockerDriverOptions {
@@ -50,6 +59,8 @@ export interface DockerDriverOptions {
   dataDir: string;
   /** Image of stem cells, of bun instances without a version image, and of socket bridges. */
   runtimeImage: string;
+  /** Image of node cells and of node instances without a version image (forge/runtime-node:<version>). */
+  nodeImage?: string;
   /** Where the driver reports. Default: a silent consola. */
   logger?: ConsolaInstance;
   /** How long a container may take to answer its first health check, ms. Default 30 000. */
@@ -62,8 +73,12 @@ export interface DockerDriverOptions {
   tmpfsMb?: number;
   /** Most processes and threads in a container. Default 256. */
   pidsLimit?: number;
-  /** Network of instances. Default "none": functions reach nothing and nothing reaches them but the socket. */
-  networkMode?: string;
+  /**
+   * forge's egress network (_egress-network.ts), created by prepareEgress() or by the first
+   * start() whose spec names it. Default: none (containers join only what their spec names,
+   * and no spec should name an egress network).
+   */
+  egressNetwork?: string;
   /** Memory of a runtime "docker" instance's socket bridge, MiB. Default 64. */
   bridgeMemoryMb?: number;
   /** Port a runtime "docker" image serves on ($PORT). Default 8080. */
@@ -74,6 +89,17 @@ export interface DockerDriverOptions {
 export interface ActiveVersion {
   function: string;
   version: number;
+}
+
+/** What prepareEgress() found or made: the egress network, and whether the host is closed to it. */
+export interface EgressStatus {
+  network: string;
+  /** Its bridge device on the engine's host. */
+  bridge: string;
+  /** True when this forge created the network (else another forge, or an earlier run, had). */
+  created: boolean;
+  /** The host firewall (_host-firewall.ts): installed, or why not and the rules to add by hand. */
+  host: HostGuard;
 }
 
 export interface ReconcileReport {
@@ -104,6 +130,14 @@ export interface DockerDriver extends Driver {
   setMemory(id: string, memoryMb: number): Promise<void>;
   /** The containers of an instance (its own, and a bridge's), for tests and benches. */
   containersOf(id: string): string[];
+  /** The egress network's name (options.egressNetwork), if this driver has one. */
+  readonly egressNetwork: string | undefined;
+  /**
+   * Creates the egress network when missing and closes the host to it (once: later calls
+   * share the answer). start() does it for the first spec naming the network; forge calls it
+   * at start to say whether the host could be closed. Undefined without an egress network.
+   */
+  prepareEgress(): Promise<EgressStatus | undefined>;
 }
 
 /** Unix socket paths are limited to 108 bytes (sun_path); stay below, as the process driver does. */
@@ -115,6 +149,8 @@ const SOCKET = "s.sock";
 const INSTANCE_USER = "1000:1000";
 const INSTANCE_UID = 1000;
 const SHIM_CMD = ["/usr/local/bin/bun", "--no-install", "--no-env-file", "/forge/shim.ts"];
+/** The node runtime image's shim: runtimes/js/shim.ts bundled for Node (src/build/node-shim.ts). */
+const NODE_SHIM_CMD = ["/usr/local/bin/node", "--disable-warning=ExperimentalWarning", "/forge/shim.mjs"];
 const BRIDGE_CMD = ["/usr/local/bin/bun", "--no-install", "--no-env-file", "--smol", "/forge/bridge.ts"];
 const MB = 1024 * 1024;
 
@@ -138,7 +174,7 @@ interface Adoptable {
   dir: string;
   token: string;
   spec: string;
-  runtime: "bun" | "docker";
+  runtime: InstanceRuntime;
   fn: string;
   version: number;
 }
@@ -151,7 +187,6 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
     logLines: 1_000,
     tmpfsMb: 64,
     pidsLimit: 256,
-    networkMode: "none",
     bridgeMemoryMb: 64,
     dockerRuntimePort: 8080,
     ...options,
@@ -169,6 +204,7 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
   const imageBundles = new Map<string, Promise<ImageFolder | undefined>>();
   const adoption = { kept: 0, claimed: 0, removed: 0 };
   let disposed = false;
+  let egress: Promise<EgressStatus> | undefined;
 
   const events = new DockerEvents({
     docker,
@@ -231,6 +267,34 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
     }
   }
 
+  // --- networks ---
+
+  function prepareEgress(): Promise<EgressStatus | undefined> {
+    const name = opts.egressNetwork;
+    if (name === undefined) return Promise.resolve(undefined);
+    if (egress) return egress;
+    const making = (async (): Promise<EgressStatus> => {
+      const network = await ensureEgressNetwork(docker, name);
+      return { network: network.name, bridge: network.bridge, created: network.created, host: await guardHost(network.bridge) };
+    })();
+    // A failure is not kept: the next call tries again.
+    making.catch(() => {
+      if (egress === making) egress = undefined;
+    });
+    egress = making;
+    return making;
+  }
+
+  /** A container's first network is given at create; none named: no network at all. */
+  function networkMode(spec: InstanceSpec): string {
+    return spec.networks?.[0] ?? "none";
+  }
+
+  /** The others are joined before start, so the runtime starts with every network it will have. */
+  async function joinOtherNetworks(containerId: string, spec: InstanceSpec): Promise<void> {
+    for (const network of spec.networks?.slice(1) ?? []) await docker.getNetwork(network).connect({ Container: containerId });
+  }
+
   // --- start ---
 
   async function start(spec: InstanceSpec, signal?: AbortSignal): Promise<InstanceHandle> {
@@ -243,7 +307,13 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
     }
     signal?.throwIfAborted();
     await events.subscribe();
-    const image = spec.image ?? opts.runtimeImage;
+    if (opts.egressNetwork !== undefined && spec.networks?.includes(opts.egressNetwork)) await prepareEgress();
+    if (spec.runtime === "node" && !spec.image && !opts.nodeImage) {
+      throw new ForgeError(ErrorCode.DriverUnavailable, 503, "this forge has no node runtime image to run runtime \"node\" with", {
+        hint: "install Node.js on the forge host (or set FORGE_NODE_BIN) and restart forge; `forge images build node` builds the image",
+      });
+    }
+    const image = spec.image ?? (spec.runtime === "node" ? (opts.nodeImage as string) : opts.runtimeImage);
     const claimed = spec.role === "instance" ? await claimAdoptable(spec, image) : undefined;
     if (claimed) return claimed;
 
@@ -270,7 +340,7 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
         ...(spec.function !== undefined ? { [LABEL.function]: spec.function } : {}),
         ...(spec.version !== undefined ? { [LABEL.version]: String(spec.version) } : {}),
       };
-      if (spec.runtime === "bun") {
+      if (spec.runtime !== "docker") {
         const env: Record<string, string> = {
           TZ: "UTC", // as Lambda and Workers run; the function's env may set its own
           ...spec.env,
@@ -302,14 +372,13 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
         const id = await createContainer(instance, "instance", {
           name: containerName(spec, "instance"),
           Image: image,
-          Cmd: SHIM_CMD,
+          Cmd: spec.runtime === "node" ? NODE_SHIM_CMD : SHIM_CMD,
           Env: toEnv(env),
           ...(env.FORGE_FUNCTION_DIR ? { WorkingDir: env.FORGE_FUNCTION_DIR } : {}),
           Labels: labels,
-          HostConfig: hostConfig(spec.memoryMb, { Binds: [`${dir}:${MOUNT}`], NetworkMode: spec.networks?.[0] ?? opts.networkMode }),
+          HostConfig: hostConfig(spec.memoryMb, { Binds: [`${dir}:${MOUNT}`], NetworkMode: networkMode(spec) }),
         });
-        // Bound databases: the first network at create, the others joined before start.
-        for (const network of spec.networks?.slice(1) ?? []) await docker.getNetwork(network).connect({ Container: id });
+        await joinOtherNetworks(id, spec);
         await docker.getContainer(id).start();
         follow(instance, id);
       } else {
@@ -319,9 +388,9 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
           Image: image,
           Env: toEnv({ ...spec.env, PORT: port }),
           Labels: labels,
-          HostConfig: hostConfig(spec.memoryMb, { NetworkMode: spec.networks?.[0] ?? opts.networkMode }),
+          HostConfig: hostConfig(spec.memoryMb, { NetworkMode: networkMode(spec) }),
         });
-        for (const network of spec.networks?.slice(1) ?? []) await docker.getNetwork(network).connect({ Container: main });
+        await joinOtherNetworks(main, spec);
         await docker.getContainer(main).start();
         follow(instance, main);
         const bridge = await createContainer(instance, "bridge", {
@@ -336,7 +405,7 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
             ...(spec.version !== undefined ? { FORGE_VERSION: String(spec.version) } : {}),
           }),
           Labels: { ...labels, [LABEL.role]: "bridge" },
-          // Only loopback in that namespace: the bridge reaches the function's port and nothing else.
+          // The instance's namespace: the bridge reaches the function's port on loopback.
           HostConfig: hostConfig(opts.bridgeMemoryMb, { Binds: [`${dir}:${MOUNT}`], NetworkMode: `container:${main}` }),
         });
         await docker.getContainer(bridge).start();
@@ -352,6 +421,8 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
         .map((line) => line.text)
         .join("\n");
       await stop(spec.id);
+      // The egress network may have been removed by hand meanwhile: the next start makes sure again.
+      if (opts.egressNetwork !== undefined && spec.networks?.includes(opts.egressNetwork)) egress = undefined;
       if (err instanceof ForgeError) {
         throw new ForgeError(err.code, err.status, tail ? `${err.message}: ${tail}` : err.message, { hint: err.hint, cause: err.cause });
       }
@@ -589,7 +660,7 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
                 dir: labels[LABEL.dir] ?? "",
                 token: labels[LABEL.token] ?? "",
                 spec: labels[LABEL.spec] ?? "",
-                runtime: labels[LABEL.runtime] === "docker" ? "docker" : "bun",
+                runtime: labels[LABEL.runtime] === "docker" ? "docker" : labels[LABEL.runtime] === "node" ? "node" : "bun",
                 fn: labels[LABEL.function] ?? "",
                 version: Number(labels[LABEL.version]),
               }
@@ -741,6 +812,8 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
     reconcile,
     dropUnclaimed,
     containersOf: (id) => [...(instances.get(id)?.containers ?? [])],
+    egressNetwork: opts.egressNetwork,
+    prepareEgress,
     dispose,
     [Symbol.asyncDispose]: dispose,
   };

@@ -27,6 +27,8 @@ describe("selectDriver", () => {
       expect(selected.driver.name).toBe("process");
       expect(selected.reason).toBe("FORGE_DRIVER=process");
       expect(selected.docker).toBeUndefined();
+      // Processes share the host's network: no egress network to give or to take away.
+      expect(selected.egressNetworks).toBeUndefined();
     });
   });
 
@@ -76,6 +78,8 @@ describe("selectDriver", () => {
         expect(selected.driver.name).toBe("docker");
         expect(selected.reason).toStartWith("auto: the Docker engine at ");
         expect(selected.docker).toBeDefined();
+        // No FORGE_EGRESS_NETWORK in this config: functions get no egress network.
+        expect(selected.egressNetworks).toEqual([]);
       } finally {
         await selected.driver.dispose();
       }

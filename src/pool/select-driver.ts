@@ -6,7 +6,9 @@
  */
 import type { ConsolaInstance } from "consola";
 import Dockerode from "dockerode";
-import { buildRuntimeImage } from "../build/index.ts";
+import { buildRuntimeImage, defaultRuntimeImage } from "../build/index.ts";
+import { buildNodeShim, findNode, type NodeBinary } from "../build/node-shim.ts";
+import { join } from "node:path";
 import type { Config } from "../config.ts";
 import { ErrorCode, ForgeError } from "../errors.ts";
 import { createDockerDriver, type ActiveVersion } from "./docker-driver.ts";
@@ -25,9 +27,21 @@ export interface SelectedDriver {
   reconcile(active: ActiveVersion[]): Promise<void>;
   /** Removes what reconcile kept and the restored pools did not claim; call after restoring them. */
   dropUnclaimed(): Promise<void>;
+  /**
+   * The networks that give instances outbound access, which a function joins unless its
+   * forge.json says "network": "none", and which stem cells start on (so that a function with
+   * these networks takes a cell as it is): docker, [FORGE_EGRESS_NETWORK] (empty when
+   * "none"). Absent on the process driver: its instances share the host's network.
+   */
+  egressNetworks?: string[];
+  /** Runtime "node": its binary and (docker) image; absent when this machine has no usable node. */
+  node?: NodeBinary & { image?: string };
+  /** Why runtime "node" is not available, when it is not (for `forge up` to say). */
+  nodeProblem?: string;
 }
 
-export type SelectDriverConfig = Pick<Config, "driver" | "dockerHost" | "dataDir" | "runtimeImage"> & Partial<Pick<Config, "startTimeoutMs">>;
+export type SelectDriverConfig = Pick<Config, "driver" | "dockerHost" | "dataDir" | "runtimeImage"> &
+  Partial<Pick<Config, "startTimeoutMs" | "egressNetwork" | "nodeBin" | "nodeImage">>;
 
 /** A dockerode client for DOCKER_HOST (unix://, tcp://, http(s)://) or the default socket. */
 export function connectDocker(dockerHost?: string): Dockerode {
@@ -66,11 +80,21 @@ export async function pingDocker(docker: Dockerode, timeoutMs = 2_000): Promise<
 
 export async function selectDriver(config: SelectDriverConfig, logger: ConsolaInstance): Promise<SelectedDriver> {
   const where = config.dockerHost ?? DEFAULT_DOCKER_SOCKET;
+  const nodeFound = await findNode(config.nodeBin ?? "node");
+  const node = "node" in nodeFound ? nodeFound.node : undefined;
+  const nodeProblem = "problem" in nodeFound ? nodeFound.problem : undefined;
   const processDriver = (reason: string): SelectedDriver => ({
-    driver: createProcessDriver({ dataDir: config.dataDir, logger, ...(config.startTimeoutMs ? { startTimeoutMs: config.startTimeoutMs } : {}) }),
+    driver: createProcessDriver({
+      dataDir: config.dataDir,
+      logger,
+      ...(config.startTimeoutMs ? { startTimeoutMs: config.startTimeoutMs } : {}),
+      // The node shim is built on first use, into the data folder (instances of their own uids read it).
+      ...(node ? { node: { bin: node.bin, shim: () => buildNodeShim(join(config.dataDir, "runtimes", "node")) } } : {}),
+    }),
     reason,
     reconcile: async () => {},
     dropUnclaimed: async () => {},
+    ...(node ? { node } : { nodeProblem }),
   });
   if (config.driver === "process") return processDriver("FORGE_DRIVER=process");
 
@@ -94,14 +118,46 @@ export async function selectDriver(config: SelectDriverConfig, logger: ConsolaIn
     });
   });
   if (built.built) logger.info(`built the runtime image ${built.image} (${built.reason}) in ${built.ms} ms`);
+  // The node image likewise, from this machine's node; without one, node functions cannot run here.
+  let nodeImage: string | undefined;
+  if (node) {
+    const image = config.nodeImage ?? defaultRuntimeImage("node", node.version);
+    const builtNode = await buildRuntimeImage(docker, "node", { image, nodePath: node.bin, onLog: (line) => logger.debug(line) }).catch((err: unknown) => {
+      throw new ForgeError(ErrorCode.DriverUnavailable, 503, `the runtime image ${image} could not be built`, {
+        hint: "see the cause; `forge images build node` shows the whole build log",
+        cause: err,
+      });
+    });
+    if (builtNode.built) logger.info(`built the runtime image ${builtNode.image} (${builtNode.reason}) in ${builtNode.ms} ms`);
+    nodeImage = image;
+  }
 
   const driver = createDockerDriver({
     docker,
     dataDir: config.dataDir,
     runtimeImage: config.runtimeImage,
+    ...(nodeImage ? { nodeImage } : {}),
     logger,
     ...(config.startTimeoutMs ? { startTimeoutMs: config.startTimeoutMs } : {}),
+    ...(config.egressNetwork ? { egressNetwork: config.egressNetwork } : {}),
   });
+  // Now, not at the first instance: a network forge cannot use stops start-up, and whether
+  // the host is closed to instances is said where the operator looks.
+  const egress = await driver.prepareEgress().catch(async (err: unknown) => {
+    await driver.dispose();
+    throw err;
+  });
+  if (!egress) {
+    logger.info("egress: none (FORGE_EGRESS_NETWORK=none): functions on docker reach no network but their databases'");
+  } else if (egress.host.ok) {
+    logger.info(`egress: functions reach the outside through the Docker network ${egress.network}${egress.created ? " (created)" : ""}; not each other, not this host (iptables chain ${egress.host.chain})`);
+  } else {
+    logger.warn(
+      `egress: functions on the Docker network ${egress.network} can reach this host's ports (forge's own when FORGE_HOST is not loopback), because forge could not close them: ${egress.host.problem}\n` +
+        `  run forge as root on the Docker host, or add these rules there:\n    ${egress.host.rules.replaceAll("\n", "\n    ")}\n` +
+        `  or give functions no egress: FORGE_EGRESS_NETWORK=none`,
+    );
+  }
   return {
     driver,
     reason: config.driver === "docker" ? `FORGE_DRIVER=docker, engine at ${where}` : `auto: the Docker engine at ${where} answered`,
@@ -112,5 +168,7 @@ export async function selectDriver(config: SelectDriverConfig, logger: ConsolaIn
     dropUnclaimed: async () => {
       await driver.dropUnclaimed();
     },
+    egressNetworks: egress ? [egress.network] : [],
+    ...(node ? { node: { ...node, ...(nodeImage ? { image: nodeImage } : {}) } } : { nodeProblem }),
   };
 }
