@@ -46,12 +46,17 @@ export function sharedFile(dir: string, name: string): string {
   return path;
 }
 
-/** Starts `forge up --port 0` with its own data dir; waits for the listening line. */
-export async function startForge(options: { dataDir?: string; env?: Record<string, string> } = {}): Promise<ForgeProcess> {
+/**
+ * Starts `forge up --port 0` with its own data dir; waits for the listening line. `root`: a
+ * checkout of forge to run instead of this one, on the bun in its node_modules.
+ */
+export async function startForge(options: { dataDir?: string; env?: Record<string, string>; root?: string } = {}): Promise<ForgeProcess> {
   const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), "forge-data-"));
   const ownsDir = options.dataDir === undefined;
-  const proc = Bun.spawn([process.execPath, MAIN, "up", "--port", "0"], {
-    cwd: ROOT,
+  const root = options.root ?? ROOT;
+  const bun = options.root ? join(root, "node_modules/bun/bin/bun.exe") : process.execPath;
+  const proc = Bun.spawn([bun, join(root, "src/cli/main.ts"), "up", "--port", "0"], {
+    cwd: root,
     env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", FORGE_DATA_DIR: dataDir, FORGE_DRIVER: "process", FORGE_STEM_CELLS: "1", ...options.env },
     stdout: "pipe",
     stderr: "pipe",

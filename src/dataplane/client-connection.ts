@@ -589,7 +589,23 @@ export class ClientConnection implements ResponseSink, TunnelClient {
       return this.fail(badResponse(this.name, err), undefined, lease);
     }
     lease.fail();
-    this.fail(instanceFailed(this.name, err), undefined, lease);
+    this.instanceLost(lease, err);
+  }
+
+  /**
+   * The request's instance failed it: a 502, once the pool knows whether the instance ended
+   * and why (its exit notice may come just after the connection closed; one stopped for its
+   * memory is answered so). Meanwhile the request stays in flight with no deadline, holding
+   * the lease only so that a close of the client or a body timeout ends it instead.
+   */
+  private instanceLost(lease: Lease, err: unknown): void {
+    this.lease = lease;
+    this.deadlineAt = 0;
+    void lease.exited().then((exit) => {
+      if (this.lease !== lease) return;
+      this.lease = undefined;
+      this.fail(instanceFailed(this.name, err, exit), undefined, lease);
+    });
   }
 
   upstreamDrained(): void {

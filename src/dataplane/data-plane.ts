@@ -6,7 +6,7 @@
 import type { ConsolaInstance } from "consola";
 import { ErrorCode, ForgeError, isForgeError } from "../errors.ts";
 import type { InvocationRecorder } from "../functions/index.ts";
-import { Abort, CONTROL_HEADER, CONTROL_INVOKE, CONTROL_SCHEDULED, UpstreamPool, type Lease, type PoolManager, type UpstreamReply } from "../pool/index.ts";
+import { Abort, CONTROL_HEADER, CONTROL_INVOKE, CONTROL_SCHEDULED, UpstreamPool, type InstanceExit, type Lease, type PoolManager, type UpstreamReply } from "../pool/index.ts";
 import type { InvocationRecord } from "../store/index.ts";
 import { tooLarge } from "../router/_body.ts";
 
@@ -67,7 +67,14 @@ export function functionTimedOut(name: string, timeoutMs: number, cause?: unknow
   });
 }
 
-export function instanceFailed(name: string, cause?: unknown): ForgeError {
+/** The 502 of a request its instance failed; `exit`: how the instance ended, when its driver said (Lease.exited). */
+export function instanceFailed(name: string, cause?: unknown, exit?: InstanceExit): ForgeError {
+  if (exit?.reason === "oom") {
+    return new ForgeError(ErrorCode.InstanceCrashed, 502, `the instance of ${name} went over its memory limit of ${exit.memoryMb} MiB and was stopped`, {
+      hint: `give it more memory (forge.json "memoryMb", or forge deploy --memory N) or make it use less; the next request gets a fresh instance`,
+      cause,
+    });
+  }
   return new ForgeError(ErrorCode.InstanceCrashed, 502, `the instance of ${name} failed while serving the request`, {
     hint: `see \`forge logs ${name}\`; the next request gets a fresh instance`,
     cause,
@@ -244,7 +251,7 @@ export class DataPlane {
         lease.fail();
         this.upstream.closeAll(socketPath);
       }
-      const e = timedOut ? functionTimedOut(name, timeoutMs, err) : malformed ? badResponse(name, err) : instanceFailed(name, err);
+      const e = timedOut ? functionTimedOut(name, timeoutMs, err) : malformed ? badResponse(name, err) : instanceFailed(name, err, await lease.exited());
       recordLeased(this.o.recorder, name, lease, requestId, createdAt, started, e.status, 0, kind);
       throw e;
     }

@@ -65,8 +65,8 @@ export interface FakeDriver extends Driver {
   readonly stopped: number;
   /** Ids of instances that are up (started, not stopped, not crashed). */
   live(): string[];
-  /** Simulates an instance dying on its own: its server stops and onExit fires. */
-  crash(id: string, code?: number): Promise<void>;
+  /** Simulates an instance dying on its own: its server stops and onExit fires (with `reason`, default by the code). */
+  crash(id: string, code?: number, reason?: string): Promise<void>;
   /** Simulates an instance that is broken but has not exited: its server stops answering, no exit is reported. */
   hang(id: string): Promise<void>;
   /** What was sent to an instance's specialize route, if anything. */
@@ -117,11 +117,11 @@ export function createFakeDriver(options: FakeDriverOptions = {}): FakeDriver {
     await rm(instance.dir, { recursive: true, force: true });
   }
 
-  async function crash(id: string, code = 137): Promise<void> {
+  async function crash(id: string, code = 137, reason = code === 137 ? "killed" : "exited"): Promise<void> {
     const instance = instances.get(id);
     if (!instance?.running) return;
     await end(instance);
-    const info: ExitInfo = { id, code, reason: code === 137 ? "killed" : "exited" };
+    const info: ExitInfo = { id, code, reason };
     for (const listener of exitListeners) listener(info);
   }
 

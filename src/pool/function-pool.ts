@@ -8,10 +8,20 @@
  * counting instances already starting, so a burst never starts more than it needs.
  */
 import { ErrorCode, ForgeError } from "../errors.ts";
-import type { InstanceHandle } from "./driver.ts";
+import type { ExitInfo, InstanceHandle } from "./driver.ts";
 import { Fifo, type FifoNode } from "./_fifo.ts";
 import type { Clock, TimerHandle } from "./clock.ts";
-import type { Lease, PoolSnapshot, PoolSpec, StartKind } from "./types.ts";
+import type { InstanceExit, Lease, PoolSnapshot, PoolSpec, StartKind } from "./types.ts";
+
+/**
+ * How long a request that failed on its instance waits for the instance's exit notice, to
+ * say why it ended (stopped for memory) rather than only that it failed. A notice follows
+ * the death of the process by a few ms (the process driver reaps it and drains its output;
+ * docker's events stream reports it), up to 1 s when a child of the function holds the
+ * output open. Only failed requests wait, and one on a live instance stops waiting as soon
+ * as its health check answers.
+ */
+export const EXIT_NOTICE_MS = 1_000;
 
 /** What a pool asks of its manager: instances, memory, cells, time. */
 export interface PoolHost {
@@ -48,6 +58,10 @@ export class PoolInstance {
   lastUsed: number;
   /** A health check asked by a failed request is under way. */
   checking = false;
+  /** How it ended, once its driver's exit notice came. */
+  exit: InstanceExit | undefined;
+  /** Failed requests waiting to learn whether and how it ended (Lease.exited). */
+  exitWaiters: ((exit: InstanceExit | undefined) => void)[] | undefined;
 
   constructor(
     readonly id: string,
@@ -55,6 +69,13 @@ export class PoolInstance {
     readonly createdAt: number,
   ) {
     this.lastUsed = createdAt;
+  }
+
+  /** Tells those waiting how it ended: its exit, or undefined (it lives on, or left without a notice). */
+  settleExit(): void {
+    const waiters = this.exitWaiters;
+    this.exitWaiters = undefined;
+    for (const waiter of waiters ?? []) waiter(this.exit);
   }
 }
 
@@ -222,10 +243,15 @@ export class FunctionPool {
     }
   }
 
-  /** An instance exited or failed its check: out of the pool at once, replaced when demand or minWarm asks. */
-  instanceGone(id: string): boolean {
+  /**
+   * An instance exited or failed its check: out of the pool at once, replaced when demand or
+   * minWarm asks. `exit`: its driver's notice, which requests that failed on it are told.
+   */
+  instanceGone(id: string, exit?: ExitInfo): boolean {
     const inst = this.instances.get(id);
     if (!inst) return false;
+    if (exit) inst.exit = { reason: exit.reason, code: exit.code, memoryMb: inst.memoryMb };
+    inst.settleExit();
     this.instances.delete(id);
     if (inst.state !== "stopping") this.host.releaseMemory(inst.memoryMb);
     inst.state = "stopping";
@@ -364,11 +390,26 @@ export class FunctionPool {
     inst.checking = true;
     void this.host.checkInstance(handle).then((healthy) => {
       inst.checking = false;
+      // Gone meanwhile (its exit notice told them already), alive, or about to be retired: told now.
+      inst.settleExit();
       if (this.instances.get(inst.id) !== inst) return;
       // Healthy: back in rotation, and waiting requests may take its slots.
       if (healthy) return this.dispatch(inst, "warm");
       this.retire(inst, false);
       this.scale();
+    });
+  }
+
+  /** @internal How the instance of a failed lease ended, if it did (PoolLease.exited). */
+  exitOf(inst: PoolInstance): Promise<InstanceExit | undefined> {
+    // Known, or nothing to wait for: out of the pool without a notice, or not under suspicion.
+    if (inst.exit || !inst.checking) return Promise.resolve(inst.exit);
+    return new Promise((resolve) => {
+      const timer = this.host.clock.setTimeout(() => resolve(undefined), EXIT_NOTICE_MS);
+      (inst.exitWaiters ??= []).push((exit) => {
+        timer.cancel();
+        resolve(exit);
+      });
     });
   }
 
@@ -421,6 +462,7 @@ export class FunctionPool {
     if (inst.state === "stopping") return;
     const wasStarting = inst.state === "starting";
     inst.state = "stopping";
+    inst.settleExit();
     this.instances.delete(inst.id);
     this.inFlightTotal -= inst.inFlight;
     inst.inFlight = 0;
@@ -482,5 +524,9 @@ class PoolLease implements Lease {
   fail(): void {
     this.release();
     this.pool.suspectInstance(this.inst);
+  }
+
+  exited(): Promise<InstanceExit | undefined> {
+    return this.pool.exitOf(this.inst);
   }
 }

@@ -1,7 +1,7 @@
 /** The pool: drivers, instances, function pools, stem cells, autoscaling, keep-alive. */
 export type { Driver, Endpoint, ExitInfo, InstanceHandle, InstanceRole, InstanceSpec, ListedInstance, LogLine, LogOptions, SpecializeRequest } from "./driver.ts";
 export { BUNDLE_FILE, CONTROL_DRAIN, CONTROL_HEADER, CONTROL_HEALTH, CONTROL_INVOKE, CONTROL_SCHEDULED, CONTROL_SPECIALIZE } from "./driver.ts";
-export type { InstanceSnapshot, Lease, PoolSnapshot, PoolSpec, StartCounts, StartKind } from "./types.ts";
+export type { InstanceExit, InstanceSnapshot, Lease, PoolSnapshot, PoolSpec, StartCounts, StartKind } from "./types.ts";
 export { FakeClock, realClock, type Clock, type TimerHandle } from "./clock.ts";
 export { fixedKeepAlive, type KeepAlivePolicy } from "./keep-alive.ts";
 export { FunctionPool } from "./function-pool.ts";

@@ -303,6 +303,33 @@ describe("health and version switches", () => {
     l2.release();
   });
 
+  test("a request failed by an instance stopped for its memory learns why, whether the exit notice comes after the failure or before", async () => {
+    await using r = rig();
+    await r.pool.activate(spec("hungry", { memoryMb: 64, concurrency: 1 }), IDLE);
+    // The notice after: the connection closed first (the usual order on a busy machine).
+    const l1 = await r.pool.acquire("hungry");
+    l1.fail();
+    const why = l1.exited();
+    await r.driver.crash(l1.instance.id, 137, "oom");
+    expect(await why).toEqual({ reason: "oom", code: 137, memoryMb: 64 });
+    // The notice before: known at once.
+    const l2 = await r.pool.acquire("hungry");
+    expect(l2.instance.id).not.toBe(l1.instance.id);
+    await r.driver.crash(l2.instance.id, 137, "oom");
+    l2.fail();
+    expect(await l2.exited()).toEqual({ reason: "oom", code: 137, memoryMb: 64 });
+  });
+
+  test("a request failed by an instance that still answers learns nothing, as soon as its health check says so", async () => {
+    await using r = rig();
+    await r.pool.activate(spec("odd"), IDLE);
+    const l1 = await r.pool.acquire("odd");
+    l1.fail();
+    // The fake clock never reaches EXIT_NOTICE_MS: only the health check can settle it.
+    expect(await l1.exited()).toBeUndefined();
+    expect(r.pool.snapshot("odd")?.instances.length).toBe(1);
+  });
+
   test("a new version is warmed before traffic moves; the old one drains in-flight requests, then stops", async () => {
     await using r = rig();
     await r.pool.activate(spec("sw", { version: 1 }));

@@ -5,12 +5,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createConsola } from "consola";
 import { until } from "../../test/_helpers.ts";
+import { isCI } from "../config.ts";
 import { ErrorCode, ForgeError } from "../errors.ts";
 import { LogRing, MAX_LINE_CHARS, parseLogLine, readLines } from "./_log-parse.ts";
 import { CONTRACT_BUNDLE, driverContract } from "./driver.case.ts";
-import type { Driver, InstanceSpec } from "./driver.ts";
+import type { ExitInfo, InstanceSpec, LogLine } from "./driver.ts";
 import { forward, health } from "./instance-client.ts";
-import { createProcessDriver, type ProcessDriverOptions } from "./process-driver.ts";
+import { createProcessDriver, type ProcessDriver, type ProcessDriverOptions } from "./process-driver.ts";
 
 const quiet = createConsola({ level: -999 });
 
@@ -36,7 +37,7 @@ async function makeDriver(options: Partial<ProcessDriverOptions> = {}) {
       await rm(dataDir, { recursive: true, force: true });
     }
   };
-  return Object.assign(Object.create(driver) as Driver, { dataDir, dispose, [Symbol.asyncDispose]: dispose });
+  return Object.assign(Object.create(driver) as ProcessDriver, { dataDir, dispose, [Symbol.asyncDispose]: dispose });
 }
 
 driverContract("process", () => makeDriver(), {
@@ -192,6 +193,95 @@ describe("process driver", () => {
     await using driver = await makeDriver();
     const error = await driver.start(spec({ runtime: "docker", image: "x" })).catch((err: unknown) => err);
     expect((error as ForgeError).code).toBe(ErrorCode.DriverUnavailable);
+  });
+});
+
+/**
+ * Reads the cgroup it was loaded in; /grow holds 1 MiB more every ms until stopped (2 GiB at
+ * most: then it answers, and the limit did not hold).
+ */
+const GROW_BUNDLE = `
+import { readFileSync } from "node:fs";
+const cgroupAtLoad = readFileSync("/proc/self/cgroup", "utf8");
+const held = [];
+export default async (req) => {
+  if (new URL(req.url).pathname !== "/grow") return Response.json({ cgroupAtLoad });
+  while (held.length < 2048) {
+    held.push(Buffer.alloc(1 << 20, 7));
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  return new Response("not stopped");
+};`;
+
+describe("memory limits", () => {
+  const root = process.getuid?.() === 0;
+  const spec = (overrides: Partial<InstanceSpec>): InstanceSpec => ({
+    id: `m${crypto.randomUUID().slice(0, 8)}`,
+    role: "instance",
+    runtime: "bun",
+    function: "grower",
+    version: 1,
+    env: {},
+    memoryMb: 64,
+    ...overrides,
+  });
+
+  /** Starts a grower, makes it grow, and resolves with its exit notice and what it logged. */
+  async function grow(driver: ProcessDriver & { dataDir: string }, overrides: Partial<InstanceSpec> = {}, before?: (id: string) => Promise<void>) {
+    const bundlePath = join(driver.dataDir, "grow.mjs");
+    await writeFile(bundlePath, GROW_BUNDLE);
+    const handle = await driver.start(spec({ bundlePath, ...overrides }));
+    const lines: LogLine[] = [];
+    driver.onLog((line) => line.instance === handle.id && lines.push(line));
+    const exited = new Promise<ExitInfo>((resolve) => driver.onExit((info) => info.id === handle.id && resolve(info)));
+    const loaded = (await (await forward(handle, new Request("http://x/"), "r0")).json()) as { cgroupAtLoad: string };
+    await before?.(handle.id);
+    const answer = await forward(handle, new Request("http://x/grow"), "r1").then(
+      (r) => r.text(),
+      (err: unknown) => err,
+    );
+    return { handle, loaded, answer, exit: await exited, lines: lines.map((l) => l.text) };
+  }
+
+  test("watching resident memory: an instance that goes over its limit is stopped with reason oom, and its log says so", async () => {
+    await using driver = await makeDriver({ memoryLimits: "rss" });
+    expect(driver.memoryLimits).toBe("rss watch");
+    const { handle, answer, exit, lines } = await grow(driver);
+    expect(answer).toBeInstanceOf(ForgeError); // the connection closed unanswered
+    expect(exit).toEqual({ id: handle.id, code: 137, reason: "oom" });
+    expect(lines).toContainEqual(expect.stringMatching(/^forge: instance stopped: it went over its memory limit of 64 MiB \(it used \d+ MiB\)$/));
+  });
+
+  describe.skipIf(!root && !isCI())("with a memory cgroup per instance (as root)", () => {
+    test("the module loads inside its cgroup; one that goes over is killed by the kernel, with reason oom and a line in its log", async () => {
+      expect(root).toBe(true); // under CI the test runs as root, and the cgroup file system must be writable
+      await using driver = await makeDriver({ memoryLimits: "cgroup" });
+      expect(driver.memoryLimits).toMatch(/^cgroup v[12]$/);
+      const { handle, loaded, answer, exit, lines } = await grow(driver);
+      expect(loaded.cgroupAtLoad).toContain(`/forge/`);
+      expect(loaded.cgroupAtLoad).toContain(`/${handle.id}\n`);
+      expect(answer).toBeInstanceOf(ForgeError);
+      expect(exit).toEqual({ id: handle.id, code: 137, reason: "oom" });
+      expect(lines).toContain("forge: instance stopped: it went over its memory limit of 64 MiB");
+    });
+
+    test("setMemory (a stem cell specialized for a function) moves the limit: the message names the new one", async () => {
+      await using driver = await makeDriver({ memoryLimits: "cgroup" });
+      const { exit, lines } = await grow(driver, { memoryMb: 256 }, (id) => driver.setMemory?.(id, 48) ?? Promise.resolve());
+      expect(exit.reason).toBe("oom");
+      expect(lines).toContain("forge: instance stopped: it went over its memory limit of 48 MiB");
+    });
+
+    test("a module that goes over its limit while it loads fails the start, naming the limit", async () => {
+      await using driver = await makeDriver({ memoryLimits: "cgroup" });
+      const bundlePath = join(driver.dataDir, "big.mjs");
+      await writeFile(bundlePath, `const held = []; for (let i = 0; i < 2048; i++) held.push(Buffer.alloc(1 << 20, 7)); export default () => new Response(String(held.length));`);
+      const error = await driver.start(spec({ bundlePath })).catch((err: unknown) => err);
+      expect(error).toBeInstanceOf(ForgeError);
+      expect((error as ForgeError).code).toBe(ErrorCode.InstanceStartFailed);
+      expect((error as ForgeError).message).toBe("the instance went over its memory limit of 64 MiB while it started");
+      expect(await driver.list()).toEqual([]);
+    });
   });
 });
 

@@ -4,17 +4,25 @@
  *
  * What it does not isolate: a child runs as forge's user and can read what forge can.
  * It only keeps forge's environment and other functions' folders out of the function's way.
+ * Nor the network: InstanceSpec.networks is ignored, a child shares the host's network
+ * (reaches what the host reaches, forge's port included), and "network": "none" cannot hold.
+ *
+ * Memory is held to memoryMb by a cgroup per instance when forge runs as root, else by a
+ * watch of each instance's resident memory (_memory-limit.ts); an instance stopped for it
+ * ends with reason "oom" and a line in its log saying so.
  */
 import { randomUUID } from "node:crypto";
-import { statSync } from "node:fs";
 import { chmod, chown, copyFile, mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { dirname, isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Subprocess } from "bun";
 import { createConsola, type ConsolaInstance } from "consola";
 import { ErrorCode, ForgeError } from "../errors.ts";
 import { ARTIFACT_COPY, copyArtifact } from "./_artifact-copy.ts";
+import { ownerOf } from "./_docker-names.ts";
+import { createMemoryLimiter, type MemoryEnforcement, type MemoryLimitMode } from "./_memory-limit.ts";
+import { RuntimeCopies, traversable } from "./_runtime-reach.ts";
 import { shimSettings } from "./_shim-env.ts";
 import { InstanceLog, parseLogLine, readLines } from "./_log-parse.ts";
 import {
@@ -58,18 +66,20 @@ export interface ProcessDriverOptions {
    * as root.
    */
   isolateUsers?: boolean;
+  /**
+   * How memoryMb is held: "cgroup" (a memory cgroup per instance, v1 or v2: needs root and a
+   * writable cgroup file system, else the driver does not start), "rss" (each instance's
+   * resident memory read every 250 ms, one over its limit stopped), "off", or "auto": a
+   * cgroup when forge runs as root and can write one, else "rss". Default "auto".
+   */
+  memoryLimits?: MemoryLimitMode;
 }
 
-/** True when others may pass through `dir` and every folder above it. */
-function traversable(dir: string): boolean {
-  for (let d = dir; ; d = dirname(d)) {
-    try {
-      if ((statSync(d).mode & 0o001) === 0) return false;
-    } catch {
-      return false;
-    }
-    if (dirname(d) === d) return true;
-  }
+/** The process driver, with what it found at start. */
+export interface ProcessDriver extends Driver {
+  readonly name: "process";
+  /** How memoryMb is held on this machine. */
+  readonly memoryLimits: MemoryEnforcement;
 }
 
 /** First uid given to instances when isolateUsers is on; far above any real account. */
@@ -104,9 +114,13 @@ interface ProcessInstance {
   stopping: Promise<void> | undefined;
   /** Settles when the process has exited and its output is drained. */
   ended: Promise<void>;
+  /** Its memory limit, MiB (a stem cell's changes when it is specialized). */
+  limitMb: number;
+  /** Stopped for going over limitMb (by the kernel, or by the watch). */
+  oom: boolean;
 }
 
-export function createProcessDriver(options: ProcessDriverOptions): Driver {
+export function createProcessDriver(options: ProcessDriverOptions): ProcessDriver {
   const opts = {
     logger: createConsola({ level: -999 }),
     bunPath: process.execPath,
@@ -134,6 +148,33 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
   let disposed = false;
   /** The node shim, once built (shared by every node instance). */
   let nodeShim: Promise<string> | undefined;
+
+  // What this machine allows, found once at start: how memoryMb is held, and whether
+  // instances of their own uids reach the runtime where it is (else they run copies of it).
+  const owner = ownerOf(dataDir);
+  const memoryMode = opts.memoryLimits ?? "auto";
+  const memory = createMemoryLimiter({ mode: memoryMode, owner, root: process.getuid?.() === 0, logger, onOver: overLimit });
+  logger.info(
+    memory.kind === "rss watch" && memoryMode === "auto"
+      ? "memory limits: each instance's resident memory is watched (a memory cgroup per instance needs forge to run as root with /sys/fs/cgroup writable)"
+      : `memory limits: ${memory.kind}`,
+  );
+  if (!isolate && opts.isolateUsers === undefined) {
+    logger.warn("instances run as forge's own user, so a function can read what forge can (its database, its API key): run forge as root to give each instance a uid of its own");
+  }
+  const runtime = isolate ? new RuntimeCopies({ dataDir, owner, logger }) : undefined;
+  if (runtime && opts.node) {
+    // Built on first use (see the option): reached once built.
+    const { shim } = opts.node;
+    opts.node = { ...opts.node, shim: async () => runtime.reach(typeof shim === "string" ? shim : await shim(), "read") };
+  }
+  /** Settles once bunPath, shimPath and node.bin name files instances reach; launch() waits for it. */
+  const runtimeReady = (async () => {
+    if (!runtime) return;
+    opts.bunPath = await runtime.reach(opts.bunPath, "exec");
+    opts.shimPath = await runtime.reach(opts.shimPath, "read");
+    if (opts.node && isAbsolute(opts.node.bin)) opts.node.bin = await runtime.reach(opts.node.bin, "exec");
+  })();
 
   function emitLog(line: LogLine): void {
     for (const listener of logListeners) {
@@ -197,6 +238,7 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
   }
 
   async function launch(spec: InstanceSpec, signal?: AbortSignal): Promise<InstanceHandle> {
+    await runtimeReady;
     // 1. Create its folder; the bundle is copied in so the instance never reads another folder.
     const dir = await instanceDir(spec.id);
     const socketPath = join(dir, "s.sock");
@@ -250,14 +292,21 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
       ...(fnDir ? { FORGE_FUNCTION_DIR: fnDir } : {}),
       ...shimSettings(spec),
     };
-    // Memory is not enforced on a process (no cgroup of its own without root or systemd);
-    // small limits only get a thriftier heap. The docker driver enforces memoryMb.
     let command: string[];
     try {
       command = await commandFor(spec);
     } catch (err) {
       await rm(dir, { recursive: true, force: true });
       throw new ForgeError(ErrorCode.InstanceStartFailed, 502, `could not prepare the ${spec.runtime} shim`, { cause: err });
+    }
+    try {
+      await memory.prepare(spec.id, spec.memoryMb);
+    } catch (err) {
+      await rm(dir, { recursive: true, force: true });
+      throw new ForgeError(ErrorCode.InstanceStartFailed, 502, `could not set up the memory limit of ${spec.function ?? spec.id} (${memory.kind})`, {
+        hint: "the server log has the cause; restarting forge finds how memory can be limited again",
+        cause: err,
+      });
     }
     let proc: Subprocess<"pipe", "pipe", "pipe">;
     try {
@@ -271,9 +320,21 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
         stderr: "pipe",
       });
     } catch (err) {
-      await rm(dir, { recursive: true, force: true });
+      await Promise.all([rm(dir, { recursive: true, force: true }), memory.release(spec.id)]);
       throw new ForgeError(ErrorCode.InstanceStartFailed, 502, `could not run ${command[0]}`, {
         hint: `check the ${spec.runtime} binary forge runs instances with`,
+        cause: err,
+      });
+    }
+    try {
+      // At once: the shim takes tens of ms to start before it loads the function's code.
+      memory.enter(spec.id, proc.pid);
+    } catch (err) {
+      proc.kill("SIGKILL");
+      await proc.exited;
+      await Promise.all([rm(dir, { recursive: true, force: true }), memory.release(spec.id)]);
+      throw new ForgeError(ErrorCode.InstanceStartFailed, 502, `could not put the instance of ${spec.function ?? spec.id} under its memory limit (${memory.kind})`, {
+        hint: "the server log has the cause",
         cause: err,
       });
     }
@@ -297,10 +358,14 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
       ready: false,
       stopping: undefined,
       ended: proc.exited.then(async () => {
+        // Killed by the kernel for its memory: said in its log, before the log ends.
+        if (proc.signalCode === "SIGKILL" && memory.oomKilled(spec.id)) stoppedForMemory(instance);
         // A grandchild holding the pipes open must not keep the exit notice back for long.
         await Promise.race([drained, new Promise((r) => setTimeout(r, 1_000).unref())]);
         log.end();
       }),
+      limitMb: spec.memoryMb,
+      oom: false,
     };
     instances.set(spec.id, instance);
     void Promise.all([proc.exited, instance.ended]).then(([status]) => {
@@ -309,7 +374,7 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
         id: spec.id,
         // For a signal, Bun reports 128 + its number (137 for SIGKILL), as Docker does.
         code: status,
-        reason: proc.signalCode === null ? "exited" : "killed",
+        reason: instance.oom ? "oom" : proc.signalCode === null ? "exited" : "killed",
       };
       logger.debug(`instance ${spec.id} ended on its own`, info);
       for (const listener of exitListeners) {
@@ -319,6 +384,8 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
           logger.warn("an exit listener threw", err);
         }
       }
+      // Its cgroup goes now (with anything the function left running in it); the folder and the log stay until stop().
+      memory.release(spec.id).catch((err: unknown) => logger.warn(`could not remove the memory cgroup of ${spec.id}:`, err));
     });
 
     // 3. Wait until it answers, racing its exit.
@@ -331,6 +398,12 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
         .map((line) => line.text)
         .join("\n");
       await stop(spec.id);
+      if (instance.oom) {
+        throw new ForgeError(ErrorCode.InstanceStartFailed, 502, `the instance went over its memory limit of ${instance.limitMb} MiB while it started`, {
+          hint: 'raise memoryMb (forge.json "memoryMb", or forge deploy --memory N)',
+          cause: err,
+        });
+      }
       if (err instanceof ForgeError && tail) {
         throw new ForgeError(err.code, err.status, `${err.message}: ${tail}`, { hint: err.hint, cause: err.cause });
       }
@@ -375,10 +448,44 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
         await proc.exited;
       }
       await instance.ended;
-      await rm(instance.dir, { recursive: true, force: true });
+      await Promise.all([
+        rm(instance.dir, { recursive: true, force: true }),
+        memory.release(id).catch((err: unknown) => logger.warn(`could not remove the memory cgroup of ${id}:`, err)),
+      ]);
       instances.delete(id);
     })();
     return instance.stopping;
+  }
+
+  /** A stem cell specialized for a function takes the function's limit. */
+  async function setMemory(id: string, memoryMb: number): Promise<void> {
+    const instance = instances.get(id);
+    if (!instance || instance.stopping) return;
+    await memory.setLimit(id, memoryMb);
+    instance.limitMb = memoryMb;
+  }
+
+  /** The watch saw an instance over its limit: stopped at once, by SIGKILL as the kernel's OOM killer does. */
+  function overLimit(id: string, usedMb: number): void {
+    const instance = instances.get(id);
+    if (!instance || instance.stopping) return;
+    stoppedForMemory(instance, usedMb);
+    instance.proc.kill("SIGKILL");
+  }
+
+  /** Marks an instance as stopped for memory (its exit reason "oom") and says so in its log. */
+  function stoppedForMemory(instance: ProcessInstance, usedMb?: number): void {
+    if (instance.oom) return;
+    instance.oom = true;
+    const used = usedMb === undefined ? "" : ` (it used ${Math.round(usedMb)} MiB)`;
+    const line: LogLine = {
+      ts: Date.now(),
+      instance: instance.handle.id,
+      stream: "stderr",
+      text: `forge: instance stopped: it went over its memory limit of ${instance.limitMb} MiB${used}`,
+    };
+    instance.log.push(line);
+    emitLog(line);
   }
 
   async function list(): Promise<ListedInstance[]> {
@@ -410,10 +517,12 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
   async function dispose(): Promise<void> {
     disposed = true;
     await Promise.all([...instances.keys()].map((id) => stop(id)));
+    await Promise.all([memory.dispose(), runtime?.dispose()]);
   }
 
   return {
     name: "process",
+    memoryLimits: memory.kind,
     start,
     stop,
     list,
@@ -421,6 +530,7 @@ export function createProcessDriver(options: ProcessDriverOptions): Driver {
     onExit,
     onLog,
     placeArtifact,
+    setMemory,
     dispose,
     [Symbol.asyncDispose]: dispose,
   };

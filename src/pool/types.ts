@@ -46,6 +46,22 @@ export interface Lease {
   upgraded(): void;
   /** The request failed on the instance's connection (refused, reset, closed unanswered): the slot goes back and the instance is checked; it leaves the pool only if it fails its health check. */
   fail(): void;
+  /**
+   * After fail(): how the instance ended, if it did, as its driver reported (reason "oom": it
+   * was stopped for going over its memory limit). The exit notice may come just after the
+   * connection closed, so this waits for it, at most EXIT_NOTICE_MS; undefined when the
+   * instance still answers its health check or no notice came.
+   */
+  exited(): Promise<InstanceExit | undefined>;
+}
+
+/** How an instance ended, as its driver reported it. */
+export interface InstanceExit {
+  /** "exited", "killed", "oom" (see ExitInfo). */
+  reason: string;
+  code: number | null;
+  /** The instance's memory limit, MiB: what an "oom" went over. */
+  memoryMb: number;
 }
 
 export interface InstanceSnapshot {
