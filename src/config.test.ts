@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { loadConfig, parseDuration } from "./config.ts";
+import { loadConfig, parseDuration, parseStemCells } from "./config.ts";
 import { ForgeError } from "./errors.ts";
 import { cli } from "../test/_helpers.ts";
 
@@ -10,10 +10,21 @@ describe("config", () => {
     expect(c.host).toBe("127.0.0.1");
     expect(c.domain).toBe("localhost");
     expect(c.driver).toBe("auto");
-    expect(c.stemCells).toBe(2);
+    expect(c.stemCells).toEqual({ bun: 2, node: 1 });
+    expect(c.nodeBin).toBe("node");
     expect(c.keepAliveMs).toBe(600_000);
     expect(c.redisUrl).toBeUndefined();
     expect(c.db.endsWith("/.forge/forge.db")).toBe(true);
+  });
+
+  test("FORGE_STEM_CELLS: counts per runtime, or one number for every runtime", () => {
+    expect(parseStemCells("bun=2,node=1")).toEqual({ bun: 2, node: 1 });
+    expect(parseStemCells(" node = 3 ")).toEqual({ bun: 0, node: 3 });
+    expect(parseStemCells("0")).toEqual({ bun: 0, node: 0 });
+    expect(parseStemCells("4")).toEqual({ bun: 4, node: 4 });
+    for (const bad of ["", "bun", "bun=", "bun=1,bun=2", "python=1", "bun=65", "65", "-1", "bun=1;node=1"]) expect(parseStemCells(bad)).toBeUndefined();
+    expect(loadConfig({ FORGE_STEM_CELLS: "bun=1" }).stemCells).toEqual({ bun: 1, node: 0 });
+    expect(() => loadConfig({ FORGE_STEM_CELLS: "ruby=1" })).toThrow(/FORGE_STEM_CELLS="ruby=1": expected counts per runtime/);
   });
 
   test("values are parsed and typed", () => {
@@ -39,6 +50,13 @@ describe("config", () => {
     expect(msg).toContain("FORGE_KEEP_ALIVE");
     expect(msg).toContain("FORGE_REDIS_URL");
     expect((err as ForgeError).hint).toBeTruthy();
+  });
+
+  test("FORGE_EGRESS_NETWORK: forge-egress by default, none turns egress off, a name must fit a bridge device", () => {
+    expect(loadConfig({}).egressNetwork).toBe("forge-egress");
+    expect(loadConfig({ FORGE_EGRESS_NETWORK: "none" }).egressNetwork).toBeUndefined();
+    expect(loadConfig({ FORGE_EGRESS_NETWORK: "fn-out" }).egressNetwork).toBe("fn-out");
+    for (const bad of ["forge-egress-network", "Forge", "-x", "a_b"]) expect(() => loadConfig({ FORGE_EGRESS_NETWORK: bad })).toThrow(/FORGE_EGRESS_NETWORK/);
   });
 
   test("durations", () => {

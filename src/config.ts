@@ -8,6 +8,32 @@ import { ErrorCode, ForgeError } from "./errors.ts";
 export type DriverChoice = "auto" | "docker" | "process";
 export type LogFormat = "pretty" | "json";
 export type ProvisionBackend = "docker" | "shared";
+/** Stem cells kept per language runtime. */
+export interface StemCells {
+  bun: number;
+  node: number;
+}
+
+const STEM_CELL_RUNTIMES = ["bun", "node"] as const;
+
+/** `bun=2,node=1` (runtimes left out keep none), or a bare number for every runtime; undefined when malformed. */
+export function parseStemCells(text: string): StemCells | undefined {
+  const trimmed = text.trim();
+  if (/^\d{1,2}$/.test(trimmed)) {
+    const n = Number(trimmed);
+    return n <= 64 ? { bun: n, node: n } : undefined;
+  }
+  const out: StemCells = { bun: 0, node: 0 };
+  const seen = new Set<string>();
+  for (const part of trimmed.split(",")) {
+    const m = /^\s*([a-z]+)\s*=\s*(\d{1,2})\s*$/.exec(part);
+    const runtime = m?.[1] as (typeof STEM_CELL_RUNTIMES)[number] | undefined;
+    if (!m || runtime === undefined || !STEM_CELL_RUNTIMES.includes(runtime) || seen.has(runtime) || Number(m[2]) > 64) return undefined;
+    seen.add(runtime);
+    out[runtime] = Number(m[2]);
+  }
+  return out;
+}
 
 export interface Config {
   /** FORGE_PORT: port of the HTTP server, 0 picks a free one. Default 8080. */
@@ -26,8 +52,16 @@ export interface Config {
   driver: DriverChoice;
   /** FORGE_API_KEY: control-plane key; unset means generated once and kept in the data dir. */
   apiKey: string | undefined;
-  /** FORGE_STEM_CELLS: generic warm instances kept per runtime. Default 2. */
-  stemCells: number;
+  /**
+   * FORGE_STEM_CELLS: generic warm instances kept per runtime, as `bun=2,node=1`; a bare
+   * number is the count of every runtime. Default bun=2,node=1 (node's only where a node
+   * binary is found).
+   */
+  stemCells: StemCells;
+  /** FORGE_NODE_BIN: the node binary of runtime "node" (a name is looked up on PATH). Default node. */
+  nodeBin: string;
+  /** FORGE_NODE_IMAGE: image of the node runtime. Default forge/runtime-node:<version of the node binary>. */
+  nodeImage: string | undefined;
   /** FORGE_MEMORY_BUDGET_MB: cap on the sum of instance memory. Default 4096. */
   memoryBudgetMb: number;
   /** FORGE_START_TIMEOUT: longest an instance may take to start and load its module (a deploy fails past it). Default 30s. */
@@ -44,6 +78,12 @@ export interface Config {
   dockerHost: string | undefined;
   /** FORGE_RUNTIME_IMAGE: image of the bun runtime. Default forge/runtime-bun:<bun version>. */
   runtimeImage: string;
+  /**
+   * FORGE_EGRESS_NETWORK: the Docker network (bridge of the same name) through which instances
+   * reach the outside, created when missing; containers on it reach neither each other nor
+   * the host. "none": no function gets outbound access. Default forge-egress.
+   */
+  egressNetwork: string | undefined;
   /** FORGE_POSTGRES_IMAGE: image of provisioned databases. Default forge/postgres:15. */
   postgresImage: string;
   /** FORGE_PROVISION_BACKEND: docker (a container per database) or shared. Default docker. */
@@ -123,7 +163,9 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     redisUrl: r.optUrl("FORGE_REDIS_URL", ["redis:", "rediss:"]),
     driver: r.oneOf("FORGE_DRIVER", "auto", ["auto", "docker", "process"] as const),
     apiKey: r.opt("FORGE_API_KEY"),
-    stemCells: r.int("FORGE_STEM_CELLS", 2, 0, 64),
+    stemCells: r.stemCells("FORGE_STEM_CELLS", { bun: 2, node: 1 }),
+    nodeBin: r.str("FORGE_NODE_BIN", "node"),
+    nodeImage: r.opt("FORGE_NODE_IMAGE"),
     memoryBudgetMb: r.int("FORGE_MEMORY_BUDGET_MB", 4096, 64, 1 << 24),
     startTimeoutMs: r.duration("FORGE_START_TIMEOUT", 30_000),
     region: r.match("FORGE_REGION", "us-east-1", /^[a-z]{2,}(-[a-z0-9]+)+$/, "an AWS region name such as us-east-1 or eu-west-3"),
@@ -132,6 +174,8 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     maxQueue: r.int("FORGE_MAX_QUEUE", 1000, 0, 1_000_000),
     dockerHost: r.opt("DOCKER_HOST"),
     runtimeImage: r.str("FORGE_RUNTIME_IMAGE", `forge/runtime-bun:${Bun.version}`),
+    // At most 15 characters: the bridge device takes the network's name (IFNAMSIZ).
+    egressNetwork: noneAsUndefined(r.match("FORGE_EGRESS_NETWORK", "forge-egress", /^[a-z0-9][a-z0-9-]{0,14}$/, 'a network name of at most 15 lowercase letters, digits and -, or "none"')),
     postgresImage: r.str("FORGE_POSTGRES_IMAGE", "forge/postgres:15"),
     provisionBackend: r.oneOf("FORGE_PROVISION_BACKEND", "docker", ["docker", "shared"] as const),
     pgAdminUrl: r.optUrl("FORGE_PG_ADMIN_URL", ["postgres:", "postgresql:"]),
@@ -190,6 +234,11 @@ export function parseDuration(text: string): number | undefined {
 
 // --- internal ---
 
+/** "none" turns a setting off. */
+function noneAsUndefined(value: string): string | undefined {
+  return value === "none" ? undefined : value;
+}
+
 class Reader {
   private readonly problems: string[] = [];
   constructor(private readonly env: Env) {}
@@ -210,6 +259,13 @@ class Reader {
       return def;
     }
     return n;
+  }
+  stemCells(name: string, def: StemCells): StemCells {
+    const v = this.opt(name);
+    if (v === undefined) return def;
+    const cells = parseStemCells(v);
+    if (cells === undefined) this.problems.push(`${name}=${JSON.stringify(v)}: expected counts per runtime such as bun=2,node=1 (0 to 64 each), or one number for every runtime`);
+    return cells ?? def;
   }
   duration(name: string, def: number): number {
     const v = this.opt(name);

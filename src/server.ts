@@ -32,6 +32,8 @@ export interface ForgeServer extends AsyncDisposable {
   readonly driver: Driver["name"];
   /** Why that driver was chosen. */
   readonly driverReason: string;
+  /** Which language runtimes this forge can run (node: a node binary was found). */
+  readonly runtimes: { bun: true; node: boolean };
   readonly app: ForgeApp;
   /** The pool manager, for in-process tools (bench: stem cells ready, instance sockets). */
   readonly pool: PoolManager;
@@ -51,7 +53,8 @@ export async function startServer(config: Config, options: StartOptions = {}): P
   const { key: apiKey, generated } = loadOrCreateApiKey(config.dataDir, config.apiKey);
 
   // 2. driver and pool
-  const { driver, reason, docker, reconcile, dropUnclaimed } = await selectDriver(config, logger);
+  const { driver, reason, docker, reconcile, dropUnclaimed, egressNetworks, node, nodeProblem } = await selectDriver(config, logger);
+  if (!node) logger.info(`runtime node: unavailable (${nodeProblem ?? "no node binary"}); node functions cannot be deployed here. Install Node.js 20.16+ or set FORGE_NODE_BIN`);
   // Before any instance starts: adopt or remove what an earlier run left (docker).
   await reconcile(
     store.functions.list().flatMap((f) => (f.activeVersion === null ? [] : [{ function: f.name, version: f.activeVersion }])),
@@ -59,7 +62,8 @@ export async function startServer(config: Config, options: StartOptions = {}): P
   const pool = new PoolManager({
     driver,
     logger,
-    stemCells: config.stemCells,
+    // No node cells where there is no node to run them.
+    stemCells: { ...config.stemCells, node: node ? config.stemCells.node : 0 },
     memoryBudgetMb: config.memoryBudgetMb,
     region: config.region,
     startTimeoutMs: config.startTimeoutMs,
@@ -67,6 +71,9 @@ export async function startServer(config: Config, options: StartOptions = {}): P
     queueTimeoutMs: config.queueTimeoutMs,
     maxQueue: config.maxQueue,
     runtimeImage: config.runtimeImage,
+    ...(node?.image ? { nodeImage: node.image } : {}),
+    // Default cells sit on the networks a default function joins (docker: the egress network).
+    ...(egressNetworks ? { cellNetworks: egressNetworks } : {}),
   });
 
   // 3. services
@@ -120,7 +127,8 @@ export async function startServer(config: Config, options: StartOptions = {}): P
     urlOf,
     limits: { maxBytes: config.maxArchiveBytes, maxFiles: config.maxArchiveFiles },
     bindings: provisioning.bindings,
-    ...(docker ? { images: createImageBuilder({ docker, runtimeImage: config.runtimeImage, logger }) } : {}),
+    ...(egressNetworks ? { egressNetworks } : {}),
+    ...(docker ? { images: createImageBuilder({ docker, runtimeImage: config.runtimeImage, ...(node?.image ? { nodeImage: node.image } : {}), logger }) } : {}),
   });
 
   // 3b. triggers: cron ticks and async invocations go through the same pool as HTTP requests
@@ -256,6 +264,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
     apiKeyGenerated: generated,
     driver: driver.name,
     driverReason: reason,
+    runtimes: { bun: true, node: node !== undefined },
     app,
     pool,
     stop,

@@ -31,7 +31,7 @@ describe("forge bench suite (smoke, process driver)", () => {
     expect(report.driver).toBe("process");
     expect(report.machine.cpus).toBeGreaterThan(0);
     const names = report.scenarios.map((s) => s.name);
-    expect(names).toEqual(["docker-run", "forge-cold", "forge-cell", "warm-gateway", "warm-direct", "warm-nginx", "burst", "deploy-under-load"]);
+    expect(names).toEqual(["docker-run", "forge-cold", "forge-cell", "warm-gateway", "warm-direct", "warm-nginx", "burst", "deploy-under-load", "forge-cell-node", "warm-gateway-node"]);
     const byName = new Map(report.scenarios.map((s) => [s.name, s]));
     expect(byName.get("docker-run")?.skipped).toContain("process");
     const nginx = byName.get("warm-nginx");
@@ -45,10 +45,13 @@ describe("forge bench suite (smoke, process driver)", () => {
     expect(byName.get("warm-gateway")?.samples).toBe(60);
     expect(byName.get("forge-cold")?.samples).toBe(2);
     expect(byName.get("forge-cell")?.samples).toBe(2);
+    expect(byName.get("forge-cell-node")?.samples).toBe(2);
+    expect(byName.get("warm-gateway-node")?.samples).toBe(60);
     // 8 requests at concurrency 8 per instance: one instance, never more than the burst needs
     expect(byName.get("burst")?.extra?.instances).toBe(1);
     expect(byName.get("deploy-under-load")?.extra?.["answered-by"]).toBe("v2");
     expect(report.ratios.some((x) => x.name === "cell start vs true cold")).toBe(true);
+    expect(report.ratios.some((x) => x.name === "node cell start vs bun cell start")).toBe(true);
 
     // the table printed on stdout names every scenario
     for (const n of names) expect(r.stdout).toContain(n);

@@ -96,7 +96,7 @@ async function main(): Promise<number> {
     let target: BenchTarget;
     let forgeCpu: () => number;
     if (where === "in-process") {
-      const forge = await inProcess(loadConfig(), driver, 1, createConsola({ level: 1, stdout: process.stderr, stderr: process.stderr }));
+      const forge = await inProcess(loadConfig(), driver, { bun: 1, node: 0 }, createConsola({ level: 1, stdout: process.stderr, stderr: process.stderr }));
       target = forge.target;
       forgeCpu = () => cpuMicros(process.pid);
       stopForge = async () => {

@@ -45,7 +45,7 @@ async function main(): Promise<number> {
     return 1;
   }
   const dataDir = mkdtempSync(join(tmpdir(), "forge-bench-provision-"));
-  const config = loadConfig(process.env, { port: 0, dataDir, db: join(dataDir, "forge.db"), driver: "process", stemCells: 0, apiKey: "bench", redisUrl: undefined });
+  const config = loadConfig(process.env, { port: 0, dataDir, db: join(dataDir, "forge.db"), driver: "process", stemCells: { bun: 0, node: 0 }, apiKey: "bench", redisUrl: undefined });
   const server = await startServer(config, { logger: createConsola({ level: 1 }) });
   const results: Result[] = [];
   try {

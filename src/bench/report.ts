@@ -151,6 +151,9 @@ export function computeRatios(scenarios: ScenarioResult[]): Ratio[] {
   faster("cell start vs docker run", "forge-cell", "docker-run");
   faster("true cold vs docker run", "forge-cold", "docker-run");
   faster("cell start vs true cold", "forge-cell", "forge-cold");
+  faster("node cell start vs bun cell start", "forge-cell-node", "forge-cell");
+  faster("node cell start vs true cold", "forge-cell-node", "forge-cold");
+  overhead("node vs bun through the gateway", "warm-gateway-node", "warm-gateway");
   overhead("gateway vs direct to the instance", "warm-gateway", "warm-direct");
   overhead("gateway vs nginx", "warm-gateway", "warm-nginx");
   overhead("nginx vs direct to the instance", "warm-nginx", "warm-direct");

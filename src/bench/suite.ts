@@ -10,6 +10,8 @@
  *   6. warm-nginx         the same load through nginx to that socket (the peer proxy)
  *   7. burst              N concurrent requests at a cold function; instances counted
  *   8. deploy-under-load  a deploy during a steady load; failed requests counted
+ *   9. forge-cell-node    first request of a node function with a node stem cell ready
+ *  10. warm-gateway-node  the warm-gateway load on the same function on runtime node
  *
  * In-process servers run one after the other (never two at once: on the docker driver each
  * would reconcile the other's containers away), and every load runs on its own thread so
@@ -21,18 +23,18 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createConsola, type ConsolaInstance } from "consola";
 import { ForgeClient } from "../cli/client.ts";
-import { loadConfig, type Config } from "../config.ts";
+import { loadConfig, type Config, type StemCells } from "../config.ts";
 import { startServer, type ForgeServer } from "../server.ts";
 import type { ProgressStream } from "./load.ts";
 import { computeRatios, machineInfo, SCHEMA_VERSION, type BenchReport, type ScenarioResult } from "./report.ts";
 import { guard, runPrefix, skipped, waitFor, type BenchTarget, type SuiteContext, type SuiteSettings } from "./scenarios/_shared.ts";
 import { burst, BURST } from "./scenarios/burst.ts";
 import { deployUnderLoad, DEPLOY } from "./scenarios/deploy-under-load.ts";
-import { CELL, COLD, firstRequests } from "./scenarios/first-request.ts";
+import { CELL, CELL_NODE, COLD, firstRequests } from "./scenarios/first-request.ts";
 import { NAME as DOCKER_RUN, plainDockerRun, TITLE as DOCKER_RUN_TITLE } from "./scenarios/plain-docker.ts";
-import { DIRECT, GATEWAY, NGINX, warmScenarios } from "./scenarios/warm.ts";
+import { DIRECT, GATEWAY, GATEWAY_NODE, NGINX, warmScenarios } from "./scenarios/warm.ts";
 
-export const SCENARIOS = [DOCKER_RUN, COLD.name, CELL.name, GATEWAY.name, DIRECT.name, NGINX.name, BURST.name, DEPLOY.name] as const;
+export const SCENARIOS = [DOCKER_RUN, COLD.name, CELL.name, GATEWAY.name, DIRECT.name, NGINX.name, BURST.name, DEPLOY.name, CELL_NODE.name, GATEWAY_NODE.name] as const;
 export type ScenarioName = (typeof SCENARIOS)[number];
 
 export interface SuiteOptions {
@@ -108,7 +110,7 @@ export async function runSuite(options: SuiteOptions = {}): Promise<BenchReport>
       if (only.has(COLD.name)) {
         results.push(
           ...(await guard(COLD.name, COLD.title, "first-request", logger, async () => {
-            await using forge = await inProcess(base, driver, 0, logger);
+            await using forge = await inProcess(base, driver, { bun: 0, node: 0 }, logger);
             // awaited here, so the server outlives the scenario
             return await firstRequests(ctx, forge.target, "cold");
           })),
@@ -119,7 +121,7 @@ export async function runSuite(options: SuiteOptions = {}): Promise<BenchReport>
       if (rest.length) {
         let forge: InProcessForge | undefined;
         try {
-          forge = await inProcess(base, driver, Math.max(1, base.stemCells), logger);
+          forge = await inProcess(base, driver, { bun: Math.max(1, base.stemCells.bun), node: Math.max(1, base.stemCells.node) }, logger);
         } catch (err) {
           const message = `could not start forge (${driver} driver): ${err instanceof Error ? err.message : String(err)}`;
           logger.error(message);
@@ -129,6 +131,13 @@ export async function runSuite(options: SuiteOptions = {}): Promise<BenchReport>
           try {
             const target = forge.target;
             if (only.has(CELL.name)) results.push(...(await guard(CELL.name, CELL.title, "first-request", logger, () => firstRequests(ctx, target, "cell"))));
+            if (only.has(CELL_NODE.name)) {
+              results.push(
+                ...(forge.server.runtimes.node
+                  ? await guard(CELL_NODE.name, CELL_NODE.title, "first-request", logger, () => firstRequests(ctx, target, "cell", "node"))
+                  : [skipped(CELL_NODE.name, CELL_NODE.title, "first-request", "this machine has no node binary (FORGE_NODE_BIN)")]),
+              );
+            }
             results.push(...(await steadyScenarios(ctx, target, only)));
           } finally {
             await forge[Symbol.asyncDispose]();
@@ -166,7 +175,7 @@ export interface InProcessForge extends AsyncDisposable {
 }
 
 /** A forge in this process: temp data dir, port 0, `stemCells` cells, ready when it resolves. */
-export async function inProcess(base: Config, driver: "process" | "docker", stemCells: number, logger: ConsolaInstance): Promise<InProcessForge> {
+export async function inProcess(base: Config, driver: "process" | "docker", stemCells: StemCells, logger: ConsolaInstance): Promise<InProcessForge> {
   const dataDir = await mkdtemp(join(tmpdir(), "forge-bench-data-"));
   const config: Config = {
     ...base,
@@ -192,7 +201,9 @@ export async function inProcess(base: Config, driver: "process" | "docker", stem
     await rm(dataDir, { recursive: true, force: true });
   };
   try {
-    if (stemCells > 0) await waitFor(() => pool.stats().cells >= 1, "the first stem cell");
+    // One cell of each runtime that keeps some (node's only where forge found a node binary).
+    const wanted = (["bun", "node"] as const).filter((r) => stemCells[r] > 0 && (r === "bun" || server.runtimes.node));
+    if (wanted.length > 0) await waitFor(() => wanted.every((r) => (pool.stats().cellsByRuntime[r] ?? 0) >= 1), `a stem cell of ${wanted.join(" and ")}`);
   } catch (err) {
     await dispose();
     throw err;
@@ -208,8 +219,8 @@ export async function inProcess(base: Config, driver: "process" | "docker", stem
 
 async function steadyScenarios(ctx: SuiteContext, target: BenchTarget, only: ReadonlySet<string>): Promise<ScenarioResult[]> {
   const out: ScenarioResult[] = [];
-  if (only.has(GATEWAY.name) || only.has(DIRECT.name) || only.has(NGINX.name)) {
-    out.push(...(await guard("warm", "warm requests: gateway, direct, nginx", "load", ctx.logger, () => warmScenarios(ctx, target, only))));
+  if (only.has(GATEWAY.name) || only.has(DIRECT.name) || only.has(NGINX.name) || only.has(GATEWAY_NODE.name)) {
+    out.push(...(await guard("warm", "warm requests: gateway, direct, nginx, gateway to node", "load", ctx.logger, () => warmScenarios(ctx, target, only))));
   }
   if (only.has(BURST.name)) out.push(...(await guard(BURST.name, BURST.title, "burst", ctx.logger, () => burst(ctx, target))));
   if (only.has(DEPLOY.name)) out.push(...(await guard(DEPLOY.name, DEPLOY.title, "deploy", ctx.logger, () => deployUnderLoad(ctx, target))));

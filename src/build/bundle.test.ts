@@ -319,13 +319,13 @@ describe("relocatePaths", () => {
     // the paths must exist: use this very folder as the root, with files that are here
     const here = import.meta.dir;
     const real = ["// @bun", "// bundle.ts", "var a = import.meta.path;", "", "// native.ts", "var b = import.meta.file;"].join("\n");
-    expect(await relocatePaths(real, here, here)).toBe(["// @bun", "// bundle.ts", 'var a = (import.meta.dir + "/bundle.ts");', "", "// native.ts", 'var b = "native.ts";'].join("\n"));
+    expect(await relocatePaths(real, here, here)).toBe(["// @bun", "// bundle.ts", 'var a = (import.meta.dirname + "/bundle.ts");', "", "// native.ts", 'var b = "native.ts";'].join("\n"));
     expect(await relocatePaths(code, root, root)).toBe(code); // files that do not exist are not modules of the folder
   });
 
-  test("a baked root path becomes import.meta.dir", async () => {
+  test("a baked root path becomes import.meta.dirname (Bun and Node both have it)", async () => {
     const code = 'var __dirname = "/abs/fn";\nvar __filename = "/abs/fn/deep/x.js";';
-    expect(await relocatePaths(code, "/abs/fn", "/")).toBe('var __dirname = import.meta.dir;\nvar __filename = (import.meta.dir + "/deep/x.js");');
+    expect(await relocatePaths(code, "/abs/fn", "/")).toBe('var __dirname = import.meta.dirname;\nvar __filename = (import.meta.dirname + "/deep/x.js");');
   });
 
   test("only code is rewritten: strings, templates, regexes, comments and property names are not", async () => {
@@ -345,12 +345,12 @@ describe("relocatePaths", () => {
       [
         "// @bun",
         "// native.ts",
-        'var __dirname$forge1 = import.meta.dir, __filename$forge1 = (import.meta.dir + "/native.ts");',
+        'var __dirname$forge1 = import.meta.dirname, __filename$forge1 = (import.meta.dirname + "/native.ts");',
         'var s = "import.meta.url and __dirname", t = `${__dirname$forge1} import.meta.dir`, r = /import.meta.dir|__dirname/g;',
         "/* import.meta.url */ var o = { __dirname: 1, __filename: __filename$forge1 }, p = o.__dirname ?? o?.__filename, q = { get __dirname() { return 1; } };",
         "",
         "// bundle.ts",
-        "var __dirname$forge2 = import.meta.dir;",
+        "var __dirname$forge2 = import.meta.dirname;",
         'var u = new URL("bundle.ts", import.meta.url).href, v = x.import.meta.url;',
       ].join("\n"),
     );

@@ -28,6 +28,8 @@ export interface BundleOptions {
    * Default: the packages holding native addons (nativePackages of the folder).
    */
   external?: string[];
+  /** The runtime the bundle runs on: Bun's own APIs stay as they are, Node's builtins are imported as Node has them. Default "bun". */
+  target?: "bun" | "node";
 }
 
 export interface BundleResult {
@@ -86,9 +88,10 @@ export async function bundleEntry(dir: string, entry: string, outFile: string, o
   if (!isFileInside(dir, entry)) throw entryMissing(entry, "entry");
   await mkdir(dirname(outFile), { recursive: true });
   const external = [...(options.external ?? (await nativePackages(dir)))].sort();
+  const target = options.target ?? "bun";
   const built = options.trusted
-    ? await buildInProcess(dir, entry, external)
-    : await buildInChild(dir, entry, outFile, options.timeoutMs ?? 60_000, external);
+    ? await buildInProcess(dir, entry, external, target)
+    : await buildInChild(dir, entry, outFile, options.timeoutMs ?? 60_000, external, target);
   const code = new TextEncoder().encode(await relocatePaths(new TextDecoder().decode(built.code), built.root, built.cwd));
   await Bun.write(outFile, code);
   return { bytes: code.byteLength, digest: new Bun.CryptoHasher("sha256").update(code).digest("hex"), external };
@@ -99,7 +102,7 @@ export async function bundleEntry(dir: string, entry: string, outFile: string, o
  *
  * - Bun bakes a CommonJS module's paths into the bundle as literals
  *   (`var __dirname = "/abs/src/lib", __filename = "/abs/src/lib/x.js";`): those inside
- *   `root` become expressions of `import.meta.dir`, the bundle's own folder.
+ *   `root` become expressions of `import.meta.dirname`, the bundle's own folder.
  * - It declares them with `var` at the top level for a module it does not wrap (an ES
  *   module reading `__dirname`), so the last module's value wins for all of them (Bun 1.4:
  *   a module in lib/ read the root's __dirname): such a module's names are renamed to its own.
@@ -350,8 +353,9 @@ function sectionFinder(sections: Section[]): (pos: number) => Section | undefine
   };
 }
 
+/** The bundle's own folder plus `rel`: import.meta.dirname, which Bun and Node (20.11+) both have. */
 function dirExpression(rel: string): string {
-  return rel === "" ? "import.meta.dir" : `(import.meta.dir + ${JSON.stringify(`/${rel}`)})`;
+  return rel === "" ? "import.meta.dirname" : `(import.meta.dirname + ${JSON.stringify(`/${rel}`)})`;
 }
 
 function metaExpression(prop: string, rel: string): string {
@@ -393,11 +397,11 @@ function externalPatterns(external: string[]): string[] {
   return external.flatMap((name) => [name, `${name}/*`]);
 }
 
-async function buildInProcess(dir: string, entry: string, external: string[]): Promise<Built> {
+async function buildInProcess(dir: string, entry: string, external: string[], target: "bun" | "node"): Promise<Built> {
   const root = await realpath(dir);
   const result = await Bun.build({
     entrypoints: [join(root, entry)],
-    target: "bun",
+    target,
     format: "esm",
     minify: false,
     external: externalPatterns(external),
@@ -412,7 +416,7 @@ async function buildInProcess(dir: string, entry: string, external: string[]): P
   return { code: new Uint8Array(await entryPoint.arrayBuffer()), root, cwd: await realpath(process.cwd()) };
 }
 
-async function buildInChild(dir: string, entry: string, outFile: string, timeoutMs: number, external: string[]): Promise<Built> {
+async function buildInChild(dir: string, entry: string, outFile: string, timeoutMs: number, external: string[], target: "bun" | "node"): Promise<Built> {
   const root = await realpath(dir);
   // 1. an empty working folder of our own: `bun build` reads bunfig.toml and .env from its cwd
   const work = await mkdtemp(join(dirname(outFile), ".bundle-"));
@@ -425,7 +429,7 @@ async function buildInChild(dir: string, entry: string, outFile: string, timeout
         process.execPath,
         "build",
         "--no-macros",
-        "--target=bun",
+        `--target=${target}`,
         "--format=esm",
         "--env=disable",
         `--outdir=${outDir}`,

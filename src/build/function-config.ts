@@ -4,7 +4,9 @@
  */
 import { ErrorCode, ForgeError, NAME_PATTERN, assertName } from "../errors.ts";
 
-export type FunctionRuntime = "bun" | "docker";
+/** bun and node run forge's shim (the function contract of DESIGN §2); docker builds the folder's Dockerfile. */
+export type FunctionRuntime = "bun" | "node" | "docker";
+export const FUNCTION_RUNTIMES: readonly FunctionRuntime[] = ["bun", "node", "docker"];
 
 export interface FunctionConfig {
   name: string;
@@ -16,7 +18,7 @@ export interface FunctionConfig {
    * Default: none (the module's default export, else its `handler` export).
    */
   handler?: string;
-  /** Default bun; docker builds the folder's Dockerfile. */
+  /** Default bun; node runs the function on Node.js; docker builds the folder's Dockerfile. */
   runtime: FunctionRuntime;
   /** Requests one instance serves at once. Default 8. */
   concurrency: number;
@@ -32,7 +34,18 @@ export interface FunctionConfig {
   env: Record<string, string>;
   /** Names of provisioned databases bound as DATABASE_URL. */
   databases: string[];
+  /**
+   * "egress" (the default): on docker, instances reach the outside through forge's egress
+   * network, and neither other instances nor the host. "none": no network at all but the
+   * bound databases' (the process driver cannot hold it: processes share the host's network).
+   * Optional in the type: configs stored before the field existed lack it, and mean egress.
+   */
+  network?: FunctionNetwork;
 }
+
+/** What a function's instances may reach over the network (forge.json "network"). */
+export type FunctionNetwork = "egress" | "none";
+export const FUNCTION_NETWORKS: readonly FunctionNetwork[] = ["egress", "none"];
 
 export type FunctionConfigInput = Partial<FunctionConfig>;
 
@@ -46,6 +59,7 @@ export const FUNCTION_DEFAULTS: Omit<FunctionConfig, "name"> = {
   memoryMb: 128,
   env: {},
   databases: [],
+  network: "egress",
 };
 
 /** Fields PATCH /v1/functions/:name may change. */
@@ -72,7 +86,7 @@ export function parseConfigInput(raw: unknown, source = "forge.json"): FunctionC
   }
   const o = raw as Record<string, unknown>;
   const out: FunctionConfigInput = {};
-  const known = new Set(["name", "entry", "handler", "runtime", "concurrency", "minWarm", "maxInstances", "timeoutMs", "memoryMb", "env", "databases", "$schema", "description"]);
+  const known = new Set(["name", "entry", "handler", "runtime", "concurrency", "minWarm", "maxInstances", "timeoutMs", "memoryMb", "env", "databases", "network", "$schema", "description"]);
   for (const key of Object.keys(o)) {
     if (!known.has(key)) throw invalid(source, `has an unknown field "${key.slice(0, 40)}"`, `known fields: ${[...known].filter((k) => !k.startsWith("$")).join(", ")}`);
   }
@@ -93,8 +107,10 @@ export function parseConfigInput(raw: unknown, source = "forge.json"): FunctionC
     out.handler = o.handler;
   }
   if (o.runtime !== undefined) {
-    if (o.runtime !== "bun" && o.runtime !== "docker") throw invalid(source, `"runtime" must be "bun" or "docker"`, `"docker" needs a Dockerfile serving HTTP on $PORT`);
-    out.runtime = o.runtime;
+    if (!FUNCTION_RUNTIMES.includes(o.runtime as FunctionRuntime)) {
+      throw invalid(source, `"runtime" must be "bun", "node" or "docker"`, `"node" runs on Node.js; "docker" needs a Dockerfile serving HTTP on $PORT`);
+    }
+    out.runtime = o.runtime as FunctionRuntime;
   }
   const ints: [keyof FunctionConfig, number, number][] = [
     ["concurrency", 1, 1000],
@@ -126,6 +142,12 @@ export function parseConfigInput(raw: unknown, source = "forge.json"): FunctionC
       throw invalid(source, `"databases" must be a list of database service names`, `e.g. ["checkout"]`);
     }
     out.databases = [...(o.databases as string[])];
+  }
+  if (o.network !== undefined) {
+    if (!FUNCTION_NETWORKS.includes(o.network as FunctionNetwork)) {
+      throw invalid(source, `"network" must be "egress" or "none"`, `"egress" (the default) reaches the outside; "none" reaches nothing but the bound databases`);
+    }
+    out.network = o.network as FunctionNetwork;
   }
   return out;
 }

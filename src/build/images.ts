@@ -16,6 +16,7 @@ import type { Header } from "tar-stream";
 import { ErrorCode, ForgeError } from "../errors.ts";
 // the one constant of the pool's contract that builds need (driver.ts imports nothing: no cycle)
 import { BUNDLE_FILE } from "./artifact.ts";
+import type { ShimRuntime } from "../pool/driver.ts";
 
 /** Where a bun function's folder sits inside its version image, as Lambda's LAMBDA_TASK_ROOT. */
 export const IMAGE_TASK_ROOT = "/var/task";
@@ -206,14 +207,16 @@ export interface ImageBuilderOptions {
   docker: Dockerode;
   /** The image bun functions are built FROM (and that Dockerfiles may name as FORGE_RUNTIME_IMAGE). */
   runtimeImage: string;
+  /** The image node functions are built FROM (forge/runtime-node:<node version>). */
+  nodeImage?: string;
   /** Default: a silent consola. */
   logger?: ConsolaInstance;
 }
 
 /** What FunctionService asks of image builds (its ImageBuilder interface, implemented over Docker). */
 export interface FunctionImageBuilder {
-  /** `artifactDir`: the version's folder, the bundle at its root as BUNDLE_FILE. */
-  buildBundleImage(fn: string, version: number, artifactDir: string, onLog: (line: string) => void): Promise<string>;
+  /** `artifactDir`: the version's folder, the bundle at its root as BUNDLE_FILE; FROM the runtime's image (default bun). */
+  buildBundleImage(fn: string, version: number, artifactDir: string, onLog: (line: string) => void, runtime?: ShimRuntime): Promise<string>;
   buildDockerfileImage(fn: string, version: number, contextDir: string, onLog: (line: string) => void): Promise<string>;
   removeImages(fn: string): Promise<void>;
   /** Removes the image of one version (a version that failed to load keeps no image). */
@@ -235,10 +238,16 @@ export function createImageBuilder(options: ImageBuilderOptions): FunctionImageB
   });
 
   return {
-    async buildBundleImage(fn, version, artifactDir, onLog) {
+    async buildBundleImage(fn, version, artifactDir, onLog, runtime = "bun") {
       const tag = functionImageName(fn, version);
+      const base = runtime === "node" ? options.nodeImage : runtimeImage;
+      if (base === undefined) {
+        throw new ForgeError(ErrorCode.DriverUnavailable, 503, "this forge has no node runtime image to build a node function's image from", {
+          hint: "install Node.js on the forge host (or set FORGE_NODE_BIN) and restart forge; `forge images build node` builds the image",
+        });
+      }
       const dockerfile = [
-        `FROM ${runtimeImage}`,
+        `FROM ${base}`,
         // the folder as Lambda's task root: the function's files, the bundle at its root
         `COPY task/ ${IMAGE_TASK_ROOT}/`,
         // Lets `docker run` of the image serve the function without forge telling it where.
@@ -255,7 +264,7 @@ export function createImageBuilder(options: ImageBuilderOptions): FunctionImageB
         onLog,
         what: `the image of ${fn} v${version}`,
         failStatus: 500,
-        failHint: `is the runtime image ${runtimeImage} present? build it with \`forge images build bun\``,
+        failHint: `is the runtime image ${base} present? build it with \`forge images build ${runtime}\``,
       });
       logger.debug(`built ${tag} in ${Math.round(performance.now() - started)} ms`);
       return tag;

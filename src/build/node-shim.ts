@@ -8,7 +8,7 @@
  */
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { mkdir, readFile, realpath, rename, writeFile } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { ErrorCode, ForgeError } from "../errors.ts";
@@ -57,4 +57,35 @@ export async function buildNodeShim(dir: string): Promise<string> {
   await writeFile(partial, code, { mode: 0o644 });
   await rename(partial, file);
   return file;
+}
+
+/** A node binary forge can run instances with: its real path and version (v20.20.2 -> "20.20.2"). */
+export interface NodeBinary {
+  bin: string;
+  version: string;
+}
+
+/** Node 20.16 is the oldest with what the shim needs (process.getBuiltinModule, import.meta.dirname). */
+const OLDEST_NODE = [20, 16];
+
+/**
+ * The node binary named by FORGE_NODE_BIN (a path, or a name looked up on PATH), if it runs
+ * and is recent enough; else undefined with why, for forge to say at start.
+ */
+export async function findNode(name: string): Promise<{ node: NodeBinary } | { problem: string }> {
+  const bin = name.includes("/") ? resolve(name) : Bun.which(name);
+  if (!bin || !existsSync(bin)) return { problem: `no ${name} found${name.includes("/") ? "" : " on PATH"}` };
+  try {
+    const proc = Bun.spawn([bin, "--version"], { stdout: "pipe", stderr: "ignore", env: {} });
+    const [out, code] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
+    const m = /^v(\d+)\.(\d+)\.(\d+)/.exec(out.trim());
+    if (code !== 0 || !m) return { problem: `${bin} --version answered ${JSON.stringify(out.trim())} (exit ${code})` };
+    const [major, minor] = [Number(m[1]), Number(m[2])];
+    if (major < (OLDEST_NODE[0] as number) || (major === OLDEST_NODE[0] && minor < (OLDEST_NODE[1] as number))) {
+      return { problem: `${bin} is Node ${m[0]}; the node runtime needs ${OLDEST_NODE.join(".")} or later` };
+    }
+    return { node: { bin: await realpath(bin), version: `${m[1]}.${m[2]}.${m[3]}` } };
+  } catch (err) {
+    return { problem: `${bin} could not be run: ${err instanceof Error ? err.message : String(err)}` };
+  }
 }

@@ -20,7 +20,7 @@ describe("forge images build (CLI)", () => {
     const r = await cli(undefined, ["images", "build", "nope"]);
     expect(r.code).toBe(1);
     expect(r.stdout + r.stderr).toContain('unknown runtime image "nope"');
-    expect(r.stdout + r.stderr).toContain("hint: use one of bun, postgres, all");
+    expect(r.stdout + r.stderr).toContain("hint: use one of bun, node, postgres, all");
   });
 
   test.skipIf(!engine)("a present, current image is skipped", async () => {

@@ -4,6 +4,8 @@
  * - `forge/runtime-bun:<bun version>` (runtimes/bun/Dockerfile): FROM scratch, the bun binary
  *   running forge plus the glibc files `ldd` lists for it, forge's shim and socket bridge.
  *   A context of ~110 MB made in memory; builds in a few seconds.
+ * - `forge/runtime-node:<node version>` (runtimes/node/Dockerfile): the same, with the host's
+ *   node binary and the shim bundled for Node (src/build/node-shim.ts).
  * - `forge/postgres:<major>` (runtimes/postgres/): `debootstrap --variant=minbase` (the rootfs
  *   tarball is cached, so a rebuild skips the download), `apt-get install postgresql-<major>`
  *   in a chroot, the entrypoint, then `docker import` with the recipe's CMD/ENV/USER.
@@ -23,15 +25,20 @@ import { fileURLToPath } from "node:url";
 import type Dockerode from "dockerode";
 import { ErrorCode, ForgeError } from "../errors.ts";
 import { buildImage, contextTar, IMAGE_LABELS, labelLine, type ContextEntry } from "./images.ts";
+import { bundleNodeShim, findNode, nodeShimDigest } from "./node-shim.ts";
 
-export type RuntimeName = "bun" | "postgres";
+export type RuntimeName = "bun" | "node" | "postgres";
 
-export const RUNTIME_NAMES: readonly RuntimeName[] = ["bun", "postgres"];
+export const RUNTIME_NAMES: readonly RuntimeName[] = ["bun", "node", "postgres"];
 
 const RUNTIMES_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "../../runtimes");
 
-/** The default image name of a runtime: forge/runtime-bun:<version of the running bun>, forge/postgres:<major>. */
-export function defaultRuntimeImage(which: RuntimeName): string {
+/**
+ * The default image name of a runtime: forge/runtime-bun:<version of the running bun>,
+ * forge/runtime-node:<version of the node binary> (`nodeVersion`), forge/postgres:<major>.
+ */
+export function defaultRuntimeImage(which: RuntimeName, nodeVersion?: string): string {
+  if (which === "node") return `forge/runtime-node:${nodeVersion ?? "unknown"}`;
   return which === "bun" ? `forge/runtime-bun:${Bun.version}` : `forge/postgres:${POSTGRES_MAJOR}`;
 }
 
@@ -44,6 +51,8 @@ export interface RuntimeImageOptions {
   onLog?: (line: string) => void;
   /** bun: the binary to ship. Default the bun running forge (its version names the image). */
   bunPath?: string;
+  /** node: the binary to ship. Default FORGE_NODE_BIN's (node on PATH); its version names the image. */
+  nodePath?: string;
   /** postgres: where the debootstrap rootfs tarball is cached. Default /var/cache/forge when writable, else ~/.cache/forge. */
   cacheDir?: string;
   /** postgres: the Debian mirror. Default the recipe's (deb.debian.org). */
@@ -63,7 +72,12 @@ export interface RuntimeImageResult {
 export type RuntimeImageState = "missing" | "current" | "outdated" | "foreign";
 
 /** Is `image` present, and was it built from the current recipe of `which`? */
-export async function runtimeImageState(docker: Dockerode, which: RuntimeName, image = defaultRuntimeImage(which), bunPath?: string): Promise<RuntimeImageState> {
+export async function runtimeImageState(
+  docker: Dockerode,
+  which: RuntimeName,
+  image = defaultRuntimeImage(which),
+  binaries: Pick<RuntimeImageOptions, "bunPath" | "nodePath"> = {},
+): Promise<RuntimeImageState> {
   const labels = await docker
     .getImage(image)
     .inspect()
@@ -75,15 +89,15 @@ export async function runtimeImageState(docker: Dockerode, which: RuntimeName, i
   if (!labels) return "missing";
   const built = labels[IMAGE_LABELS.recipe];
   if (built === undefined) return "foreign";
-  const recipe = which === "bun" ? await bunRecipe(bunPath) : await postgresRecipe();
+  const recipe = which === "bun" ? await bunRecipe(binaries.bunPath) : which === "node" ? await nodeRecipe(binaries.nodePath) : await postgresRecipe();
   return built === recipe.hash ? "current" : "outdated";
 }
 
 /** Builds a runtime image unless it is present and current (see the module comment). */
 export async function buildRuntimeImage(docker: Dockerode, which: RuntimeName, options: RuntimeImageOptions = {}): Promise<RuntimeImageResult> {
-  const image = options.image ?? defaultRuntimeImage(which);
+  const image = options.image ?? defaultRuntimeImage(which, which === "node" ? (await nodeRecipe(options.nodePath)).version : undefined);
   const started = performance.now();
-  const state = await runtimeImageState(docker, which, image, options.bunPath);
+  const state = await runtimeImageState(docker, which, image, options);
   const ms = () => Math.round(performance.now() - started);
   if (!options.force && (state === "current" || state === "foreign")) {
     return { image, built: false, reason: state === "current" ? "present" : "present (not built by forge: used as is)", ms: ms() };
@@ -95,6 +109,7 @@ export async function buildRuntimeImage(docker: Dockerode, which: RuntimeName, o
     .then((info) => info.Id)
     .catch(() => undefined);
   if (which === "bun") await buildBun(docker, image, options);
+  else if (which === "node") await buildNode(docker, image, options);
   else await buildPostgres(docker, image, options);
   // The image the tag left behind: removed unless a container still runs it (then it stays).
   const current = await docker
@@ -110,7 +125,8 @@ export async function buildRuntimeImage(docker: Dockerode, which: RuntimeName, o
 
 interface BunRecipe {
   hash: string;
-  bunPath: string;
+  /** The binary that goes in (real path). */
+  bin: string;
   libs: string[];
 }
 
@@ -122,7 +138,7 @@ async function bunRecipe(bunPath?: string): Promise<BunRecipe> {
   for (const file of ["bun/Dockerfile", "js/shim.ts", "bun/bridge.ts"]) hash.update(await readFile(join(RUNTIMES_DIR, file)));
   // The binary is 100 MB: its version, size and time stand for its content.
   hash.update(JSON.stringify({ version: bunPath ? null : Bun.version, size: info.size, mtime: info.mtimeMs, libs }));
-  return { hash: hash.digest("hex").slice(0, 32), bunPath: bin, libs };
+  return { hash: hash.digest("hex").slice(0, 32), bin, libs };
 }
 
 /** The shared libraries `ldd` lists for a binary, loader included (none for a static one). */
@@ -141,10 +157,70 @@ async function linkedLibraries(bin: string): Promise<string[]> {
 async function buildBun(docker: Dockerode, image: string, options: RuntimeImageOptions): Promise<void> {
   const recipe = await bunRecipe(options.bunPath);
   const labels = { [IMAGE_LABELS.recipe]: recipe.hash, "dev.forge.runtime": "bun", "dev.forge.bun-version": options.bunPath ? "custom" : Bun.version };
+  await buildLanguageImage(docker, image, "bun", {
+    labels,
+    binary: recipe.bin,
+    libs: recipe.libs,
+    files: [
+      { path: "rootfs/forge/shim.ts", data: await readFile(join(RUNTIMES_DIR, "js/shim.ts")) },
+      { path: "rootfs/forge/bridge.ts", data: await readFile(join(RUNTIMES_DIR, "bun/bridge.ts")) },
+    ],
+    onLog: options.onLog,
+  });
+}
+
+// --- node ---
+
+interface NodeRecipe extends BunRecipe {
+  version: string;
+}
+
+async function nodeRecipe(nodePath?: string): Promise<NodeRecipe> {
+  const found = await findNode(nodePath ?? "node");
+  if ("problem" in found) {
+    throw new ForgeError(ErrorCode.DriverUnavailable, 503, `the node runtime image needs a node binary: ${found.problem}`, {
+      hint: "install Node.js 20.16 or later, or set FORGE_NODE_BIN to its path",
+    });
+  }
+  const { bin, version } = found.node;
+  const libs = await linkedLibraries(bin);
+  const hash = createHash("sha256");
+  hash.update(await readFile(join(RUNTIMES_DIR, "node/Dockerfile")));
+  hash.update(await nodeShimDigest());
+  const info = await stat(bin);
+  hash.update(JSON.stringify({ version, size: info.size, mtime: info.mtimeMs, libs }));
+  return { hash: hash.digest("hex").slice(0, 32), bin, libs, version };
+}
+
+async function buildNode(docker: Dockerode, image: string, options: RuntimeImageOptions): Promise<void> {
+  const recipe = await nodeRecipe(options.nodePath);
+  const labels = { [IMAGE_LABELS.recipe]: recipe.hash, "dev.forge.runtime": "node", "dev.forge.node-version": recipe.version };
+  await buildLanguageImage(docker, image, "node", {
+    labels,
+    binary: recipe.bin,
+    libs: recipe.libs,
+    files: [{ path: "rootfs/forge/shim.mjs", data: await bundleNodeShim() }],
+    onLog: options.onLog,
+  });
+}
+
+// --- what the bun and node images share ---
+
+/**
+ * A FROM-scratch image of one language runtime (runtimes/<name>/Dockerfile): its binary at
+ * /usr/local/bin/<name>, the shared libraries it links, forge's files, and a user 1000
+ * every instance runs as. A third runtime (Python, say) is a folder under runtimes/ with
+ * its Dockerfile and shim, and a recipe here saying which binary and files go in.
+ */
+async function buildLanguageImage(
+  docker: Dockerode,
+  image: string,
+  name: string,
+  recipe: { labels: Record<string, string>; binary: string; libs: string[]; files: ContextEntry[]; onLog: ((line: string) => void) | undefined },
+): Promise<void> {
   const files: ContextEntry[] = [
-    { path: "rootfs/usr/local/bin/bun", type: "disk", from: recipe.bunPath, size: (await stat(recipe.bunPath)).size, mode: 0o755 },
-    { path: "rootfs/forge/shim.ts", data: await readFile(join(RUNTIMES_DIR, "js/shim.ts")) },
-    { path: "rootfs/forge/bridge.ts", data: await readFile(join(RUNTIMES_DIR, "bun/bridge.ts")) },
+    { path: `rootfs/usr/local/bin/${name}`, type: "disk", from: recipe.binary, size: (await stat(recipe.binary)).size, mode: 0o755 },
+    ...recipe.files,
     { path: "rootfs/etc/passwd", data: "root:x:0:0:root:/root:/sbin/nologin\nforge:x:1000:1000:forge function:/tmp:/sbin/nologin\n" },
     { path: "rootfs/etc/group", data: "root:x:0:\nforge:x:1000:\n" },
   ];
@@ -161,16 +237,16 @@ async function buildBun(docker: Dockerode, image: string, options: RuntimeImageO
   }
   for (const d of [...dirs]) for (let p = dirname(d); p !== "."; p = dirname(p)) dirs.add(p);
   const entries: ContextEntry[] = [
-    { path: "Dockerfile", data: (await readFile(join(RUNTIMES_DIR, "bun/Dockerfile"), "utf8")) + labelLine(labels) },
+    { path: "Dockerfile", data: (await readFile(join(RUNTIMES_DIR, name, "Dockerfile"), "utf8")) + labelLine(recipe.labels) },
     ...[...dirs].sort().map((path): ContextEntry => ({ path, type: "directory", mode: special[path] ?? 0o755 })),
     ...files,
   ];
   await buildImage(docker, contextTar(entries), {
     tag: image,
-    ...(options.onLog ? { onLog: options.onLog } : {}),
+    ...(recipe.onLog ? { onLog: recipe.onLog } : {}),
     what: image,
     failStatus: 500,
-    failHint: "see the build log above; `forge images build bun --force` retries from scratch",
+    failHint: `see the build log above; \`forge images build ${name} --force\` retries from scratch`,
   });
 }
 

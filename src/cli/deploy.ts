@@ -29,6 +29,7 @@ export default defineCommand({
     concurrency: { type: "string", description: "requests one instance serves at once" },
     memory: { type: "string", description: "memory limit per instance, MiB" },
     timeout: { type: "string", description: "request timeout, ms" },
+    runtime: { type: "string", description: "bun (default), node, or docker (the folder's Dockerfile)" },
     db: { type: "string", description: "bind a provisioned database as DATABASE_URL (repeatable)" },
     ...jsonArg,
   },
@@ -62,6 +63,7 @@ export default defineCommand({
       const v = intArg(args[flag], flag);
       if (v !== undefined) flags[field] = v;
     }
+    if (args.runtime !== undefined) flags.runtime = String(args.runtime);
     const dbs = repeated(rawArgs, "db", args.db);
     if (dbs.length) flags.databases = dbs;
     parseConfigInput(flags, "deploy flags"); // fail early, before packing
@@ -71,7 +73,8 @@ export default defineCommand({
     };
     say(`[1/3] Packaging ${name} from ${dir} ...`);
     let archive: Uint8Array;
-    if ((fromFile.runtime ?? "bun") === "bun") {
+    const runtime = (flags.runtime as FunctionConfigInput["runtime"]) ?? fromFile.runtime ?? "bun";
+    if (runtime !== "docker") {
       // Bundle here, where the function's node_modules are, as wrangler does; the whole folder
       // ships with the bundle at its root (its files are read at run time through __dirname,
       // import.meta.dir, process.cwd()), and packages with native addons ship unbundled.
@@ -80,7 +83,7 @@ export default defineCommand({
         const entry = await findEntry(dir, { ...(fromFile.entry ? { entry: fromFile.entry } : {}), ...(fromFile.handler ? { handler: fromFile.handler } : {}) });
         const out = join(tmp, BUNDLE_FILE);
         const external = await nativePackages(dir);
-        await bundleEntry(dir, entry, out, { trusted: true, external });
+        await bundleEntry(dir, entry, out, { trusted: true, external, target: runtime });
         const files = [{ path: BUNDLE_FILE, data: new Uint8Array(await Bun.file(out).arrayBuffer()) }];
         if (await file.exists()) files.push({ path: "forge.json", data: new Uint8Array(await file.arrayBuffer()) });
         archive = await packDir(dir, { include: await packageClosure(dir, external), files });

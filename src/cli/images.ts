@@ -1,18 +1,19 @@
 import { defineCommand } from "citty";
-import { buildRuntimeImage, RUNTIME_NAMES, type RuntimeImageResult, type RuntimeName } from "../build/index.ts";
+import { buildRuntimeImage, defaultRuntimeImage, RUNTIME_NAMES, type RuntimeImageResult, type RuntimeName } from "../build/index.ts";
+import { findNode } from "../build/node-shim.ts";
 import { loadConfig } from "../config.ts";
 import { ErrorCode, ForgeError } from "../errors.ts";
 import { connectDocker, pingDocker } from "../pool/index.ts";
 import { jsonArg, output, ui } from "./_shared.ts";
 
-/** `forge images build [bun|postgres|all]`: the runtime images, built from this machine (no registry needed). */
+/** `forge images build [bun|node|postgres|all]`: the runtime images, built from this machine (no registry needed). */
 export default defineCommand({
   meta: { name: "images", description: "forge's runtime images" },
   subCommands: {
     build: defineCommand({
-      meta: { name: "build", description: "build the runtime images offline: bun (from this bun), postgres (debootstrap); skips current ones" },
+      meta: { name: "build", description: "build the runtime images offline: bun (from this bun), node (from this node), postgres (debootstrap); skips current ones" },
       args: {
-        which: { type: "positional", required: false, description: "bun | postgres | all (default all)" },
+        which: { type: "positional", required: false, description: "bun | node | postgres | all (default all; all skips node where there is none)" },
         force: { type: "boolean", description: "rebuild even when the image is present", default: false },
         quiet: { type: "boolean", description: "do not print the build output", default: false },
         ...jsonArg,
@@ -32,14 +33,23 @@ export default defineCommand({
             hint: "start dockerd (as root: dockerd &), or point DOCKER_HOST at an engine",
           });
         }
-        const names: RuntimeName[] = which === "all" ? [...RUNTIME_NAMES] : [which as RuntimeName];
+        const found = await findNode(config.nodeBin);
+        if (which === "node" && "problem" in found) {
+          throw new ForgeError(ErrorCode.DriverUnavailable, 503, `the node runtime image needs a node binary: ${found.problem}`, {
+            hint: "install Node.js 20.16 or later, or set FORGE_NODE_BIN to its path",
+          });
+        }
+        const names: RuntimeName[] = which === "all" ? RUNTIME_NAMES.filter((n) => n !== "node" || "node" in found) : [which as RuntimeName];
         const quiet = Boolean(args.quiet) || Boolean(args.json);
         const results: RuntimeImageResult[] = [];
         for (const name of names) {
-          const image = name === "bun" ? config.runtimeImage : config.postgresImage;
+          const node = "node" in found ? found.node : undefined;
+          const image =
+            name === "bun" ? config.runtimeImage : name === "node" ? (config.nodeImage ?? defaultRuntimeImage("node", node?.version)) : config.postgresImage;
           if (!quiet) ui.info(`${image}: checking`);
           const result = await buildRuntimeImage(docker, name, {
             image,
+            ...(name === "node" && node ? { nodePath: node.bin } : {}),
             force: Boolean(args.force),
             ...(quiet ? {} : { onLog: (line: string) => process.stderr.write(`  ${line}\n`) }),
           });

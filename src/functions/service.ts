@@ -46,8 +46,8 @@ export interface DeployResult {
 
 /** Builds an image for a version (docker driver); absent on the process driver. */
 export interface ImageBuilder {
-  /** Image of a bun function: the runtime image plus the version's folder (the bundle at its root). */
-  buildBundleImage(fn: string, version: number, artifactDir: string, onLog: (line: string) => void): Promise<string>;
+  /** Image of a bun or node function: that runtime's image plus the version's folder (the bundle at its root). */
+  buildBundleImage(fn: string, version: number, artifactDir: string, onLog: (line: string) => void, runtime?: "bun" | "node"): Promise<string>;
   /** Removes the image of one version. */
   removeImage(fn: string, version: number): Promise<void>;
   /** Image of a runtime "docker" function from its own Dockerfile. */
@@ -57,8 +57,8 @@ export interface ImageBuilder {
 
 /**
  * Resolves database bindings into environment variables (provisioner); absent when none.
- * `containers`: the instances run in containers without a network of their own (docker
- * driver), so the answer names the networks to join and addresses on them.
+ * `containers`: the instances run in containers (docker driver), which reach a database only
+ * on that database's own network, so the answer names the networks to join and addresses on them.
  */
 export type BindingResolver = (databases: string[], options: { containers: boolean }) => Promise<{ env: Record<string, string>; networks: string[] }>;
 
@@ -72,6 +72,13 @@ export interface FunctionServiceOptions {
   limits: { maxBytes: number; maxFiles: number };
   images?: ImageBuilder;
   bindings?: BindingResolver;
+  /**
+   * The networks that give a function outbound access (docker: forge's egress network, or
+   * none when FORGE_EGRESS_NETWORK=none), joined by its instances unless forge.json says
+   * "network": "none"; its databases' networks come after. Absent: the driver has no network
+   * isolation to give (process: instances share the host's network), so "none" cannot hold.
+   */
+  egressNetworks?: string[];
 }
 
 export class FunctionService {
@@ -253,7 +260,7 @@ export class FunctionService {
       let artifact: string;
       let digest: string;
       let artifactDir: string | undefined;
-      if (config.runtime === "bun") {
+      if (config.runtime !== "docker") {
         // The version's folder: the upload, the bundle at its root. The CLI uploads its own
         // (trusted, in-process) bundle as BUNDLE_FILE; raw source is bundled here, untrusted.
         const bundleFile = join(src, BUNDLE_FILE);
@@ -262,7 +269,7 @@ export class FunctionService {
           // forge.json as written: a defaulted entry must not hide package.json main or handler
           const entry = await findEntry(src, { ...(fromFile.entry ? { entry: fromFile.entry } : {}), ...(fromFile.handler ? { handler: fromFile.handler } : {}) });
           // built beside the folder (the untrusted build's working folder must not lie in it), then moved in
-          await bundleEntry(src, entry, join(work, BUNDLE_FILE), { external });
+          await bundleEntry(src, entry, join(work, BUNDLE_FILE), { external, target: config.runtime });
           renameSync(join(work, BUNDLE_FILE), bundleFile);
         }
         await sealArtifact(src, await packageClosure(src, external));
@@ -296,8 +303,8 @@ export class FunctionService {
         if (this.o.images) {
           const log = (line: string): void => onProgress({ step: 2, of: 3, phase: "building", message: line });
           image =
-            config.runtime === "bun" && artifactDir
-              ? await this.o.images.buildBundleImage(name, version.version, artifactDir, log)
+            config.runtime !== "docker" && artifactDir
+              ? await this.o.images.buildBundleImage(name, version.version, artifactDir, log, config.runtime)
               : await this.o.images.buildDockerfileImage(name, version.version, resolve(this.o.dataDir, artifact), log);
         }
       } catch (err) {
@@ -346,7 +353,7 @@ export class FunctionService {
     const dir = resolve(this.o.dataDir, version.artifact);
     if (version.config.runtime === "docker") return this.o.images.buildDockerfileImage(version.function, version.version, dir, () => {});
     // A single-file artifact is a version from before whole-folder artifacts: it ran without an image.
-    return statSync(dir).isDirectory() ? this.o.images.buildBundleImage(version.function, version.version, dir, () => {}) : null;
+    return statSync(dir).isDirectory() ? this.o.images.buildBundleImage(version.function, version.version, dir, () => {}, version.config.runtime) : null;
   }
 
   /**
@@ -388,6 +395,12 @@ export class FunctionService {
         hint: "remove `databases` from forge.json or run forge with the provisioner",
       });
     }
+    // Egress first (a container's first network is its primary one), then the databases'; each once.
+    const egress = config.network === "none" ? [] : (this.o.egressNetworks ?? []);
+    const networks = [...new Set([...egress, ...bound.networks])];
+    if (config.network === "none" && !this.o.egressNetworks) {
+      this.o.logger.warn(`${config.name}: "network": "none" is not enforced on this driver (its instances share the host's network); the docker driver enforces it`);
+    }
     const artifactPath = resolve(this.o.dataDir, version.artifact);
     return {
       function: version.function,
@@ -400,9 +413,9 @@ export class FunctionService {
       timeoutMs: config.timeoutMs,
       ...(config.handler ? { handler: splitHandler(config.handler).exportName } : {}),
       env: { ...config.env, ...bound.env },
-      ...(bound.networks.length > 0 ? { networks: bound.networks } : {}),
+      ...(networks.length > 0 ? { networks } : {}),
       // a folder (the bundle at its root), or the single .mjs of a version deployed before folders shipped
-      ...(config.runtime === "bun" ? (artifactPath.endsWith(".mjs") ? { bundlePath: artifactPath } : { bundlePath: join(artifactPath, BUNDLE_FILE), artifactDir: artifactPath }) : {}),
+      ...(config.runtime !== "docker" ? (artifactPath.endsWith(".mjs") ? { bundlePath: artifactPath } : { bundlePath: join(artifactPath, BUNDLE_FILE), artifactDir: artifactPath }) : {}),
       ...(version.image ? { image: version.image } : {}),
     };
   }

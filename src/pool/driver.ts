@@ -53,7 +53,11 @@ export interface InstanceSpec {
   env: Record<string, string>;
   /** Memory limit in MiB. */
   memoryMb: number;
-  /** Networks to join (docker driver; bound databases). Absent: no network at all. */
+  /**
+   * The networks the instance or cell joins, exactly (docker driver): forge's egress network
+   * for outbound access, bound databases' networks. Empty or absent: no network at all
+   * (NetworkMode none). The process driver ignores it: processes share the host's network.
+   */
   networks?: string[];
 }
 

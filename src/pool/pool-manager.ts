@@ -6,13 +6,19 @@
  * instance takes a cell, sends it its bundle over the cell's socket, and the cell becomes
  * that function's instance for good; cells refill in the background. A true cold start
  * happens only when no cell is left.
+ *
+ * Cells come in kinds: a runtime (bun, node) and the networks the cell already sits on. The
+ * configured counts (FORGE_STEM_CELLS, per runtime) are kept on the default networks
+ * (`cellNetworks`: on docker, forge's egress network); a function whose networks differ (bound
+ * to a database, or `"network": "none"`) gets one cell of its own kind kept while it is
+ * active, since joining a network at specialization costs far more than a cell start.
  */
 import { randomBytes } from "node:crypto";
 import type { ConsolaInstance } from "consola";
 import { ErrorCode, ForgeError } from "../errors.ts";
-import type { Driver, ExitInfo, InstanceHandle } from "./driver.ts";
+import { isShimRuntime, type Driver, type ExitInfo, type InstanceHandle, type ShimRuntime } from "./driver.ts";
 import { realClock, type Clock } from "./clock.ts";
-import { FunctionPool, type PoolHost, type PoolInstance } from "./function-pool.ts";
+import { EXIT_NOTICE_MS, FunctionPool, type PoolHost, type PoolInstance } from "./function-pool.ts";
 import { drain, health, specialize } from "./instance-client.ts";
 import { fixedKeepAlive, type KeepAlivePolicy } from "./keep-alive.ts";
 import type { Lease, PoolSnapshot, PoolSpec, StartCounts, StartKind } from "./types.ts";
@@ -22,10 +28,14 @@ export interface PoolManagerOptions {
   logger: ConsolaInstance;
   /** Time source; a FakeClock in decision tests. Default the real clock. */
   clock?: Clock;
-  /** Generic bun instances kept ready. Default 2. */
-  stemCells?: number;
-  /** Image cells run (docker driver). */
+  /** Generic instances kept ready per runtime (a number: bun's). Default { bun: 2 }. */
+  stemCells?: number | Partial<Record<ShimRuntime, number>>;
+  /** Networks default cells sit on (docker: forge's egress network). Default none. */
+  cellNetworks?: readonly string[];
+  /** Image bun cells run (docker driver). */
   runtimeImage?: string;
+  /** Image node cells run (docker driver). */
+  nodeImage?: string;
   /** Memory limit of a cell before it is specialized, MiB. Default 128. */
   cellMemoryMb?: number;
   /** Cap on the sum of instance memory, cells included, MiB. Default 4096. */
@@ -82,6 +92,24 @@ interface Cell {
   createdAt: number;
 }
 
+/** What a cell is ready for: its runtime and the networks it sits on (sorted). */
+interface CellKind {
+  runtime: ShimRuntime;
+  networks: readonly string[];
+}
+
+/** The cells of one kind: those ready, those starting, and how many to keep. */
+interface Shelf {
+  kind: CellKind;
+  ready: Cell[];
+  starting: number;
+  target: number;
+}
+
+function cellKey(runtime: ShimRuntime, networks: readonly string[] = []): string {
+  return `${runtime}|${[...networks].sort().join(",")}`;
+}
+
 export class PoolManager implements PoolHost, AsyncDisposable {
   readonly clock: Clock;
   readonly queueTimeoutMs: number;
@@ -90,7 +118,9 @@ export class PoolManager implements PoolHost, AsyncDisposable {
   private readonly driver: Driver;
   private readonly logger: ConsolaInstance;
   private readonly keepAlive: KeepAlivePolicy;
-  private readonly stemCellTarget: number;
+  private readonly stemCellTargets: Partial<Record<ShimRuntime, number>>;
+  private readonly cellNetworks: readonly string[];
+  private readonly nodeImage: string | undefined;
   private readonly cellMemoryMb: number;
   private readonly budgetMb: number;
   private readonly runtimeImage: string | undefined;
@@ -105,8 +135,10 @@ export class PoolManager implements PoolHost, AsyncDisposable {
   private readonly draining = new Set<FunctionPool>();
   /** Which pool owns an instance, by driver id, and the pool's key for it (for exits). */
   private readonly owner = new Map<string, { pool: FunctionPool; poolId: string }>();
-  private readonly cells: Cell[] = [];
-  private cellsStarting = 0;
+  /** Health checks that failed, waiting for the instance's exit notice (by driver id). */
+  private readonly exitNoticed = new Map<string, () => void>();
+  /** Stem cells by kind (cellKey). */
+  private readonly shelves = new Map<string, Shelf>();
   private usedMb = 0;
   private readonly starts = new Map<string, StartCounts>();
   private readonly bundles = new Map<string, Promise<string>>();
@@ -118,8 +150,12 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     this.driver = options.driver;
     this.logger = options.logger;
     this.clock = options.clock ?? realClock;
-    this.stemCellTarget = options.stemCells ?? 2;
+    const cells = options.stemCells ?? 2;
+    this.stemCellTargets = typeof cells === "number" ? { bun: cells } : cells;
+    this.cellNetworks = [...(options.cellNetworks ?? [])].sort();
     this.runtimeImage = options.runtimeImage;
+    this.nodeImage = options.nodeImage;
+    this.retarget();
     this.cellMemoryMb = options.cellMemoryMb ?? 128;
     this.budgetMb = options.memoryBudgetMb ?? 4096;
     this.keepAlive = options.keepAlive ?? fixedKeepAlive(10 * 60_000);
@@ -175,7 +211,8 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     } catch (err) {
       next.close(new ForgeError(ErrorCode.LoadFailed, 400, `${spec.function} v${spec.version} did not load`));
       // No room to try it (the memory budget is full) or forge is stopping: not the version's fault.
-      if (err instanceof ForgeError && (err.code === ErrorCode.ServiceUnavailable || err.code === ErrorCode.Disposed)) throw err;
+      // Nor is a runtime this forge cannot run (no node binary, no image for it).
+      if (err instanceof ForgeError && (err.code === ErrorCode.ServiceUnavailable || err.code === ErrorCode.Disposed || err.code === ErrorCode.DriverUnavailable)) throw err;
       throw loadFailed(spec, err);
     }
     const kind = await this.kindOf(next);
@@ -186,6 +223,8 @@ export class PoolManager implements PoolHost, AsyncDisposable {
       this.assertLive();
     }
     this.active.set(spec.function, next);
+    this.retarget();
+    this.refillCells();
     if (old) {
       this.draining.add(old);
       void old.drain().then(() => this.draining.delete(old));
@@ -206,6 +245,7 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     const pool = this.active.get(fn);
     this.active.delete(fn);
     this.starts.delete(fn);
+    this.retarget();
     pool?.close(new ForgeError(ErrorCode.FunctionNotFound, 404, `function ${fn} was deleted`, { hint: "deploy it again" }));
     for (const p of this.draining) if (p.function === fn) p.close(new ForgeError(ErrorCode.FunctionNotFound, 404, `function ${fn} was deleted`));
   }
@@ -216,8 +256,16 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     return { ...pool.snapshot(), starts: { ...(this.starts.get(fn) ?? { warm: 0, cell: 0, cold: 0 }) } };
   }
 
-  stats(): { cells: number; cellsStarting: number; stopping: number; usedMb: number; budgetMb: number; pools: number } {
-    return { cells: this.cells.length, cellsStarting: this.cellsStarting, stopping: this.stopping.size, usedMb: this.usedMb, budgetMb: this.budgetMb, pools: this.active.size };
+  stats(): { cells: number; cellsStarting: number; stopping: number; usedMb: number; budgetMb: number; pools: number; cellsByRuntime: Partial<Record<ShimRuntime, number>> } {
+    let cells = 0;
+    let cellsStarting = 0;
+    const cellsByRuntime: Partial<Record<ShimRuntime, number>> = {};
+    for (const shelf of this.shelves.values()) {
+      cells += shelf.ready.length;
+      cellsStarting += shelf.starting;
+      cellsByRuntime[shelf.kind.runtime] = (cellsByRuntime[shelf.kind.runtime] ?? 0) + shelf.ready.length;
+    }
+    return { cells, cellsStarting, stopping: this.stopping.size, usedMb: this.usedMb, budgetMb: this.budgetMb, pools: this.active.size, cellsByRuntime };
   }
 
   /** The function and version an instance serves (by driver id); undefined for cells and unknown ids. */
@@ -258,7 +306,7 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     for (const pool of this.active.values()) pool.close(closing);
     for (const pool of this.draining) pool.close(closing);
     this.active.clear();
-    for (const cell of this.cells.splice(0)) this.stopInstance(cell.handle.id);
+    for (const shelf of this.shelves.values()) for (const cell of shelf.ready.splice(0)) this.stopInstance(cell.handle.id);
     for (const d of this.drains) d.abort();
     await Promise.allSettled([...this.stopping]);
   }
@@ -282,9 +330,9 @@ export class PoolManager implements PoolHost, AsyncDisposable {
 
   async startInstance(pool: FunctionPool, id: string): Promise<{ handle: InstanceHandle; origin: StartKind }> {
     const spec = pool.spec;
-    // A cell has no network and cannot join one: functions bound to databases start cold.
-    if (spec.runtime === "bun" && spec.bundlePath && !spec.networks?.length) {
-      const cell = this.cells.shift();
+    // A cell of the function's runtime already on its networks (joining one is far slower than a cell start).
+    if (isShimRuntime(spec.runtime) && spec.bundlePath) {
+      const cell = this.shelves.get(cellKey(spec.runtime, spec.networks))?.ready.shift();
       if (cell) {
         // The cell's memory is now the function's instance memory (reserved by the pool).
         // The refill waits until the cell answered: starting a container beside it takes
@@ -383,7 +431,7 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     // a failed one, or one of a forge shutting down, is stopped at once. Its owner is kept
     // until then, so what it logs meanwhile is still its function's, and its memory stays
     // counted until it is gone.
-    const drainFirst = graceful !== undefined && graceful.handle.spec.runtime === "bun" && !this.disposed;
+    const drainFirst = graceful !== undefined && isShimRuntime(graceful.handle.spec.runtime) && !this.disposed;
     if (!drainFirst) this.owner.delete(id);
     let settled: Promise<unknown> = Promise.resolve();
     let abort: AbortController | undefined;
@@ -415,8 +463,24 @@ export class PoolManager implements PoolHost, AsyncDisposable {
       await health(handle, handle.controlToken, AbortSignal.timeout(HEALTH_CHECK_MS));
       return true;
     } catch {
+      // Likely dead: the driver's exit notice, saying why (an OOM), comes within ms. The
+      // instance leaves the pool by it rather than by a stop, which would drop the notice.
+      await this.exitNotice(handle.id);
       return false;
     }
+  }
+
+  /** Resolves on the driver's exit notice for `id`, or after EXIT_NOTICE_MS. */
+  private exitNotice(id: string): Promise<void> {
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        if (this.exitNoticed.get(id) === done) this.exitNoticed.delete(id);
+        resolve();
+      };
+      const timer = setTimeout(done, EXIT_NOTICE_MS);
+      this.exitNoticed.set(id, done);
+    });
   }
 
   onIdle(fn: string, idleMs: number): void {
@@ -428,7 +492,7 @@ export class PoolManager implements PoolHost, AsyncDisposable {
   /** How the version's module is called, asked of one of its ready instances (null: not a shim, or no answer). */
   private async kindOf(pool: FunctionPool): Promise<"fetch" | "lambda" | null> {
     const handle = pool.readyHandle();
-    if (!handle || pool.spec.runtime !== "bun") return null;
+    if (!handle || !isShimRuntime(pool.spec.runtime)) return null;
     try {
       return (await health(handle, handle.controlToken, AbortSignal.timeout(5_000))).kind ?? null;
     } catch {
@@ -437,11 +501,15 @@ export class PoolManager implements PoolHost, AsyncDisposable {
   }
 
   private onExit(info: ExitInfo): void {
-    const cellIndex = this.cells.findIndex((c) => c.handle.id === info.id);
-    if (cellIndex >= 0) {
-      this.cells.splice(cellIndex, 1);
+    this.exitNoticed.get(info.id)?.();
+    for (const shelf of this.shelves.values()) {
+      const cellIndex = shelf.ready.findIndex((c) => c.handle.id === info.id);
+      if (cellIndex < 0) continue;
+      shelf.ready.splice(cellIndex, 1);
       this.releaseMemory(this.cellMemoryMb);
       this.logger.warn(`stem cell ${info.id} exited (${info.reason}); refilling`);
+      // What it leaves (an exited container, a folder) goes; its memory was released above.
+      this.stopInstance(info.id);
       return;
     }
     const owned = this.owner.get(info.id);
@@ -449,31 +517,76 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     this.owner.delete(info.id);
     const { pool, poolId } = owned;
     this.logger.warn(`instance ${info.id} of ${pool.function} v${pool.version} exited (${info.reason}, code ${info.code})`);
-    pool.instanceGone(poolId);
+    pool.instanceGone(poolId, info);
+    // An exited instance leaves its container (docker) or folder (process) behind: removed now,
+    // since the pool no longer knows it (its memory was released by instanceGone).
+    this.stopInstance(info.id);
+  }
+
+  /**
+   * How many cells of each kind to keep: the configured counts on the default networks, and
+   * one for each other kind an active function needs. A kind no longer needed keeps the
+   * cells it has (they serve the next deploy, or go to the memory budget's eviction).
+   */
+  private retarget(): void {
+    const targets = new Map<string, { kind: CellKind; target: number }>();
+    for (const [runtime, count] of Object.entries(this.stemCellTargets) as [ShimRuntime, number][]) {
+      if (count > 0) targets.set(cellKey(runtime, this.cellNetworks), { kind: { runtime, networks: this.cellNetworks }, target: count });
+    }
+    for (const pool of this.active.values()) {
+      const { runtime, networks = [] } = pool.spec;
+      if (!isShimRuntime(runtime)) continue;
+      const key = cellKey(runtime, networks);
+      // A runtime configured with no cells gets none for its special kinds either.
+      if (!targets.has(key) && (this.stemCellTargets[runtime] ?? 0) > 0) targets.set(key, { kind: { runtime, networks: [...networks].sort() }, target: 1 });
+    }
+    for (const [key, shelf] of this.shelves) if (!targets.has(key)) shelf.target = 0;
+    for (const [key, { kind, target }] of targets) {
+      const shelf = this.shelves.get(key);
+      if (shelf) shelf.target = target;
+      else this.shelves.set(key, { kind, ready: [], starting: 0, target });
+    }
   }
 
   private refillCells(): void {
     if (this.disposed) return;
-    while (this.cells.length + this.cellsStarting < this.stemCellTarget) {
-      if (!this.reserveMemoryForCell()) return;
-      this.cellsStarting++;
-      const id = this.newInstanceId();
-      this.driver
-        .start({ id, role: "cell", runtime: "bun", ...(this.runtimeImage ? { image: this.runtimeImage } : {}), env: {}, memoryMb: this.cellMemoryMb, region: this.region })
-        .then(
-          (handle) => {
-            this.cellsStarting--;
-            if (this.disposed) return void this.driver.stop(handle.id).catch(() => {});
-            this.cells.push({ handle, createdAt: this.clock.now() });
-          },
-          (err: unknown) => {
-            this.cellsStarting--;
-            this.usedMb = Math.max(0, this.usedMb - this.cellMemoryMb);
-            // No retry loop: the next take or memory release refills again.
-            this.logger.error("could not start a stem cell:", err);
-          },
-        );
+    for (const shelf of this.shelves.values()) {
+      while (shelf.ready.length + shelf.starting < shelf.target) {
+        if (!this.reserveMemoryForCell()) return;
+        this.startCell(shelf);
+      }
     }
+  }
+
+  private startCell(shelf: Shelf): void {
+    shelf.starting++;
+    const id = this.newInstanceId();
+    const { runtime, networks } = shelf.kind;
+    const image = runtime === "node" ? this.nodeImage : this.runtimeImage;
+    this.driver
+      .start({
+        id,
+        role: "cell",
+        runtime,
+        ...(image ? { image } : {}),
+        ...(networks.length > 0 ? { networks: [...networks] } : {}),
+        env: {},
+        memoryMb: this.cellMemoryMb,
+        region: this.region,
+      })
+      .then(
+        (handle) => {
+          shelf.starting--;
+          if (this.disposed) return void this.driver.stop(handle.id).catch(() => {});
+          shelf.ready.push({ handle, createdAt: this.clock.now() });
+        },
+        (err: unknown) => {
+          shelf.starting--;
+          this.usedMb = Math.max(0, this.usedMb - this.cellMemoryMb);
+          // No retry loop: the next take or memory release refills again.
+          this.logger.error(`could not start a ${runtime} stem cell:`, err);
+        },
+      );
   }
 
   private reserveMemoryForCell(): boolean {
@@ -496,7 +609,14 @@ export class PoolManager implements PoolHost, AsyncDisposable {
       best.pool.evict(best.inst);
       return true;
     }
-    const cell = this.cells.pop();
+    // A cell of a kind no longer kept goes first, then one of the fullest shelf.
+    let from: Shelf | undefined;
+    for (const shelf of this.shelves.values()) {
+      if (shelf.ready.length === 0) continue;
+      const surplus = shelf.ready.length - shelf.target;
+      if (!from || surplus > from.ready.length - from.target) from = shelf;
+    }
+    const cell = from?.ready.pop();
     if (cell) {
       this.stopInstance(cell.handle.id);
       this.usedMb = Math.max(0, this.usedMb - this.cellMemoryMb);

@@ -61,8 +61,8 @@ export function createRouter(o: RouterOptions): ForgeApp {
   app.get("/healthz", (c) => c.json({ ok: true }));
   app.get("/readyz", (c) => {
     const ready = o.ready?.() ?? true;
-    const { cells, cellsStarting } = o.pool.stats();
-    return c.json({ ready, stemCells: cells, stemCellsStarting: cellsStarting }, ready ? 200 : 503);
+    const { cells, cellsStarting, cellsByRuntime } = o.pool.stats();
+    return c.json({ ready, stemCells: cells, stemCellsByRuntime: cellsByRuntime, stemCellsStarting: cellsStarting }, ready ? 200 : 503);
   });
   app.get("/metrics", async (c) => {
     if (!o.metrics) return c.text("", 200);

@@ -62,10 +62,11 @@ export interface Deployed {
 }
 
 /** Deploys the benchmark function under `name` with config overrides. */
-export async function deployFunction(target: BenchTarget, name: string, config: Record<string, unknown> = {}): Promise<Deployed> {
+/** Deploys the bench's function (FUNCTION_SOURCE, the same on both runtimes) on `runtime`. */
+export async function deployFunction(target: BenchTarget, name: string, config: Record<string, unknown> = {}, runtime: "bun" | "node" = "bun"): Promise<Deployed> {
   const archive = await packFiles([
     { path: "index.js", data: FUNCTION_SOURCE },
-    { path: "forge.json", data: JSON.stringify({ name, entry: "index.js", runtime: "bun" }) },
+    { path: "forge.json", data: JSON.stringify({ name, entry: "index.js", runtime }) },
   ]);
   const result = await target.client.deploy(name, archive, config);
   return { name, version: result.version, host: new URL(result.url).host };

@@ -14,6 +14,7 @@ import { deleteFunction, deployFunction, freePort, info, skipped, waitFor, type 
 export const GATEWAY = { name: "warm-gateway", title: "warm requests through forge's gateway (subdomain routing, lease, proxy)" } as const;
 export const DIRECT = { name: "warm-direct", title: "warm requests straight to the instance's Unix socket (the limit)" } as const;
 export const NGINX = { name: "warm-nginx", title: "warm requests through nginx (1 worker, kept-alive upstream) to the instance socket" } as const;
+export const GATEWAY_NODE = { name: "warm-gateway-node", title: "warm requests through forge's gateway to the same function on runtime node" } as const;
 
 export type WarmWhich = "warm-gateway" | "warm-direct" | "warm-nginx";
 
@@ -57,7 +58,21 @@ export async function warmScenarios(ctx: SuiteContext, target: BenchTarget, whic
   } finally {
     await deleteFunction(target, name, ctx.logger);
   }
+  if (which.has(GATEWAY_NODE.name)) out.push(await warmNode(ctx, target));
   return out;
+}
+
+/** The gateway load again, on the same function deployed with runtime node (one instance, same concurrency). */
+async function warmNode(ctx: SuiteContext, target: BenchTarget): Promise<ScenarioResult> {
+  const { concurrency, requests, warmupMs } = ctx.settings;
+  const name = `${ctx.prefix}warm-node`;
+  const fn = await deployFunction(target, name, { minWarm: 1, maxInstances: 1, concurrency: Math.max(concurrency, 1) }, "node");
+  try {
+    const r = await runLoadInWorker({ concurrency, requests, warmupMs, timeoutMs: 30_000, url: `${target.url}/`, headers: { host: fn.host }, ...(ctx.progressTo ? { progressTo: ctx.progressTo } : {}) });
+    return loadScenario(GATEWAY_NODE.name, GATEWAY_NODE.title, r);
+  } finally {
+    await deleteFunction(target, name, ctx.logger);
+  }
 }
 
 /** The socket of the function's ready instance, when the forge reports it. */
