@@ -214,6 +214,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
   const gateway = new Gateway({ pool, recorder, logger, domain: config.domain, maxBodyBytes: config.maxBodyBytes, backend, idleTimeoutMs: config.idleTimeoutMs, maxConnections: config.maxConnections, maxConnectionsPerClient: config.maxConnectionsPerClient || (isLoopback(config.host) ? config.maxConnections : 512), headTimeoutMs: config.headTimeoutMs, bodyTimeoutMs: config.bodyTimeoutMs, sendTimeoutMs: config.sendTimeoutMs, trustedProxies: new TrustedProxies(config.trustedProxies) });
   try {
     port = gateway.listen(config.host, config.port);
+    pool.onCellReady((cell) => gateway.primeInstance(cell.endpoint.socketPath));
   } catch (err) {
     clearInterval(pruneTimer);
     await server.stop(true);

@@ -161,6 +161,11 @@ export class Gateway implements ConnectionHost {
     return this.listener.port;
   }
 
+  /** Opens a connection to an instance's socket ahead of its first request (a stem cell's: see InstanceConnections.prime). */
+  primeInstance(socketPath: string): void {
+    this.upstream.prime(socketPath);
+  }
+
   /** Stops accepting and closes every connection (requests in flight were drained by the pool before). */
   stop(): void {
     clearInterval(this.sweeper);

@@ -43,6 +43,16 @@ export class InstanceConnections {
     return up;
   }
 
+  /**
+   * Opens a connection to `socketPath` ahead of its first request and keeps it idle: a stem
+   * cell's, so that the request that specializes it does not also pay for a new connection
+   * (a fresh node process takes ~1.3 ms to answer on a new connection, ~0.3 ms on an open one).
+   */
+  prime(socketPath: string): void {
+    if (this.disposed || (this.idle.get(socketPath)?.length ?? 0) > 0) return;
+    this.release(this.open(socketPath));
+  }
+
   release(up: InstanceConnection): void {
     up.client = undefined;
     if (this.disposed || up.closed) return up.destroy();

@@ -21,6 +21,7 @@ import { realClock, type Clock } from "./clock.ts";
 import { EXIT_NOTICE_MS, FunctionPool, type PoolHost, type PoolInstance } from "./function-pool.ts";
 import { drain, health, specialize } from "./instance-client.ts";
 import { fixedKeepAlive, type KeepAlivePolicy } from "./keep-alive.ts";
+import { UpstreamPool } from "./upstream.ts";
 import type { Lease, PoolSnapshot, PoolSpec, StartCounts, StartKind } from "./types.ts";
 
 export interface PoolManagerOptions {
@@ -143,6 +144,9 @@ export class PoolManager implements PoolHost, AsyncDisposable {
   private readonly starts = new Map<string, StartCounts>();
   private readonly bundles = new Map<string, Promise<string>>();
   private sweepTimer: { cancel(): void } | undefined;
+  /** Kept-alive connections for specializing cells: one is opened as a cell becomes ready. */
+  private readonly control = new UpstreamPool({ maxIdle: 1 });
+  private readonly cellReadyListeners = new Set<(handle: InstanceHandle) => void>();
   private unsubscribeExit: (() => void) | undefined;
   private disposed = false;
 
@@ -173,6 +177,16 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     this.unsubscribeExit = this.driver.onExit((info) => this.onExit(info));
     this.refillCells();
     this.scheduleSweep();
+  }
+
+  /**
+   * Registers a listener for stem cells becoming ready (the gateway opens a connection to
+   * each ahead of the request that will specialize it); returns an unsubscribe.
+   */
+  onCellReady(listener: (handle: InstanceHandle) => void): () => void {
+    this.cellReadyListeners.add(listener);
+    for (const shelf of this.shelves.values()) for (const cell of shelf.ready) listener(cell.handle);
+    return () => this.cellReadyListeners.delete(listener);
   }
 
   /** The active pool of a function, if it has one. */
@@ -300,6 +314,7 @@ export class PoolManager implements PoolHost, AsyncDisposable {
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
+    this.control.dispose();
     this.sweepTimer?.cancel();
     this.unsubscribeExit?.();
     const closing = new ForgeError(ErrorCode.Disposed, 503, "forge is shutting down", { hint: "retry against another node or after restart" });
@@ -359,6 +374,7 @@ export class PoolManager implements PoolHost, AsyncDisposable {
               ...(spec.handler ? { handler: spec.handler } : {}),
             },
             loading,
+            this.control,
           ).catch((err: unknown) => {
             if (!loading.aborted) throw err;
             throw new ForgeError(ErrorCode.InstanceStartFailed, 502, `the module did not finish loading within ${this.startTimeoutMs} ms`, {
@@ -579,6 +595,15 @@ export class PoolManager implements PoolHost, AsyncDisposable {
           shelf.starting--;
           if (this.disposed) return void this.driver.stop(handle.id).catch(() => {});
           shelf.ready.push({ handle, createdAt: this.clock.now() });
+          // Connections opened now, off any request's path: a new one costs a fresh process most.
+          this.control.prime(handle.endpoint.socketPath);
+          for (const listener of this.cellReadyListeners) {
+            try {
+              listener(handle);
+            } catch (err) {
+              this.logger.warn("a cell-ready listener threw", err);
+            }
+          }
         },
         (err: unknown) => {
           shelf.starting--;

@@ -114,6 +114,24 @@ export class UpstreamPool {
     return new Response(r.body, { status: r.status, statusText: r.statusText, headers: r.headers });
   }
 
+  /** Opens a connection to `socketPath` ahead of its first request and keeps it idle (a stem cell's, for its specialize). */
+  prime(socketPath: string): void {
+    if (this.disposed || (this.idle.get(socketPath)?.length ?? 0) > 0) return;
+    const conn = new Conn(this, socketPath);
+    this.live.add(conn);
+    Bun.connect({ unix: socketPath, socket: HANDLERS, data: conn }).then(
+      (socket) => {
+        conn.attach(socket);
+        if (conn.closed || this.disposed) return conn.destroy();
+        this.release(conn);
+      },
+      () => {
+        this.live.delete(conn);
+        conn.closed = true;
+      },
+    );
+  }
+
   /** Closes the idle connections to a socket path (its instance left); busy ones close when done. */
   closeAll(socketPath: string): void {
     const list = this.idle.get(socketPath);
