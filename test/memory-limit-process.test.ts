@@ -66,4 +66,27 @@ describe("memory limits on the process driver", () => {
     expect(((await invoked.json()) as ErrorBody).error.message).toContain("memory limit of 64 MiB");
     expect((await forge.fn("grower", "/")).status).toBe(200);
   });
+
+  test("a node function that fills V8's heap (sized from memoryMb) gets the same 502 naming the limit, and the next request is served", async () => {
+    using dir = tempDir("forge-heap-");
+    // JS arrays live on V8's heap: a cold node instance's heap limit is 3/4 of memoryMb, so
+    // V8 gives up ("JavaScript heap out of memory") before the kernel's limit is reached.
+    writeFileSync(
+      join(dir, "index.mjs"),
+      `const held = [];
+       export default { async fetch(req) {
+         if (new URL(req.url).pathname !== "/grow") return new Response("ok");
+         while (held.length < 4096) { held.push(new Array(128 * 1024).fill(held.length + 0.5)); await new Promise((r) => setImmediate(r)); }
+         return new Response("grew and was not stopped");
+       } };`,
+    );
+    writeFileSync(join(dir, "forge.json"), JSON.stringify({ runtime: "node", memoryMb: 96 }));
+    // No node cell: the instance is a cold start, whose heap follows memoryMb.
+    await using forge = await startForge({ env: { FORGE_STEM_CELLS: "bun=1" } });
+    expect((await cli(forge, ["deploy", dir, "--name", "heapfill"])).code).toBe(0);
+    const grown = await forge.fn("heapfill", "/grow");
+    expect(grown.status).toBe(502);
+    expect(((await grown.json()) as ErrorBody).error.message).toBe("the instance of heapfill went over its memory limit of 96 MiB and was stopped");
+    expect(await (await forge.fn("heapfill", "/")).text()).toBe("ok");
+  });
 });

@@ -123,6 +123,10 @@ if (!engine || !hostTools()) {
   const vethHost = `fgn${tag}h`;
   const vethServer = `fgn${tag}s`;
   const outside = `http://${serverIp}:8080/`;
+  // The same server on a link-local address too: where a cloud serves instance metadata.
+  const linkLocalNet = `169.254.${200 + Math.floor(Math.random() * 50)}.${4 * Math.floor(Math.random() * 63)}`;
+  const [, , lc, ld] = linkLocalNet.split(".").map(Number) as [number, number, number, number];
+  const linkLocal = `http://169.254.${lc}.${ld + 2}:8080/`;
   let server: ReturnType<typeof docker.getContainer> | undefined;
   let forge: ForgeProcess;
 
@@ -159,7 +163,10 @@ if (!engine || !hostTools()) {
     await sh("ip", "link", "set", vethHost, "up");
     await sh("nsenter", "-t", pid, "-n", "ip", "addr", "add", `${serverIp}/30`, "dev", vethServer);
     await sh("nsenter", "-t", pid, "-n", "ip", "link", "set", vethServer, "up");
+    await sh("ip", "addr", "add", `169.254.${lc}.${ld + 1}/30`, "dev", vethHost);
+    await sh("nsenter", "-t", pid, "-n", "ip", "addr", "add", `169.254.${lc}.${ld + 2}/30`, "dev", vethServer);
     await until(() => fetch(outside).then((r) => r.ok, () => false), 10_000, "the outside server to answer the host");
+    await until(() => fetch(linkLocal).then((r) => r.ok, () => false), 10_000, "the outside server to answer the host on its link-local address");
 
     // 2. forge on every address, and three functions deployed side by side.
     forge = await startForge({ dataDir: data, env: { FORGE_DRIVER: "docker", FORGE_HOST: "0.0.0.0", FORGE_EGRESS_NETWORK: EGRESS } });
@@ -205,6 +212,12 @@ if (!engine || !hostTools()) {
       expect(without.ok).toBe(false);
       // No interface but loopback, so nothing to try with.
       expect(((await probe("probe-none", {})) as unknown as { ipv4: unknown[] }).ipv4).toEqual([]);
+    });
+
+    test("a link-local address (a cloud's metadata service) is refused, though the host reaches it", async () => {
+      const tried = await probe("probe", { op: "fetch", url: linkLocal });
+      expect(tried.ok).toBe(false);
+      await sh("iptables", "-w", "5", "-C", "FORWARD", "-i", EGRESS, "-j", `FORGE-OUT-${EGRESS}`);
     });
 
     test("an instance cannot open forge's port, through the bridge's gateway or any address of the host", async () => {

@@ -390,12 +390,21 @@ const streamBodied = new WeakSet<Response>();
  * body stream (~15% of a warm request). Strings only: bytes could change after the Response copied them.
  */
 const bodySources = ON_BUN ? undefined : new WeakMap<Response, string>();
-/** Stream-bodied Responses the shim itself makes (a first chunk put back, a Lambda response stream). */
-const shimStreams = new WeakSet<Response>();
-/** A Response of the shim's own with a stream body (see wholeBody). */
+/**
+ * Node: Responses known to have a whole body (made with a string, bytes, a Blob, form data:
+ * anything but a stream), which the node server sends with a Content-Length in one write.
+ * Anything not known so (a fetch() answer, a clone, a stream) is streamed.
+ */
+const wholeBodied = ON_BUN ? undefined : new WeakSet<Response>();
+/** A Response of the shim's own with a stream body. */
 function streamResponse(body: ReadableStream<Uint8Array>, init: ResponseInit): Response {
+  return new NativeResponse(body, init);
+}
+/** A Response of the shim's own with a whole body (see wholeBodied). */
+function wholeResponse(body: string | Uint8Array | null, init?: ResponseInit): Response {
   const response = new NativeResponse(body, init);
-  shimStreams.add(response);
+  wholeBodied?.add(response);
+  if (typeof body === "string") bodySources?.set(response, body);
   return response;
 }
 /** Workers answers with a WebSocketPair's client end; made on first use (most functions never do). */
@@ -405,8 +414,9 @@ class MarkingResponse extends NativeResponse {
     super(body, init);
     if (typeof body === "object" && body !== null && (body instanceof ReadableStream || Symbol.asyncIterator in body)) {
       streamBodied.add(this);
-    } else if (bodySources !== undefined && typeof body === "string") {
-      bodySources.set(this, body);
+    } else if (wholeBodied !== undefined) {
+      wholeBodied.add(this);
+      if (typeof body === "string") bodySources?.set(this, body);
     }
     // Workers: `new Response(null, { status: 101, webSocket: client })` answers with a WebSocketPair.
     const webSocket = (init as { webSocket?: unknown } | null | undefined)?.webSocket;
@@ -781,7 +791,7 @@ async function lambdaResult(fn: Loaded, call: Call, event: unknown, started: num
     call.log(err);
     return Response.json({ error: { code: "function_error", ...errorParts(err) } }, { status: 500 });
   }
-  return new NativeResponse(JSON.stringify(result === undefined ? null : result), {
+  return wholeResponse(JSON.stringify(result === undefined ? null : result), {
     headers: { "content-type": "application/json" },
   });
 }
@@ -871,7 +881,7 @@ function lambdaResponse(result: unknown): Response {
   if (result instanceof NativeResponse) return result;
   if (result === undefined || result === null) return new NativeResponse(null, { status: 200 });
   if (typeof result === "string") {
-    return new NativeResponse(result, { headers: { "content-type": "text/plain; charset=utf-8" } });
+    return wholeResponse(result, { headers: { "content-type": "text/plain; charset=utf-8" } });
   }
   if (!isObject(result) || typeof result.statusCode !== "number") {
     // API Gateway's rule: a result without statusCode is the JSON body of a 200.
@@ -892,7 +902,7 @@ function lambdaResponse(result: unknown): Response {
     body = JSON.stringify(raw);
     if (!headers.has("content-type")) headers.set("content-type", "application/json");
   }
-  return new NativeResponse(body, { status: result.statusCode, headers });
+  return wholeResponse(body, { status: result.statusCode, headers });
 }
 
 function headersOf(fields: unknown, cookies: unknown): Headers {
@@ -1753,10 +1763,8 @@ function websocketOptions(): object {
  * server sends it with a Content-Length in one write. Bun tells this apart itself.
  */
 function wholeBody(response: Response): string | Uint8Array | boolean {
-  // Stream bodies are the function's `new Response(stream)`, the shim's own, and fetch()'s answers (they have a url).
-  if (streamBodied.has(response) || shimStreams.has(response) || response.url !== "") return false;
-  const source = response.bodyUsed ? undefined : bodySources?.get(response);
-  return source ?? true;
+  if (response.bodyUsed) return false;
+  return bodySources?.get(response) ?? wholeBodied?.has(response) ?? false;
 }
 
 /** Node: runtimes/node/serve.ts in Bun.serve's place (bundled in; never loaded on Bun). */

@@ -15,7 +15,6 @@
  * an AbortController per request cost ~10% of a warm request), and WebSocket upgrades get a
  * 501: the node runtime does not serve WebSockets yet.
  */
-import { once } from "node:events";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import { unlinkSync } from "node:fs";
 import type { Socket } from "node:net";
@@ -69,6 +68,9 @@ export async function serveNode(options: NodeServeOptions): Promise<NodeServer> 
   );
   // keepAliveTimeout in the options is Node 22's; on 20 it is a property.
   server.keepAliveTimeout = 0;
+  // No count of headers (Node keeps 1,023 and drops the rest silently, forge's own among
+  // them, which come last): the head is bounded by maxHeaderSize, as forge's gateway bounds it.
+  server.maxHeadersCount = 0;
   server.on("upgrade", (_req: IncomingMessage, socket: Socket) => {
     socket.end(UPGRADE_REFUSED + Buffer.byteLength(UPGRADE_BODY) + "\r\n\r\n" + UPGRADE_BODY);
   });
@@ -171,16 +173,32 @@ async function answer(req: IncomingMessage, res: ServerResponse, options: NodeSe
   }
   try {
     await write(res, response, options, req.method === "HEAD");
-  } catch {
-    // The client went away or the body failed mid-stream (the shim logged why): cut it.
-    res.destroy();
+  } catch (err) {
+    // Nothing sent yet (a Response the head cannot be made of: Response.error(), a bad
+    // status): the shim's 500, as Bun.serve's error handler gives. Else the client went away
+    // or the body failed mid-stream (the shim logged why): cut it.
+    if (res.headersSent) return void res.destroy();
+    await write(res, options.error(err), options, false).catch(() => res.destroy());
   }
+}
+
+/**
+ * Headers that frame the message on this connection: the server sets them from the body it
+ * sends, as Bun.serve does, never from the function's (a length copied from a compressed
+ * upstream, or counted in characters, would cut the body short or leave the next response
+ * on the connection to be read as this one's rest).
+ */
+const FRAMING = new Set(["content-length", "transfer-encoding", "connection", "keep-alive"]);
+
+/** Statuses whose responses carry no body (RFC 9110 §6.4.1). */
+function bodiless(status: number): boolean {
+  return status < 200 || status === 204 || status === 304;
 }
 
 function headLines(response: Response): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {};
   for (const [name, value] of response.headers) {
-    if (name === "set-cookie") continue;
+    if (name === "set-cookie" || FRAMING.has(name)) continue;
     out[name] = value;
   }
   const cookies = response.headers.getSetCookie();
@@ -188,39 +206,83 @@ function headLines(response: Response): Record<string, string | string[]> {
   return out;
 }
 
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * Writes a Response. Bodies go out as Buffers: node writes the head in the encoding of the
+ * first body write, so a string would turn a header's bytes above 0x7f (kept as latin1) into
+ * UTF-8 pairs.
+ */
 async function write(res: ServerResponse, response: Response, options: NodeServeOptions, head: boolean): Promise<void> {
+  const status = response.status;
+  const statusText = response.statusText || undefined;
   const headers = headLines(response);
   const body = response.body;
-  if (body === null || head) {
-    res.writeHead(response.status, response.statusText || undefined, headers);
-    if (body !== null) await body.cancel().catch(() => {});
+  if (body === null || head || bodiless(status)) {
+    // HEAD: the length a GET would have, when it is known without reading a stream.
+    if (head && body !== null && !bodiless(status)) {
+      const whole = options.wholeBody(response);
+      const declared = response.headers.get("content-length");
+      if (typeof whole === "string") headers["content-length"] = String(Buffer.byteLength(whole));
+      else if (whole === true) headers["content-length"] = String((await response.arrayBuffer()).byteLength);
+      else if (declared !== null && /^\d{1,15}$/.test(declared)) headers["content-length"] = declared;
+    }
+    res.writeHead(status, statusText, headers);
+    if (body !== null && !response.bodyUsed) await body.cancel().catch(() => {});
     res.end();
     return;
   }
   const whole = options.wholeBody(response);
   if (whole !== false) {
-    const bytes = whole === true ? new Uint8Array(await response.arrayBuffer()) : whole;
-    if (headers["content-length"] === undefined && headers["transfer-encoding"] === undefined) {
-      headers["content-length"] = String(typeof bytes === "string" ? Buffer.byteLength(bytes) : bytes.byteLength);
-    }
-    res.writeHead(response.status, response.statusText || undefined, headers);
+    const bytes = typeof whole === "string" ? Buffer.from(whole) : Buffer.from(await response.arrayBuffer());
+    headers["content-length"] = String(bytes.byteLength);
+    res.writeHead(status, statusText, headers);
     res.end(bytes);
     return;
   }
-  res.writeHead(response.status, response.statusText || undefined, headers);
-  // The head goes out now: a stream's first bytes may be long in coming (SSE).
-  res.flushHeaders();
-  const reader = body.getReader();
+  res.writeHead(status, statusText, headers);
+  // The head goes out now (a stream's first bytes may be long in coming: SSE), as bytes.
+  res.write(EMPTY);
+  await pump(res, body.getReader());
+}
+
+/**
+ * Copies a body stream to the client with backpressure. A client that goes away cancels the
+ * stream at once (a long poll or an event stream waiting for news stops), not at its next chunk.
+ */
+/** What pump needs of a body stream's reader. */
+interface ChunkReader {
+  read(): Promise<{ done: boolean; value?: Uint8Array }>;
+  cancel(reason?: unknown): Promise<void>;
+}
+
+async function pump(res: ServerResponse, reader: ChunkReader): Promise<void> {
+  let gone = false;
+  let wake: (() => void) | undefined;
+  const onClose = (): void => {
+    gone = true;
+    wake?.();
+    void reader.cancel(new Error("the client went away")).catch(() => {});
+  };
+  const onDrain = (): void => wake?.();
+  res.once("close", onClose);
+  res.on("drain", onDrain);
   try {
     for (;;) {
       const { done, value } = await reader.read();
-      if (done) break;
-      if (res.destroyed) throw new Error("client gone");
-      if (!res.write(value)) await Promise.race([once(res, "drain"), once(res, "close")]);
+      if (done || gone) break;
+      if (value !== undefined && !res.write(value)) {
+        await new Promise<void>((resolve) => (wake = resolve));
+        wake = undefined;
+        if (gone) break;
+      }
     }
-    res.end();
+    if (!gone) res.end();
   } catch (err) {
     await reader.cancel(err).catch(() => {});
     throw err;
+  } finally {
+    res.off("close", onClose);
+    res.off("drain", onDrain);
   }
 }

@@ -8,10 +8,13 @@ describe("host firewall", () => {
     expect(chainFor("a".repeat(15)).length).toBeLessThanOrEqual(28);
   });
 
-  test("the chain lets replies and DNS go on to the host's own rules, and refuses the rest at once", () => {
+  test("the chain lets replies and DNS go on to the host's own rules, and refuses the rest at once; link-local addresses are refused on the way out", () => {
     expect(chainRules("forge-egress")).toBe(
       [
         "*filter",
+        ":FORGE-OUT-forge-egress - [0:0]",
+        "-A FORGE-OUT-forge-egress -d 169.254.0.0/16 -p tcp -j REJECT --reject-with tcp-reset",
+        "-A FORGE-OUT-forge-egress -d 169.254.0.0/16 -j REJECT --reject-with icmp-net-unreachable",
         ":FORGE-IN-forge-egress - [0:0]",
         "-A FORGE-IN-forge-egress -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
         "-A FORGE-IN-forge-egress -p udp --dport 53 -j RETURN",
@@ -24,10 +27,10 @@ describe("host firewall", () => {
     );
   });
 
-  test("what an operator runs by hand when forge cannot: the chain, its rules, then the jump", () => {
+  test("what an operator runs by hand when forge cannot: the chains, their rules, then the jumps", () => {
     const lines = manualRules("fn-out").split("\n");
-    expect(lines[0]).toBe("iptables -N FORGE-IN-fn-out");
-    expect(lines.at(-1)).toBe("iptables -I INPUT -i fn-out -j FORGE-IN-fn-out");
+    expect(lines.slice(0, 2)).toEqual(["iptables -N FORGE-IN-fn-out", "iptables -N FORGE-OUT-fn-out"]);
+    expect(lines.slice(-2)).toEqual(["iptables -I INPUT -i fn-out -j FORGE-IN-fn-out", "iptables -I FORWARD -i fn-out -j FORGE-OUT-fn-out"]);
     expect(lines.filter((l) => l.startsWith("iptables -A FORGE-IN-fn-out ")).length).toBe(5);
   });
 

@@ -23,7 +23,13 @@
  * - REJECT, not DROP: a function that tries gets "connection refused" at once instead of
  *   hanging until its timeout.
  *
- * The chain's content is written with one `iptables-restore --noflush` (atomic: the chain is
+ * A second chain, on FORWARD, refuses link-local destinations (169.254.0.0/16: on a cloud
+ * host the instance metadata service, which hands out the host's credentials):
+ *
+ *   -A FORWARD -i <bridge> -j FORGE-OUT-<bridge>          (inserted first, once)
+ *   -A FORGE-OUT-<bridge> -d 169.254.0.0/16 -j REJECT
+ *
+ * The chains' content is written with one `iptables-restore --noflush` (atomic: the chain is
  * created or replaced whole, so two forges starting at once, or an older forge's rules, never
  * leave it half written); the jump is checked (-C) before it is inserted, so a second start
  * adds nothing. `iptables` is the one Docker itself uses (nf_tables or legacy backend alike:
@@ -43,11 +49,27 @@ export function chainFor(bridge: string): string {
   return `FORGE-IN-${bridge}`;
 }
 
-/** The chain's rules as iptables-restore input (filter table, chain created or replaced). */
+/**
+ * The chain for what instances send through the host (FORWARD): link-local destinations
+ * (169.254.0.0/16: a cloud's instance metadata service, which hands out the host's
+ * credentials) are refused; the rest of the outside stays reachable.
+ */
+export function forwardChainFor(bridge: string): string {
+  return `FORGE-OUT-${bridge}`;
+}
+
+/** Link-local addresses: where clouds serve instance metadata (and credentials). */
+const LINK_LOCAL = "169.254.0.0/16";
+
+/** The chains' rules as iptables-restore input (filter table, chains created or replaced). */
 export function chainRules(bridge: string): string {
   const chain = chainFor(bridge);
+  const out = forwardChainFor(bridge);
   return [
     "*filter",
+    `:${out} - [0:0]`,
+    `-A ${out} -d ${LINK_LOCAL} -p tcp -j REJECT --reject-with tcp-reset`,
+    `-A ${out} -d ${LINK_LOCAL} -j REJECT --reject-with icmp-net-unreachable`,
     `:${chain} - [0:0]`,
     `-A ${chain} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN`,
     `-A ${chain} -p udp --dport 53 -j RETURN`,
@@ -64,6 +86,11 @@ export function jumpRule(bridge: string): string[] {
   return ["INPUT", "-i", bridge, "-j", chainFor(bridge)];
 }
 
+/** The rule that sends what the bridge's instances send through the host to the forward chain. */
+export function forwardJumpRule(bridge: string): string[] {
+  return ["FORWARD", "-i", bridge, "-j", forwardChainFor(bridge)];
+}
+
 /** The same, as shell commands an operator can run (what forge says when it cannot). */
 export function manualRules(bridge: string): string {
   const chain = chainFor(bridge);
@@ -71,7 +98,7 @@ export function manualRules(bridge: string): string {
     .split("\n")
     .filter((l) => l.startsWith("-A "))
     .map((l) => `iptables ${l}`);
-  return [`iptables -N ${chain}`, ...lines, `iptables -I ${jumpRule(bridge).join(" ")}`].join("\n");
+  return [`iptables -N ${chain}`, `iptables -N ${forwardChainFor(bridge)}`, ...lines, `iptables -I ${jumpRule(bridge).join(" ")}`, `iptables -I ${forwardJumpRule(bridge).join(" ")}`].join("\n");
 }
 
 /**
@@ -91,12 +118,14 @@ export async function guardHost(bridge: string): Promise<HostGuard> {
   const restore = join(dirname(iptables), "iptables-restore");
   const written = await run([restore, "-w", LOCK_WAIT_SEC, "--noflush"], chainRules(bridge));
   if (written.code !== 0) return fail(`iptables-restore failed (${written.code}): ${written.stderr.trim() || "no message"}`);
-  const present = await run([iptables, "-w", LOCK_WAIT_SEC, "-C", ...jumpRule(bridge)]);
-  if (present.code === 0) return { ok: true, chain };
-  const [input, ...match] = jumpRule(bridge);
-  // First in INPUT: ahead of any broad ACCEPT the host's own rules may have.
-  const inserted = await run([iptables, "-w", LOCK_WAIT_SEC, "-I", input ?? "INPUT", "1", ...match]);
-  if (inserted.code !== 0) return fail(`iptables -I INPUT failed (${inserted.code}): ${inserted.stderr.trim() || "no message"}`);
+  for (const rule of [jumpRule(bridge), forwardJumpRule(bridge)]) {
+    const present = await run([iptables, "-w", LOCK_WAIT_SEC, "-C", ...rule]);
+    if (present.code === 0) continue;
+    const [table, ...match] = rule;
+    // First in its chain: ahead of any broad ACCEPT the host's own rules (or Docker's) may have.
+    const inserted = await run([iptables, "-w", LOCK_WAIT_SEC, "-I", table ?? "INPUT", "1", ...match]);
+    if (inserted.code !== 0) return fail(`iptables -I ${table} failed (${inserted.code}): ${inserted.stderr.trim() || "no message"}`);
+  }
   return { ok: true, chain };
 }
 
@@ -106,8 +135,11 @@ export async function unguardHost(bridge: string): Promise<void> {
   if (!iptables) return;
   // Every copy of the jump (two forges racing may both have inserted one).
   while ((await run([iptables, "-w", LOCK_WAIT_SEC, "-D", ...jumpRule(bridge)])).code === 0);
-  await run([iptables, "-w", LOCK_WAIT_SEC, "-F", chainFor(bridge)]);
-  await run([iptables, "-w", LOCK_WAIT_SEC, "-X", chainFor(bridge)]);
+  while ((await run([iptables, "-w", LOCK_WAIT_SEC, "-D", ...forwardJumpRule(bridge)])).code === 0);
+  for (const chain of [chainFor(bridge), forwardChainFor(bridge)]) {
+    await run([iptables, "-w", LOCK_WAIT_SEC, "-F", chain]);
+    await run([iptables, "-w", LOCK_WAIT_SEC, "-X", chain]);
+  }
 }
 
 // --- internal ---

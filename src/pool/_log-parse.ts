@@ -144,3 +144,15 @@ export class InstanceLog {
     }
   }
 }
+
+/**
+ * Did the instance die of V8's heap limit (node's "FATAL ERROR: ... JavaScript heap out of
+ * memory", then an abort)? Its last lines say so; such an exit is reported as "oom", as the
+ * kernel's kill over memoryMb is.
+ */
+export function heapExhausted(log: InstanceLog): boolean {
+  return log
+    .lines()
+    .slice(-20)
+    .some((line) => line.text.includes("JavaScript heap out of memory"));
+}

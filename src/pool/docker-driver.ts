@@ -48,8 +48,8 @@ import { demux, logLines } from "./_docker-logs.ts";
 import { containerName, LABEL, ownerOf, specHash, type ContainerRole } from "./_docker-names.ts";
 import { ensureEgressNetwork } from "./_egress-network.ts";
 import { guardHost, type HostGuard } from "./_host-firewall.ts";
-import { InstanceLog } from "./_log-parse.ts";
-import { shimSettings } from "./_shim-env.ts";
+import { heapExhausted, InstanceLog } from "./_log-parse.ts";
+import { nodeHeapFlag, shimSettings } from "./_shim-env.ts";
 import { BUNDLE_FILE, type Driver, type ExitInfo, type InstanceHandle, type InstanceRuntime, type InstanceSpec, type ListedInstance, type LogLine, type LogOptions } from "./driver.ts";
 import { health, waitReady } from "./instance-client.ts";
 
@@ -149,8 +149,10 @@ const SOCKET = "s.sock";
 const INSTANCE_USER = "1000:1000";
 const INSTANCE_UID = 1000;
 const SHIM_CMD = ["/usr/local/bin/bun", "--no-install", "--no-env-file", "/forge/shim.ts"];
-/** The node runtime image's shim: runtimes/js/shim.ts bundled for Node (src/build/node-shim.ts). */
-const NODE_SHIM_CMD = ["/usr/local/bin/node", "--disable-warning=ExperimentalWarning", "/forge/shim.mjs"];
+/** The node runtime image's shim (runtimes/js/shim.ts bundled for Node), with V8's heap sized as on the process driver. */
+function nodeShimCommand(spec: InstanceSpec): string[] {
+  return ["/usr/local/bin/node", "--disable-warning=ExperimentalWarning", nodeHeapFlag(spec), "/forge/shim.mjs"];
+}
 const BRIDGE_CMD = ["/usr/local/bin/bun", "--no-install", "--no-env-file", "--smol", "/forge/bridge.ts"];
 const MB = 1024 * 1024;
 
@@ -246,6 +248,7 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
         .then((info) => info.State?.OOMKilled === true)
         .catch(() => false);
     }
+    if (!oom) oom = heapExhausted(instance.log);
     const info: ExitInfo = { id: instance.handle.id, code, reason: oom ? "oom" : code === 137 || code === 143 ? "killed" : "exited" };
     logger.debug(`instance ${info.id} ended on its own`, info);
     for (const listener of exitListeners) {
@@ -372,7 +375,7 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
         const id = await createContainer(instance, "instance", {
           name: containerName(spec, "instance"),
           Image: image,
-          Cmd: spec.runtime === "node" ? NODE_SHIM_CMD : SHIM_CMD,
+          Cmd: spec.runtime === "node" ? nodeShimCommand(spec) : SHIM_CMD,
           Env: toEnv(env),
           ...(env.FORGE_FUNCTION_DIR ? { WorkingDir: env.FORGE_FUNCTION_DIR } : {}),
           Labels: labels,

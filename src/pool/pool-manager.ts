@@ -138,6 +138,8 @@ export class PoolManager implements PoolHost, AsyncDisposable {
   private readonly owner = new Map<string, { pool: FunctionPool; poolId: string }>();
   /** Health checks that failed, waiting for the instance's exit notice (by driver id). */
   private readonly exitNoticed = new Map<string, () => void>();
+  /** Exit notices of instances that were still being specialized (read by cellExit; a few at most). */
+  private readonly recentExits = new Map<string, ExitInfo>();
   /** Stem cells by kind (cellKey). */
   private readonly shelves = new Map<string, Shelf>();
   private usedMb = 0;
@@ -354,7 +356,12 @@ export class PoolManager implements PoolHost, AsyncDisposable {
         // the CPU (dockerd, runc) that the specialization and first response need.
         this.usedMb = Math.max(0, this.usedMb - this.cellMemoryMb);
         this.owner.set(cell.handle.id, { pool, poolId: id });
+        // A function that may use more than a cell loads its module under its own limit: raised
+        // first (~11 ms on docker, paid only by functions above the cell's memory); a lower
+        // limit follows once it answered, off the request's path.
+        const raiseFirst = this.driver.setMemory !== undefined && spec.memoryMb > this.cellMemoryMb;
         try {
+          if (raiseFirst) await this.driver.setMemory?.(cell.handle.id, spec.memoryMb);
           // The version's folder goes into the cell's own folder; a bare bundle (benches, old versions) is sent as source.
           const files = spec.artifactDir ? await this.driver.placeArtifact(cell.handle.id, spec.artifactDir) : { code: await this.bundle(spec.bundlePath) };
           // Bounded as a cold start is: a module that never finishes loading (a top-level
@@ -383,14 +390,22 @@ export class PoolManager implements PoolHost, AsyncDisposable {
             });
           });
         } catch (err) {
+          // A cell killed while loading (its module went over the limit) says why, not "unreachable".
+          const exit = await this.cellExit(cell.handle.id, err);
           this.owner.delete(cell.handle.id);
           this.stopInstance(cell.handle.id);
           this.refillCells();
+          if (exit?.reason === "oom") {
+            throw new ForgeError(ErrorCode.InstanceStartFailed, 502, `${spec.function} v${spec.version} went over its memory limit of ${spec.memoryMb} MiB while its module loaded`, {
+              hint: "raise memoryMb in forge.json (or --memory), or load less at the top of the module",
+              cause: err,
+            });
+          }
           throw err;
         }
         setTimeout(() => this.refillCells(), CELL_REFILL_DELAY_MS).unref?.();
         // Off the critical path: the limit follows the function's memoryMb (~11 ms on docker).
-        if (this.driver.setMemory && spec.memoryMb !== this.cellMemoryMb) {
+        if (this.driver.setMemory && !raiseFirst && spec.memoryMb !== this.cellMemoryMb) {
           this.driver.setMemory(cell.handle.id, spec.memoryMb).catch((err: unknown) => this.logger.warn(`could not set memory of ${cell.handle.id}:`, err));
         }
         return { handle: cell.handle, origin: "cell" };
@@ -486,6 +501,20 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     }
   }
 
+  /**
+   * Why a cell being specialized went away, when it did: its exit notice (awaited up to
+   * EXIT_NOTICE_MS when the failure looks like a dead cell), else undefined.
+   */
+  private async cellExit(id: string, err: unknown): Promise<ExitInfo | undefined> {
+    let exit = this.recentExits.get(id);
+    if (!exit && err instanceof ForgeError && err.code === ErrorCode.InstanceCrashed) {
+      await this.exitNotice(id);
+      exit = this.recentExits.get(id);
+    }
+    this.recentExits.delete(id);
+    return exit;
+  }
+
   /** Resolves on the driver's exit notice for `id`, or after EXIT_NOTICE_MS. */
   private exitNotice(id: string): Promise<void> {
     return new Promise((resolve) => {
@@ -531,6 +560,9 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     const owned = this.owner.get(info.id);
     if (!owned) return;
     this.owner.delete(info.id);
+    // Kept a little while for a cell being specialized (cellExit reads why it went); bounded.
+    this.recentExits.set(info.id, info);
+    if (this.recentExits.size > 64) this.recentExits.delete(this.recentExits.keys().next().value as string);
     const { pool, poolId } = owned;
     this.logger.warn(`instance ${info.id} of ${pool.function} v${pool.version} exited (${info.reason}, code ${info.code})`);
     pool.instanceGone(poolId, info);
@@ -556,7 +588,17 @@ export class PoolManager implements PoolHost, AsyncDisposable {
       // A runtime configured with no cells gets none for its special kinds either.
       if (!targets.has(key) && (this.stemCellTargets[runtime] ?? 0) > 0) targets.set(key, { kind: { runtime, networks: [...networks].sort() }, target: 1 });
     }
-    for (const [key, shelf] of this.shelves) if (!targets.has(key)) shelf.target = 0;
+    for (const [key, shelf] of this.shelves) {
+      if (targets.has(key)) continue;
+      // A kind nothing needs any more (its functions deleted or redeployed elsewhere): its
+      // cells go, since they hold memory and, on docker, a database's network.
+      shelf.target = 0;
+      for (const cell of shelf.ready.splice(0)) {
+        this.stopInstance(cell.handle.id);
+        this.usedMb = Math.max(0, this.usedMb - this.cellMemoryMb);
+      }
+      if (shelf.starting === 0) this.shelves.delete(key);
+    }
     for (const [key, { kind, target }] of targets) {
       const shelf = this.shelves.get(key);
       if (shelf) shelf.target = target;
@@ -594,6 +636,12 @@ export class PoolManager implements PoolHost, AsyncDisposable {
         (handle) => {
           shelf.starting--;
           if (this.disposed) return void this.driver.stop(handle.id).catch(() => {});
+          if (shelf.ready.length >= shelf.target) {
+            // Its kind was dropped while it started.
+            this.stopInstance(handle.id);
+            this.releaseMemory(this.cellMemoryMb);
+            return;
+          }
           shelf.ready.push({ handle, createdAt: this.clock.now() });
           // Connections opened now, off any request's path: a new one costs a fresh process most.
           this.control.prime(handle.endpoint.socketPath);

@@ -23,8 +23,8 @@ import { ARTIFACT_COPY, copyArtifact } from "./_artifact-copy.ts";
 import { ownerOf } from "./_docker-names.ts";
 import { createMemoryLimiter, type MemoryEnforcement, type MemoryLimitMode } from "./_memory-limit.ts";
 import { RuntimeCopies, traversable } from "./_runtime-reach.ts";
-import { shimSettings } from "./_shim-env.ts";
-import { InstanceLog, parseLogLine, readLines } from "./_log-parse.ts";
+import { nodeHeapFlag, shimSettings } from "./_shim-env.ts";
+import { heapExhausted, InstanceLog, parseLogLine, readLines } from "./_log-parse.ts";
 import {
   BUNDLE_FILE,
   type Driver,
@@ -374,7 +374,7 @@ export function createProcessDriver(options: ProcessDriverOptions): ProcessDrive
         id: spec.id,
         // For a signal, Bun reports 128 + its number (137 for SIGKILL), as Docker does.
         code: status,
-        reason: instance.oom ? "oom" : proc.signalCode === null ? "exited" : "killed",
+        reason: instance.oom || heapExhausted(log) ? "oom" : proc.signalCode === null ? "exited" : "killed",
       };
       logger.debug(`instance ${spec.id} ended on its own`, info);
       for (const listener of exitListeners) {
@@ -421,7 +421,7 @@ export function createProcessDriver(options: ProcessDriverOptions): ProcessDrive
               nodeShim = undefined;
               throw err;
             }));
-      return [opts.node.bin, ...NODE_FLAGS, shim];
+      return [opts.node.bin, ...NODE_FLAGS, nodeHeapFlag(spec), shim];
     }
     return [opts.bunPath, "--no-install", "--no-env-file", ...(spec.memoryMb <= SMOL_AT_MB ? ["--smol"] : []), opts.shimPath];
   }
