@@ -7,7 +7,7 @@
  * they stay below 2^53), configs are jsonb, booleans are boolean, batch data is bytea, and
  * the batch sequence is an identity column.
  */
-import { bigint, boolean, customType, foreignKey, index, integer, jsonb, pgTable, primaryKey, text } from "drizzle-orm/pg-core";
+import { bigint, boolean, customType, doublePrecision, foreignKey, index, integer, jsonb, pgTable, primaryKey, text } from "drizzle-orm/pg-core";
 import type { FunctionConfig } from "../build/function-config.ts";
 import type { InvocationRecord, ScheduleRecord, StartKind, VersionStatus } from "./types.ts";
 
@@ -64,8 +64,9 @@ export const invocations = pgTable(
     state: text("state").$type<InvocationRecord["state"]>().notNull(),
     status: integer("status"),
     attempts: integer("attempts").notNull().default(0),
-    queueWaitMs: integer("queue_wait_ms"),
-    durationMs: integer("duration_ms"),
+    // Fractions of a millisecond, as measured (SQLite keeps them in its integer columns too).
+    queueWaitMs: doublePrecision("queue_wait_ms"),
+    durationMs: doublePrecision("duration_ms"),
     bytesIn: bigint("bytes_in", { mode: "number" }).notNull().default(0),
     bytesOut: bigint("bytes_out", { mode: "number" }).notNull().default(0),
     payload: text("payload"),

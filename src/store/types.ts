@@ -162,3 +162,26 @@ export interface Store extends Disposable {
   schedules: ScheduleRepo;
   close(): void;
 }
+
+/**
+ * The repositories with every method answering a Promise: what a store over a network
+ * database (Postgres, issue 15) can offer. The SQLite store is wrapped into it by
+ * asyncStore (async-sqlite.ts) so both run under one contract suite (store.case.ts).
+ */
+export type Promisified<T> = {
+  [K in keyof T]: T[K] extends (...args: infer A) => infer R ? (...args: A) => Promise<Awaited<R>> : T[K];
+};
+
+export interface AsyncFunctionRepo extends Promisified<FunctionRepo> {}
+export interface AsyncVersionRepo extends Promisified<VersionRepo> {}
+export interface AsyncInvocationRepo extends Promisified<InvocationRepo> {}
+export interface AsyncScheduleRepo extends Promisified<ScheduleRepo> {}
+
+export interface AsyncStore extends AsyncDisposable {
+  functions: AsyncFunctionRepo;
+  versions: AsyncVersionRepo;
+  invocations: AsyncInvocationRepo;
+  schedules: AsyncScheduleRepo;
+  /** Ends the store's connections; idempotent. Calls after it reject with a Disposed error. */
+  close(): Promise<void>;
+}
