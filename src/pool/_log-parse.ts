@@ -153,6 +153,7 @@ export class InstanceLog {
 export function heapExhausted(log: InstanceLog): boolean {
   return log
     .lines()
-    .slice(-20)
+    // Node prints the line, then a native stack trace of some 10-30 frames.
+    .slice(-100)
     .some((line) => line.text.includes("JavaScript heap out of memory"));
 }
