@@ -3,10 +3,10 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Database } from "bun:sqlite";
-import type { FunctionConfig } from "../build/function-config.ts";
 import { ErrorCode, ForgeError } from "../errors.ts";
 import { openStore, RecordColumns } from "./index.ts";
-import type { InvocationRecord, NewVersion } from "./index.ts";
+import { config, invocation, newVersion } from "./store.case.ts";
+import type { InvocationRecord } from "./index.ts";
 
 let dir: string;
 let dbPath: string;
@@ -21,49 +21,6 @@ afterEach(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-function config(name: string, over: Partial<FunctionConfig> = {}): FunctionConfig {
-  return {
-    name,
-    entry: "index.ts",
-    runtime: "bun",
-    concurrency: 8,
-    minWarm: 0,
-    maxInstances: 10,
-    timeoutMs: 30_000,
-    memoryMb: 128,
-    env: {},
-    databases: [],
-    ...over,
-  };
-}
-
-function newVersion(name: string, n: number, over: Partial<FunctionConfig> = {}): NewVersion {
-  return { digest: `sha256-${name}-${n}`, config: config(name, over), artifact: `bundles/${name}/${n}.js`, image: null };
-}
-
-function invocation(id: string, over: Partial<InvocationRecord> = {}): InvocationRecord {
-  return {
-    id,
-    function: "greet",
-    version: 1,
-    instance: "i-1",
-    start: "warm",
-    kind: "sync",
-    state: "done",
-    status: 200,
-    attempts: 1,
-    queueWaitMs: 0,
-    durationMs: 3,
-    bytesIn: 10,
-    bytesOut: 20,
-    payload: null,
-    result: null,
-    error: null,
-    createdAt: 1_000,
-    updatedAt: 1_000,
-    ...over,
-  };
-}
 
 describe("functions", () => {
   test("ensure creates once, then returns the existing record", () => {

@@ -32,11 +32,11 @@ export function config(name: string, over: Partial<FunctionConfig> = {}): Functi
   };
 }
 
-function newVersion(name: string, n: number, over: Partial<FunctionConfig> = {}): NewVersion {
+export function newVersion(name: string, n: number, over: Partial<FunctionConfig> = {}): NewVersion {
   return { digest: `sha256-${name}-${n}`, config: config(name, over), artifact: `bundles/${name}/${n}.js`, image: null };
 }
 
-function invocation(id: string, over: Partial<InvocationRecord> = {}): InvocationRecord {
+export function invocation(id: string, over: Partial<InvocationRecord> = {}): InvocationRecord {
   return {
     id,
     function: "greet",
