@@ -1191,7 +1191,8 @@ function loadFailure(err: unknown): { message: string; stack: string } {
   const frames: string[] = err instanceof LoadError ? [...err.where] : [];
   if (frames.length === 0 && hasProps(cause)) {
     if (typeof cause.stack === "string") {
-      for (const line of cause.stack.split("\n")) if (line.trimStart().startsWith("at ")) frames.push(line.trim());
+      // Node's own frames (its module loader) say nothing about the function's code.
+      for (const line of cause.stack.split("\n")) if (line.trimStart().startsWith("at ") && !line.includes("(node:internal/")) frames.push(line.trim());
     }
     const position = cause.position;
     if (frames.length === 0 && isObject(position) && typeof position.file === "string") {

@@ -157,3 +157,15 @@ export function heapExhausted(log: InstanceLog): boolean {
     .slice(-100)
     .some((line) => line.text.includes("JavaScript heap out of memory"));
 }
+
+/**
+ * The lines that say why an instance failed to start, for the error of its start: from the
+ * shim's own `forge: ...` line (a module that failed to load, with its first frames) when it
+ * is among the last lines, else the last five lines.
+ */
+export function startFailureTail(log: InstanceLog): string {
+  const lines = log.lines().slice(-20);
+  const own = lines.findLastIndex((line) => line.text.startsWith("forge: "));
+  const from = own >= 0 ? lines.slice(own, own + 10) : lines.slice(-5);
+  return from.map((line) => line.text).join("\n");
+}

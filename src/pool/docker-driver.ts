@@ -48,7 +48,7 @@ import { demux, logLines } from "./_docker-logs.ts";
 import { containerName, LABEL, ownerOf, specHash, type ContainerRole } from "./_docker-names.ts";
 import { ensureEgressNetwork } from "./_egress-network.ts";
 import { guardHost, type HostGuard } from "./_host-firewall.ts";
-import { heapExhausted, InstanceLog } from "./_log-parse.ts";
+import { heapExhausted, InstanceLog, startFailureTail } from "./_log-parse.ts";
 import { nodeHeapFlag, shimSettings } from "./_shim-env.ts";
 import { BUNDLE_FILE, type Driver, type ExitInfo, type InstanceHandle, type InstanceRuntime, type InstanceSpec, type ListedInstance, type LogLine, type LogOptions } from "./driver.ts";
 import { health, waitReady } from "./instance-client.ts";
@@ -418,11 +418,7 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
       await waitReady(instance.handle, controlToken, { timeoutMs: opts.startTimeoutMs, signal, exited: instance.exited });
     } catch (err) {
       await Promise.race([instance.exited, new Promise((r) => setTimeout(r, 300))]);
-      const tail = instance.log
-        .lines()
-        .slice(-5)
-        .map((line) => line.text)
-        .join("\n");
+      const tail = startFailureTail(instance.log);
       await stop(spec.id);
       // The egress network may have been removed by hand meanwhile: the next start makes sure again.
       if (opts.egressNetwork !== undefined && spec.networks?.includes(opts.egressNetwork)) egress = undefined;

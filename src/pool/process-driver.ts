@@ -24,7 +24,7 @@ import { ownerOf } from "./_docker-names.ts";
 import { createMemoryLimiter, type MemoryEnforcement, type MemoryLimitMode } from "./_memory-limit.ts";
 import { RuntimeCopies, traversable } from "./_runtime-reach.ts";
 import { nodeHeapFlag, shimSettings } from "./_shim-env.ts";
-import { heapExhausted, InstanceLog, parseLogLine, readLines } from "./_log-parse.ts";
+import { heapExhausted, InstanceLog, parseLogLine, readLines, startFailureTail } from "./_log-parse.ts";
 import {
   BUNDLE_FILE,
   type Driver,
@@ -392,11 +392,7 @@ export function createProcessDriver(options: ProcessDriverOptions): ProcessDrive
     try {
       await waitReady(handle, controlToken, { timeoutMs: opts.startTimeoutMs, signal, exited: proc.exited });
     } catch (err) {
-      const tail = log
-        .lines()
-        .slice(-5)
-        .map((line) => line.text)
-        .join("\n");
+      const tail = startFailureTail(log);
       await stop(spec.id);
       if (instance.oom) {
         throw new ForgeError(ErrorCode.InstanceStartFailed, 502, `the instance went over its memory limit of ${instance.limitMb} MiB while it started`, {
