@@ -163,31 +163,7 @@ describe("invocations", () => {
     expect(store.invocations.list("other")).toEqual([]);
   });
 
-  test("a batch of many records, with every start, kind and state, round-trips", () => {
-    using store = openStore(dbPath);
-    const starts = ["warm", "cell", "cold", null] as const;
-    const kinds = ["sync", "async", "schedule"] as const;
-    const states = ["done", "queued", "running", "succeeded", "failed", "dead"] as const;
-    const records = Array.from({ length: 1000 }, (_, i) =>
-      invocation(`r${i}`, {
-        createdAt: 10_000 + i,
-        updatedAt: 10_000 + i + (i % 3),
-        start: starts[i % 4] ?? null,
-        kind: kinds[i % 3] ?? "sync",
-        state: states[i % 6] ?? "done",
-        instance: i % 5 === 0 ? null : `i-${i % 7}`,
-        status: i % 11 === 0 ? null : 200 + (i % 4),
-        queueWaitMs: i % 13 === 0 ? null : i / 7,
-        durationMs: i / 3,
-        bytesOut: i * 1000,
-        error: i % 17 === 0 ? `oops ${i}\nline two` : null,
-      }),
-    );
-    const columns = new RecordColumns();
-    for (const r of records) columns.add(r);
-    store.invocations.appendBatches([{ function: "greet", firstAt: columns.firstAt, lastAt: columns.lastAt, count: columns.count, data: columns.encode() }]);
-    expect(store.invocations.list("greet", { limit: 1000 })).toEqual(records.reverse());
-  });
+  // The round trip of a large batch is the contract suite's (store.case.ts), run on SQLite by store-sqlite.test.ts.
 
   test("batches written as tab-separated lines by earlier versions are still read", () => {
     {
