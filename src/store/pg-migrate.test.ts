@@ -21,9 +21,9 @@ describe.skipIf(!admin)("migratePostgres", () => {
       const db = new SQL(dbUrl.toString());
       try {
         const tables = (await db`select table_name from information_schema.tables where table_schema = 'public' order by table_name`) as { table_name: string }[];
-        expect(tables.map((t) => t.table_name)).toEqual(["functions", "invocation_batches", "invocations", "schedules", "versions"]);
+        expect(tables.map((t) => t.table_name)).toEqual(["artifacts", "functions", "invocation_batches", "invocations", "nodes", "schedules", "settings", "versions"]);
         const applied = (await db`select count(*)::int as n from drizzle.__drizzle_migrations`) as { n: number }[];
-        expect(applied[0]?.n).toBe(1);
+        expect(applied[0]?.n).toBe(2);
       } finally {
         await db.close();
       }

@@ -109,3 +109,32 @@ export const schedules = pgTable(
   },
   (t) => [index("schedules_function_idx").on(t.function)],
 );
+
+// --- what only several nodes need (cluster.ts) ---
+
+/**
+ * Artifacts by digest: a version's folder as a gzipped tar, written once by the node that
+ * took the deploy, read by every node that lacks it (DESIGN §9: metadata and artifacts in Postgres).
+ */
+export const artifacts = pgTable("artifacts", {
+  digest: text("digest").primaryKey(),
+  data: bytea("data").notNull(),
+  bytes: integer("bytes").notNull(),
+  createdAt: ms("created_at").notNull(),
+});
+
+/** Settings the cluster shares, one row each (the control plane's API key). */
+export const settings = pgTable("settings", {
+  key: text("key").primaryKey(),
+  value: text("value").notNull(),
+});
+
+/** The forge nodes, each refreshing its heartbeat; one whose heartbeat stopped has dropped out. */
+export const nodes = pgTable("nodes", {
+  id: text("id").primaryKey(),
+  url: text("url").notNull(),
+  driver: text("driver").notNull(),
+  version: text("version").notNull(),
+  startedAt: ms("started_at").notNull(),
+  heartbeatAt: ms("heartbeat_at").notNull(),
+});

@@ -12,7 +12,7 @@ import type { FunctionConfig } from "../build/function-config.ts";
 import { ErrorCode, ForgeError } from "../errors.ts";
 import { migratePostgres } from "./pg-migrate.ts";
 import * as schema from "./pg-schema.ts";
-import { functions, invocationBatches, invocations, schedules, versions } from "./pg-schema.ts";
+import { artifacts, functions, invocationBatches, invocations, nodes, schedules, settings, versions } from "./pg-schema.ts";
 import { decodeRecordColumns } from "./record-batch.ts";
 import type {
   AsyncFunctionRepo,
@@ -20,12 +20,15 @@ import type {
   AsyncScheduleRepo,
   AsyncStore,
   AsyncVersionRepo,
+  ClusterStore,
   FunctionRecord,
   InvocationQuery,
   InvocationRecord,
   NewVersion,
+  NodeRecord,
   RecordBatch,
   ScheduleRecord,
+  SharedRepo,
   VersionRecord,
 } from "./types.ts";
 
@@ -46,7 +49,7 @@ type Live = () => Db;
  * Opens the Postgres metadata database at `url` (postgres://user:pass@host:port/db), first
  * bringing its schema up to date (migratePostgres: safe when several nodes start at once).
  */
-export async function openPgStore(url: string): Promise<AsyncStore> {
+export async function openPgStore(url: string): Promise<ClusterStore> {
   await migratePostgres(url);
   const client = new BunSQL(url);
   const db: Db = drizzle({ client, schema });
@@ -65,6 +68,7 @@ export async function openPgStore(url: string): Promise<AsyncStore> {
     versions: versionRepo(live),
     invocations: invocationRepo(live),
     schedules: scheduleRepo(live),
+    shared: sharedRepo(live),
     close,
     [Symbol.asyncDispose]: close,
   };
@@ -416,4 +420,50 @@ function functionNotFound(name: string): ForgeError {
 function mustGet(row: FunctionRecord | undefined, name: string): FunctionRecord {
   if (!row) throw functionNotFound(name);
   return row;
+}
+
+/** An artifact no version refers to is kept this long (a deploy stores its artifact before its version row). */
+const ARTIFACT_GRACE_MS = 60 * 60_000;
+
+function sharedRepo(live: Live): SharedRepo {
+  return {
+    async putArtifact(digest, data) {
+      await live()
+        .insert(artifacts)
+        .values({ digest, data: Buffer.from(data.buffer, data.byteOffset, data.byteLength), bytes: data.byteLength, createdAt: Date.now() })
+        .onConflictDoNothing();
+    },
+    async getArtifact(digest) {
+      const row = (await live().select({ data: artifacts.data }).from(artifacts).where(eq(artifacts.digest, digest)))[0];
+      return row ? new Uint8Array(row.data) : undefined;
+    },
+    async hasArtifact(digest) {
+      return (await live().select({ digest: artifacts.digest }).from(artifacts).where(eq(artifacts.digest, digest))).length > 0;
+    },
+    async pruneArtifacts() {
+      const gone = await live()
+        .delete(artifacts)
+        .where(and(lt(artifacts.createdAt, Date.now() - ARTIFACT_GRACE_MS), sql`not exists (select 1 from ${versions} where ${versions.digest} = ${artifacts.digest})`))
+        .returning({ digest: artifacts.digest });
+      return gone.length;
+    },
+    async setting(key, initial) {
+      await live().insert(settings).values({ key, value: initial }).onConflictDoNothing();
+      const row = (await live().select({ value: settings.value }).from(settings).where(eq(settings.key, key)))[0];
+      if (!row) throw new ForgeError(ErrorCode.Internal, 500, `the setting ${key} vanished as it was written`);
+      return row.value;
+    },
+    async heartbeat(node: NodeRecord) {
+      await live()
+        .insert(nodes)
+        .values(node)
+        .onConflictDoUpdate({ target: nodes.id, set: { url: node.url, driver: node.driver, version: node.version, startedAt: node.startedAt, heartbeatAt: node.heartbeatAt } });
+    },
+    async nodes(since) {
+      return await live().select().from(nodes).where(gte(nodes.heartbeatAt, since)).orderBy(nodes.startedAt, nodes.id);
+    },
+    async removeNode(id) {
+      await live().delete(nodes).where(eq(nodes.id, id));
+    },
+  };
 }

@@ -44,6 +44,54 @@ describe.skipIf(!admin)("postgres", () => {
     return { store, close: () => store.close() };
   });
 
+  describe("what several nodes share", () => {
+    test("an artifact is stored once by digest and read back byte for byte; an unreferenced one is kept through its grace period", async () => {
+      const store = await openPgStore(dbUrl);
+      try {
+        const bytes = new Uint8Array(3 * 1024 * 1024).map((_, i) => (i * 7) & 0xff);
+        expect(await store.shared.hasArtifact("digest-a")).toBe(false);
+        expect(await store.shared.getArtifact("digest-a")).toBeUndefined();
+        await Promise.all([store.shared.putArtifact("digest-a", bytes), store.shared.putArtifact("digest-a", bytes)]);
+        expect(await store.shared.hasArtifact("digest-a")).toBe(true);
+        expect(Buffer.compare(Buffer.from((await store.shared.getArtifact("digest-a")) as Uint8Array), Buffer.from(bytes))).toBe(0);
+        // just written: no version refers to it yet (a deploy stores it first), and it stays
+        expect(await store.shared.pruneArtifacts()).toBe(0);
+        expect(await store.shared.hasArtifact("digest-a")).toBe(true);
+      } finally {
+        await store.close();
+      }
+    });
+
+    test("a setting's first writer wins, whichever node writes it", async () => {
+      const [a, b] = await Promise.all([openPgStore(dbUrl), openPgStore(dbUrl)]);
+      try {
+        const key = `k-${crypto.randomUUID()}`;
+        const got = await Promise.all([a.shared.setting(key, "from-a"), b.shared.setting(key, "from-b")]);
+        expect(got[0]).toBe(got[1]);
+        expect(["from-a", "from-b"]).toContain(got[0]);
+        expect(await a.shared.setting(key, "later")).toBe(got[0]);
+      } finally {
+        await Promise.all([a.close(), b.close()]);
+      }
+    });
+
+    test("nodes register with a heartbeat, are listed while it is fresh, and go when removed", async () => {
+      const store = await openPgStore(dbUrl);
+      try {
+        const node = (id: string, at: number) => ({ id, url: `http://127.0.0.1:${id.length}`, driver: "process", version: "0.1.0", startedAt: 1000, heartbeatAt: at });
+        await store.shared.heartbeat(node("n-old", 5_000));
+        await store.shared.heartbeat(node("n-new", 5_000));
+        await store.shared.heartbeat(node("n-new", 9_000));
+        expect((await store.shared.nodes(8_000)).map((n) => n.id)).toEqual(["n-new"]);
+        expect((await store.shared.nodes(0)).map((n) => [n.id, n.heartbeatAt])).toEqual([["n-new", 9_000], ["n-old", 5_000]]);
+        await store.shared.removeNode("n-new");
+        expect((await store.shared.nodes(0)).map((n) => n.id)).toEqual(["n-old"]);
+      } finally {
+        await store.close();
+      }
+    });
+  });
+
   describe("particular to Postgres", () => {
     test("two nodes (two stores) deploying one function at once get distinct, consecutive numbers", async () => {
       const [a, b] = await Promise.all([openPgStore(dbUrl), openPgStore(dbUrl)]);

@@ -185,3 +185,38 @@ export interface AsyncStore extends AsyncDisposable {
   /** Ends the store's connections; idempotent. Calls after it reject with a Disposed error. */
   close(): Promise<void>;
 }
+
+/** A forge node of a cluster (several nodes on one Postgres), as it registered itself. */
+export interface NodeRecord {
+  id: string;
+  /** Where the other nodes reach its control API (http://host:port). */
+  url: string;
+  driver: string;
+  /** forge's version on it. */
+  version: string;
+  startedAt: number;
+  heartbeatAt: number;
+}
+
+/** What several nodes share beyond the repositories: artifacts by digest, settings, the node list. */
+export interface SharedRepo {
+  /** Stores a version's artifact (a gzipped tar of its folder) once; a second put of a digest does nothing. */
+  putArtifact(digest: string, data: Uint8Array): Promise<void>;
+  getArtifact(digest: string): Promise<Uint8Array | undefined>;
+  hasArtifact(digest: string): Promise<boolean>;
+  /** Removes artifacts no version refers to any more; answers how many went. */
+  pruneArtifacts(): Promise<number>;
+  /** The setting's value; when it has none yet, `initial` becomes it (first writer wins). */
+  setting(key: string, initial: string): Promise<string>;
+  /** Records a node's heartbeat (registering it on the first). */
+  heartbeat(node: NodeRecord): Promise<void>;
+  /** Nodes whose last heartbeat is at or after `since` (epoch ms), oldest first. */
+  nodes(since: number): Promise<NodeRecord[]>;
+  /** Removes a node (it stopped cleanly, or its heartbeat is long gone). */
+  removeNode(id: string): Promise<void>;
+}
+
+/** The Postgres store: the repositories every node shares, and the shared rest. */
+export interface ClusterStore extends AsyncStore {
+  shared: SharedRepo;
+}
