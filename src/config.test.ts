@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { loadConfig, parseDuration, parseStemCells } from "./config.ts";
+import { isPostgresUrl, loadConfig, parseDuration, parseStemCells } from "./config.ts";
 import { ForgeError } from "./errors.ts";
 import { cli } from "../test/_helpers.ts";
 
@@ -57,6 +57,16 @@ describe("config", () => {
     expect(loadConfig({ FORGE_EGRESS_NETWORK: "none" }).egressNetwork).toBeUndefined();
     expect(loadConfig({ FORGE_EGRESS_NETWORK: "fn-out" }).egressNetwork).toBe("fn-out");
     for (const bad of ["forge-egress-network", "Forge", "-x", "a_b"]) expect(() => loadConfig({ FORGE_EGRESS_NETWORK: bad })).toThrow(/FORGE_EGRESS_NETWORK/);
+  });
+
+  test("several nodes: FORGE_DB as a postgres:// URL needs FORGE_REDIS_URL; node id, URL, heartbeat and reconcile periods", () => {
+    const pg = "postgres://forge:pw@db:5432/forge";
+    expect(() => loadConfig({ FORGE_DB: pg })).toThrow(/FORGE_DB is a postgres:\/\/ URL .*FORGE_REDIS_URL is unset/);
+    const c = loadConfig({ FORGE_DB: pg, FORGE_REDIS_URL: "redis://r:6379", FORGE_NODE_ID: "node-a", FORGE_NODE_URL: "http://10.0.0.5:8080", FORGE_HEARTBEAT: "250ms", FORGE_RECONCILE: "2s" });
+    expect([isPostgresUrl(c.db), c.nodeId, c.nodeUrl, c.heartbeatMs, c.reconcileMs]).toEqual([true, "node-a", "http://10.0.0.5:8080", 250, 2000]);
+    expect(isPostgresUrl(loadConfig({}).db)).toBe(false);
+    expect(loadConfig({}).nodeId).toBeUndefined();
+    expect(() => loadConfig({ FORGE_NODE_ID: "Node A" })).toThrow(/FORGE_NODE_ID="Node A": expected lowercase letters/);
   });
 
   test("durations", () => {

@@ -44,8 +44,19 @@ export interface Config {
   domain: string;
   /** FORGE_DATA_DIR: everything forge writes lives below it. Default ./.forge */
   dataDir: string;
-  /** FORGE_DB: the metadata database; a sqlite file path. Default <dataDir>/forge.db */
+  /**
+   * FORGE_DB: the metadata database: a SQLite file path (one node), or a postgres:// URL
+   * that several nodes share (then FORGE_REDIS_URL is required too). Default <dataDir>/forge.db
+   */
   db: string;
+  /** FORGE_NODE_ID: this node's name in a cluster. Default: generated once, kept in <dataDir>/node-id. */
+  nodeId: string | undefined;
+  /** FORGE_NODE_URL: where the other nodes reach this one's API. Default http://<host>:<port> (127.0.0.1 for 0.0.0.0). */
+  nodeUrl: string | undefined;
+  /** FORGE_HEARTBEAT: how often a node refreshes its entry in the node list; 5 missed and it drops out. Default 1s. */
+  heartbeatMs: number;
+  /** FORGE_RECONCILE: how often a node compares every function with the shared store (catching missed notifications). Default 5s. */
+  reconcileMs: number;
   /** FORGE_REDIS_URL: Redis for queues and job records; unset means in-process. */
   redisUrl: string | undefined;
   /** FORGE_DRIVER: auto picks docker when its socket answers, else process. */
@@ -160,6 +171,10 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     domain: r.match("FORGE_DOMAIN", "localhost", /^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$/, "a DNS domain such as localhost or fn.example.com"),
     dataDir,
     db: r.str("FORGE_DB", resolve(dataDir, "forge.db")),
+    nodeId: r.opt("FORGE_NODE_ID") === undefined ? undefined : r.match("FORGE_NODE_ID", "", /^[a-z0-9][a-z0-9-]{0,62}$/, "lowercase letters, digits and -, at most 63"),
+    nodeUrl: r.optUrl("FORGE_NODE_URL", ["http:", "https:"]),
+    heartbeatMs: r.duration("FORGE_HEARTBEAT", 1000),
+    reconcileMs: r.duration("FORGE_RECONCILE", 5000),
     redisUrl: r.optUrl("FORGE_REDIS_URL", ["redis:", "rediss:"]),
     driver: r.oneOf("FORGE_DRIVER", "auto", ["auto", "docker", "process"] as const),
     apiKey: r.opt("FORGE_API_KEY"),
@@ -202,6 +217,9 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     maxBodyBytes: r.int("FORGE_MAX_BODY_MB", 6, 1, 1024) * 1024 * 1024,
     logRetentionBytes: r.int("FORGE_LOG_RETENTION_MB", 10, 1, 10_000) * 1024 * 1024,
   };
+  if (isPostgresUrl(config.db) && !config.redisUrl) {
+    r.problem(`FORGE_DB is a postgres:// URL (several nodes), and FORGE_REDIS_URL is unset: nodes share their async queue, cron leases and change notifications through Redis; set FORGE_REDIS_URL=redis://host:6379`);
+  }
   r.throwIfInvalid();
   return { ...config, ...overrides };
 }
@@ -215,6 +233,11 @@ export function loadClientConfig(env: Env = process.env): ClientConfig {
   };
   r.throwIfInvalid();
   return config;
+}
+
+/** Does FORGE_DB name a Postgres server (several nodes) rather than a SQLite file? */
+export function isPostgresUrl(db: string): boolean {
+  return /^postgres(ql)?:\/\//i.test(db);
 }
 
 /** Is this process running under CI (tests must fail, not skip, when a service is missing)? */
@@ -309,6 +332,10 @@ class Reader {
       return undefined;
     }
     return v;
+  }
+  /** A problem across settings (one alone is fine, together they are not). */
+  problem(text: string): void {
+    this.problems.push(text);
   }
   throwIfInvalid(): void {
     if (this.problems.length === 0) return;

@@ -1,8 +1,8 @@
 import { describe, expect, test } from "bun:test";
-import { chmod, mkdir, writeFile } from "node:fs/promises";
+import { chmod, mkdir, readdir, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { tempDir } from "./_test-helpers.ts";
-import { digestFolder } from "./artifact.ts";
+import { digestFolder, packArtifact, sealArtifact, unpackArtifact } from "./artifact.ts";
 
 async function folder(root: string, files: Record<string, string>): Promise<string> {
   await mkdir(root, { recursive: true });
@@ -39,5 +39,39 @@ describe("digestFolder", () => {
     await mkdir(join(withFolder, "uploads"));
     const digests = [await digestFolder(plain), await digestFolder(executable), await digestFolder(withFolder)];
     expect(new Set(digests).size).toBe(3);
+  });
+});
+
+describe("packArtifact and unpackArtifact (another node's copy)", () => {
+  test("a sealed folder arrives with the same digest, read-only, executables kept, dot files and node_modules included", async () => {
+    await using tmp = await tempDir();
+    const src = await folder(join(tmp.path, "src"), {
+      ".forge-bundle.mjs": "export default {}",
+      ".env.example": "A=1",
+      "data/message.txt": "the message",
+      "bin/run.sh": "#!/bin/sh\necho hi",
+      "node_modules/native/index.js": "module.exports = 1",
+      ".forgeignore": "data/\n", // an ignore file of the user's: it chose what was uploaded, not what ships now
+    });
+    await chmod(join(src, "bin/run.sh"), 0o755);
+    await sealArtifact(src, ["node_modules/native"]);
+    const archive = await packArtifact(src);
+    const dest = join(tmp.path, "elsewhere", "artifact");
+    await mkdir(dirname(dest), { recursive: true });
+    await unpackArtifact(archive, dest, { maxBytes: 1 << 20, maxFiles: 100 });
+    expect(await digestFolder(dest)).toBe(await digestFolder(src));
+    expect((await Bun.file(join(dest, "data/message.txt")).stat()).mode & 0o777).toBe(0o444);
+    expect((await Bun.file(join(dest, "bin/run.sh")).stat()).mode & 0o777).toBe(0o555);
+    // a second copy arriving at once keeps the first
+    await unpackArtifact(archive, dest, { maxBytes: 1 << 20, maxFiles: 100 });
+    expect(await digestFolder(dest)).toBe(await digestFolder(src));
+  });
+
+  test("an archive over the limits leaves nothing behind", async () => {
+    await using tmp = await tempDir();
+    const src = await folder(join(tmp.path, "src"), { "a.txt": "x".repeat(4096) });
+    const dest = join(tmp.path, "artifact");
+    await expect(unpackArtifact(await packArtifact(src), dest, { maxBytes: 1024, maxFiles: 100 })).rejects.toMatchObject({ status: 413 });
+    expect(await readdir(tmp.path)).toEqual(["src"]);
   });
 });

@@ -4,8 +4,12 @@
  * (native addons and what they depend on), and every file read-only. Instances get a copy
  * of it (hard links) they see as their working directory.
  */
-import { chmod, lstat, readdir, rm } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import { chmod, lstat, readdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
+import { packFiles, type PackFile } from "./pack.ts";
+import { safeUnpack, type UnpackLimits } from "./unpack.ts";
 
 /** Name of the bundle at the root of a version's folder (and of an instance's copy of it). */
 export const BUNDLE_FILE = ".forge-bundle.mjs";
@@ -23,6 +27,35 @@ export async function sealArtifact(dir: string, keep: readonly (string | { path:
   for (const name of DROPPED) await rm(join(dir, name), { recursive: true, force: true });
   await prune(dir, "node_modules", new Set(keep.map((k) => (typeof k === "string" ? k : k.path))));
   await readOnly(dir);
+}
+
+/**
+ * A version's folder as a tar.gz, every file of it (the artifact is already what ships, so
+ * no ignore rules apply), for the nodes that lack it (several nodes, DESIGN §9).
+ */
+export async function packArtifact(dir: string): Promise<Uint8Array> {
+  const files: PackFile[] = [];
+  for (const path of [...new Bun.Glob("**/*").scanSync({ cwd: dir, dot: true, onlyFiles: true, followSymlinks: false })].sort()) {
+    const info = await lstat(join(dir, path));
+    if (info.isFile()) files.push({ path, data: await Bun.file(join(dir, path)).bytes(), mode: info.mode });
+  }
+  return packFiles(files);
+}
+
+/**
+ * Puts an artifact packed by packArtifact (on another node) at `dest`, read-only as there:
+ * unpacked safely beside it, then moved in whole, so a half-written folder is never seen.
+ * A `dest` that appeared meanwhile (another converge) is kept.
+ */
+export async function unpackArtifact(archive: Uint8Array, dest: string, limits: UnpackLimits): Promise<void> {
+  const tmp = `${dest}.part-${randomBytes(4).toString("hex")}`;
+  try {
+    await safeUnpack(archive, tmp, limits);
+    await readOnly(tmp);
+    if (!existsSync(dest)) await rename(tmp, dest);
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
 }
 
 /**

@@ -6,7 +6,7 @@ export type { UnpackLimits, UnpackResult } from "./unpack.ts";
 export { ENTRY_CANDIDATES, HANDLER_EXTENSIONS, bundleEntry, findEntry, relocatePaths } from "./bundle.ts";
 export type { BundleOptions, BundleResult, EntryHints } from "./bundle.ts";
 export { nativePackages, packageClosure, packageMain } from "./native.ts";
-export { BUNDLE_FILE, digestFolder, sealArtifact } from "./artifact.ts";
+export { BUNDLE_FILE, digestFolder, packArtifact, sealArtifact, unpackArtifact } from "./artifact.ts";
 export { FUNCTION_DEFAULTS, PATCHABLE_FIELDS, parseConfigInput, resolveConfig, splitHandler } from "./function-config.ts";
 export type { FunctionConfig, FunctionConfigInput, FunctionRuntime } from "./function-config.ts";
 export { IMAGE_BUNDLE_PATH, IMAGE_LABELS, IMAGE_TASK_ROOT, buildImage, contextTar, createImageBuilder, folderContext, functionImageName } from "./images.ts";

@@ -56,6 +56,6 @@ test("a node that cannot reach the database fails to start with the cause", asyn
   const shared = memoryShared();
   shared.down = true;
   const r = new NodeRegistry({ shared, logger, self: { id: "x", url: "http://x", driver: "process", version: "t" } });
-  expect(r.start()).rejects.toThrow("connection refused");
+  await expect(r.start()).rejects.toThrow("connection refused");
   await r[Symbol.asyncDispose]();
 });
