@@ -45,7 +45,7 @@ describe.skipIf(!redisUrl)("redisChangeBus", () => {
     const admin = new Redis(redisUrl as string);
     try {
       // The server cuts this bus's subscribing connection (no other test's).
-      const clients = (await admin.client("LIST", "TYPE", "pubsub")) as string;
+      const clients = String(await admin.call("CLIENT", "LIST", "TYPE", "pubsub"));
       const ids = clients
         .split("\n")
         .filter((line) => line.includes(` name=${connectionName} `))

@@ -5,6 +5,7 @@
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { ErrorCode, ForgeError } from "../errors.ts";
 
 export const API_KEY_FILE = "api-key";
 
@@ -28,4 +29,20 @@ export function readSavedApiKey(dataDir: string): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * The control-plane key of a cluster (FORGE_DB on Postgres), kept in the shared settings so
+ * every node accepts the same one: FORGE_API_KEY when set (it must then match the cluster's,
+ * if the cluster has one), else the cluster's, else a new one this node makes.
+ */
+export async function clusterApiKey(setting: (key: string, initial: string) => Promise<string>, fromEnv?: string): Promise<{ key: string; generated: boolean }> {
+  const candidate = fromEnv ?? `forge_${randomBytes(24).toString("base64url")}`;
+  const key = await setting("api_key", candidate);
+  if (fromEnv && key !== fromEnv) {
+    throw new ForgeError(ErrorCode.InvalidConfig, 400, "FORGE_API_KEY differs from the API key the cluster keeps in Postgres", {
+      hint: "set the same FORGE_API_KEY on every node, or unset it on this one to use the cluster's",
+    });
+  }
+  return { key, generated: !fromEnv && key === candidate };
 }
