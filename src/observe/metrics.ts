@@ -40,6 +40,8 @@ export interface MetricsOptions {
   version: string;
   driver: string;
   gauges: Gauges;
+  /** This node's id, on every series (several nodes: each serves its own /metrics). Default none. */
+  node?: string;
 }
 
 /** A function's series: counters by status and start kind, and its two histograms. */
@@ -76,23 +78,23 @@ export class Metrics {
   }
 
   async render(): Promise<string> {
-    const out: string[] = [];
+    const out = new Family(this.o.node ? { node: this.o.node } : {});
     const g = this.o.gauges;
-    family(out, "forge_build_info", "gauge", "forge's version and runtime", [{ labels: { version: this.o.version, bun: Bun.version, driver: this.o.driver }, value: 1 }]);
+    out.family("forge_build_info", "gauge", "forge's version and runtime", [{ labels: { version: this.o.version, bun: Bun.version, driver: this.o.driver }, value: 1 }]);
     const series = [...this.series];
-    family(out, "forge_invocations_total", "counter", "finished invocations by function, HTTP status and start kind", series.flatMap(([, s]) => [...s.counts.values()]));
-    histogramFamily(out, "forge_invocation_duration_seconds", "time from request to the end of the response body", series.map(([fn, s]) => [fn, s.duration]));
-    histogramFamily(out, "forge_queue_wait_seconds", "time a request waited for a free instance slot", series.map(([fn, s]) => [fn, s.queueWait]));
-    family(out, "forge_instances", "gauge", "instances by function and state", g.instances());
-    family(out, "forge_stem_cells", "gauge", "generic warm instances ready to be specialized", [{ labels: {}, value: g.stemCells() }]);
-    family(out, "forge_queue_depth", "gauge", "requests waiting for a free slot", g.queueDepth());
-    if (g.provisionJobs) family(out, "forge_provision_jobs", "gauge", "provisioning jobs by status", await g.provisionJobs());
+    out.family("forge_invocations_total", "counter", "finished invocations by function, HTTP status and start kind", series.flatMap(([, s]) => [...s.counts.values()]));
+    out.histogram("forge_invocation_duration_seconds", "time from request to the end of the response body", series.map(([fn, s]) => [fn, s.duration]));
+    out.histogram("forge_queue_wait_seconds", "time a request waited for a free instance slot", series.map(([fn, s]) => [fn, s.queueWait]));
+    out.family("forge_instances", "gauge", "instances by function and state", g.instances());
+    out.family("forge_stem_cells", "gauge", "generic warm instances ready to be specialized", [{ labels: {}, value: g.stemCells() }]);
+    out.family("forge_queue_depth", "gauge", "requests waiting for a free slot", g.queueDepth());
+    if (g.provisionJobs) out.family("forge_provision_jobs", "gauge", "provisioning jobs by status", await g.provisionJobs());
     const mem = process.memoryUsage();
     const cpu = process.cpuUsage();
-    family(out, "process_resident_memory_bytes", "gauge", "resident memory of the forge process", [{ labels: {}, value: mem.rss }]);
-    family(out, "process_cpu_seconds_total", "counter", "CPU time of the forge process", [{ labels: {}, value: (cpu.user + cpu.system) / 1e6 }]);
-    family(out, "process_start_time_seconds", "gauge", "start time of the forge process since the epoch", [{ labels: {}, value: this.startedAt }]);
-    return out.join("\n") + "\n";
+    out.family("process_resident_memory_bytes", "gauge", "resident memory of the forge process", [{ labels: {}, value: mem.rss }]);
+    out.family("process_cpu_seconds_total", "counter", "CPU time of the forge process", [{ labels: {}, value: (cpu.user + cpu.system) / 1e6 }]);
+    out.family("process_start_time_seconds", "gauge", "start time of the forge process since the epoch", [{ labels: {}, value: this.startedAt }]);
+    return out.text();
   }
 }
 
@@ -112,21 +114,36 @@ function num(v: number): string {
   return Number.isInteger(v) ? String(v) : v.toPrecision(10).replace(/\.?0+$/, "");
 }
 
-function family(out: string[], name: string, type: string, help: string, samples: GaugeSample[]): void {
-  out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
-  for (const s of samples) out.push(`${name}${labelText(s.labels)} ${num(s.value)}`);
-}
+/** The text of one scrape; `base` labels (the node) go on every sample. */
+class Family {
+  private readonly lines: string[] = [];
+  constructor(private readonly base: Record<string, string>) {}
 
-function histogramFamily(out: string[], name: string, help: string, histograms: [string, Histogram][]): void {
-  out.push(`# HELP ${name} ${help}`, `# TYPE ${name} histogram`);
-  for (const [fn, h] of histograms) {
-    let cumulative = 0;
-    DURATION_BUCKETS.forEach((le, i) => {
-      cumulative += h.counts[i] ?? 0;
-      out.push(`${name}_bucket${labelText({ function: fn, le: num(le) })} ${cumulative}`);
-    });
-    out.push(`${name}_bucket${labelText({ function: fn, le: "+Inf" })} ${h.count}`);
-    out.push(`${name}_sum${labelText({ function: fn })} ${num(h.sum)}`);
-    out.push(`${name}_count${labelText({ function: fn })} ${h.count}`);
+  family(name: string, type: string, help: string, samples: GaugeSample[]): void {
+    this.lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+    for (const s of samples) this.lines.push(`${name}${this.labels(s.labels)} ${num(s.value)}`);
+  }
+
+  histogram(name: string, help: string, histograms: [string, Histogram][]): void {
+    const out = this.lines;
+    out.push(`# HELP ${name} ${help}`, `# TYPE ${name} histogram`);
+    for (const [fn, h] of histograms) {
+      let cumulative = 0;
+      DURATION_BUCKETS.forEach((le, i) => {
+        cumulative += h.counts[i] ?? 0;
+        out.push(`${name}_bucket${this.labels({ function: fn, le: num(le) })} ${cumulative}`);
+      });
+      out.push(`${name}_bucket${this.labels({ function: fn, le: "+Inf" })} ${h.count}`);
+      out.push(`${name}_sum${this.labels({ function: fn })} ${num(h.sum)}`);
+      out.push(`${name}_count${this.labels({ function: fn })} ${h.count}`);
+    }
+  }
+
+  text(): string {
+    return this.lines.join("\n") + "\n";
+  }
+
+  private labels(labels: Record<string, string>): string {
+    return labelText({ ...this.base, ...labels });
   }
 }

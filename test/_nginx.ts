@@ -1,0 +1,84 @@
+/**
+ * nginx as the load balancer in front of several forge nodes (README: Several nodes), for
+ * tests: one worker, listening on a Unix socket in a folder of its own (no port to race
+ * for), passive health checks, and the retry rule README gives: an idempotent request that
+ * met a dead or failing node goes to the next one; a POST never goes twice.
+ */
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { until } from "./_helpers.ts";
+
+export interface Nginx extends AsyncDisposable {
+  socket: string;
+  /** A request through nginx; `host` picks the function (greet.localhost). */
+  fetch(host: string, path?: string, init?: RequestInit): Promise<Response>;
+  /** nginx's error log so far. */
+  errors(): string;
+}
+
+/** The upstream and proxy settings README documents for several nodes (`servers`: host:port each). */
+export function nginxConfig(servers: string[], listen: string, dir: string): string {
+  return `user root; worker_processes 1; daemon off; error_log ${dir}/error.log warn; pid ${dir}/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  upstream forge {
+${servers.map((s) => `    server ${s} max_fails=1 fail_timeout=2s;`).join("\n")}
+    keepalive 32;
+  }
+  server {
+    listen ${listen};
+    location / {
+      proxy_pass http://forge;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_connect_timeout 1s;
+      proxy_next_upstream error timeout http_502 http_503;
+      proxy_next_upstream_tries 3;
+      proxy_buffering off;
+      proxy_read_timeout 60s;
+    }
+  }
+}
+`;
+}
+
+export async function startNginx(servers: string[]): Promise<Nginx> {
+  const dir = mkdtempSync(join(tmpdir(), "forge-nginx-"));
+  const socket = join(dir, "nginx.sock");
+  writeFileSync(join(dir, "nginx.conf"), nginxConfig(servers, `unix:${socket}`, dir));
+  const proc = Bun.spawn(["nginx", "-c", join(dir, "nginx.conf"), "-p", dir], { stdout: "ignore", stderr: "pipe" });
+  const errors = (): string => {
+    try {
+      return readFileSync(join(dir, "error.log"), "utf8");
+    } catch {
+      return "";
+    }
+  };
+  const request = (host: string, path = "/", init: RequestInit = {}): Promise<Response> => {
+    const headers = new Headers(init.headers);
+    headers.set("host", host);
+    return fetch(`http://nginx${path}`, { ...init, headers, unix: socket } as RequestInit);
+  };
+  try {
+    await until(async () => (await Bun.file(socket).exists()) || proc.exitCode !== null, 10_000, "nginx listening");
+    if (proc.exitCode !== null) throw new Error(`nginx exited with ${proc.exitCode}: ${await new Response(proc.stderr).text()} ${errors()}`);
+  } catch (err) {
+    proc.kill("SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
+  return {
+    socket,
+    fetch: request,
+    errors,
+    async [Symbol.asyncDispose]() {
+      proc.kill("SIGQUIT");
+      await proc.exited;
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
