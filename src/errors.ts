@@ -42,6 +42,8 @@ export const ErrorCode = {
   InstanceStartFailed: "instance_start_failed",
   DriverUnavailable: "driver_unavailable",
   ServiceUnavailable: "service_unavailable",
+  /** The metadata database (FORGE_DB) did not answer a repository call (503). */
+  StoreUnavailable: "store_unavailable",
   Disposed: "disposed",
   Internal: "internal",
 } as const;
@@ -110,4 +112,45 @@ export function toForgeError(err: unknown, logger: Pick<ConsolaInstance, "error"
   }
   logger.error("unexpected error:", err);
   return new ForgeError(ErrorCode.Internal, 500, "forge failed to handle the request", { hint: "this is a bug in forge; the server log has the cause", cause: err });
+}
+
+/**
+ * A repository call's failure as a client sees it: a 503 store_unavailable, the cause kept
+ * for the log. ForgeErrors (a closed store's Disposed) stay as they are.
+ */
+export function storeUnavailable(err: unknown): ForgeError {
+  if (isForgeError(err)) return err;
+  return new ForgeError(ErrorCode.StoreUnavailable, 503, "the metadata database did not answer", {
+    hint: "the metadata database is not answering; check FORGE_DB and retry",
+    cause: err,
+  });
+}
+
+/**
+ * `repo` with every method's throw or rejection turned into storeUnavailable(err): only what
+ * comes out of the store is a 503, a bug in the caller's own code stays a 500.
+ */
+export function guardRepo<T extends object>(repo: T): T {
+  const wrapped = new Map<PropertyKey, unknown>();
+  return new Proxy(repo, {
+    get(target, key) {
+      const value: unknown = Reflect.get(target, key);
+      if (typeof value !== "function") return value;
+      let fn = wrapped.get(key);
+      if (!fn) {
+        const method = value as (...args: unknown[]) => unknown;
+        fn = (...args: unknown[]): unknown => {
+          let out: unknown;
+          try {
+            out = method.apply(target, args);
+          } catch (err) {
+            throw storeUnavailable(err);
+          }
+          return out instanceof Promise ? out.catch((err: unknown) => Promise.reject(storeUnavailable(err))) : out;
+        };
+        wrapped.set(key, fn);
+      }
+      return fn;
+    },
+  });
 }

@@ -17,7 +17,7 @@ import { LogStore, Metrics } from "./observe/index.ts";
 import { createMemoryQueue, createProvisioning, createRedisQueue } from "./provision/index.ts";
 import { DataPlane, Gateway, TrustedProxies } from "./dataplane/index.ts";
 import { createRouter, type ForgeApp } from "./router/index.ts";
-import { loadOrCreateApiKey, openStore } from "./store/index.ts";
+import { asyncStore, loadOrCreateApiKey, openStore } from "./store/index.ts";
 import { AsyncInvoker, mountTriggerRoutes, redisCronLeases, Scheduler, type AsyncJob, type InvokeFn } from "./triggers/index.ts";
 
 export const FORGE_VERSION = "0.1.0";
@@ -49,7 +49,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
   const logger = options.logger ?? createConsola({ level: 3 });
   // 1. data dir, store, key
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
-  const store = openStore(config.db);
+  const store = asyncStore(openStore(config.db));
   const { key: apiKey, generated } = loadOrCreateApiKey(config.dataDir, config.apiKey);
 
   // 2. driver and pool
@@ -57,7 +57,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
   if (!node) logger.info(`runtime node: unavailable (${nodeProblem ?? "no node binary"}); node functions cannot be deployed here. Install Node.js 20.16+ or set FORGE_NODE_BIN`);
   // Before any instance starts: adopt or remove what an earlier run left (docker).
   await reconcile(
-    store.functions.list().flatMap((f) => (f.activeVersion === null ? [] : [{ function: f.name, version: f.activeVersion }])),
+    (await store.functions.list()).flatMap((f) => (f.activeVersion === null ? [] : [{ function: f.name, version: f.activeVersion }])),
   );
   const pool = new PoolManager({
     driver,
@@ -79,15 +79,10 @@ export async function startServer(config: Config, options: StartOptions = {}): P
   // 3. services
   const recorder = new InvocationRecorder({ repo: store.invocations, logger, enabled: config.telemetry });
   // Retention: records and dead letters older than FORGE_RECORD_RETENTION go, checked a tenth as often.
-  const pruneRecords = (): void => {
-    try {
-      store.invocations.prune(Date.now() - config.recordRetentionMs);
-    } catch (err) {
-      logger.warn("could not prune old invocation records:", err);
-    }
-  };
-  pruneRecords();
-  const pruneTimer = setInterval(pruneRecords, Math.min(Math.max(config.recordRetentionMs / 10, 100), 10 * 60_000));
+  const pruneRecords = (): Promise<void> =>
+    store.invocations.prune(Date.now() - config.recordRetentionMs).catch((err: unknown) => logger.warn("could not prune old invocation records:", err));
+  await pruneRecords();
+  const pruneTimer = setInterval(() => void pruneRecords(), Math.min(Math.max(config.recordRetentionMs / 10, 100), 10 * 60_000));
   pruneTimer.unref?.();
   const logs = new LogStore({ dir: join(config.dataDir, "logs"), logger, retentionBytes: config.logRetentionBytes });
   if (config.telemetry) {
@@ -155,7 +150,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
     invocations: store.invocations,
     invoke: invokeTrigger,
     logger,
-    functions: () => functions.list().map((f) => f.name),
+    functions: async () => (await functions.list()).map((f) => f.name),
     queueFor: (fn) =>
       triggerRedis
         ? createRedisQueue<AsyncJob>({ redis: triggerRedis, key: `${config.redisPrefix}:async:${fn}`, retry: asyncRetry, visibilityTimeoutMs: config.queueVisibilityMs, logger })
@@ -192,7 +187,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
     invokeAsync: (name, request) => asyncInvoker.submit(name, request),
     upstream,
     extend: (v1) => {
-      mountTriggerRoutes(v1, { scheduler, async: asyncInvoker, assertFunction: (name) => void functions.get(name) });
+      mountTriggerRoutes(v1, { scheduler, async: asyncInvoker, assertFunction: async (name) => void (await functions.get(name)) });
       provisioning.routes(v1);
     },
   });
@@ -221,7 +216,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
     removeBackend();
     await provisioning.close();
     await driver.dispose();
-    store.close();
+    await store.close();
     throw new ForgeError(ErrorCode.InvalidConfig, 400, `forge cannot listen on ${config.host}:${config.port}: ${err instanceof Error ? err.message : String(err)}`, {
       hint: "is the port in use? stop what holds it, or choose another with FORGE_PORT or --port (0 picks a free one)",
       cause: err,
@@ -232,7 +227,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
   pool.start();
   await functions.restore();
   await dropUnclaimed();
-  scheduler.start();
+  await scheduler.start();
   await asyncInvoker.start();
   ready = true;
 
@@ -255,7 +250,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
       await logs[Symbol.asyncDispose]();
       await driver.dispose();
       triggerRedis?.disconnect();
-      store.close();
+      await store.close();
     })());
 
   return {

@@ -22,9 +22,9 @@ import {
   type FunctionConfig,
   type FunctionConfigInput,
 } from "../build/index.ts";
-import { assertName, ErrorCode, ForgeError, isForgeError } from "../errors.ts";
+import { assertName, ErrorCode, ForgeError, guardRepo, isForgeError } from "../errors.ts";
 import { BUNDLE_FILE, type Activation, type PoolManager, type PoolSpec } from "../pool/index.ts";
-import type { FunctionRecord, InvocationQuery, InvocationRecord, Store, VersionRecord } from "../store/index.ts";
+import type { AsyncStore, FunctionRecord, InvocationQuery, InvocationRecord, VersionRecord } from "../store/index.ts";
 
 export interface DeployProgress {
   step: number;
@@ -63,7 +63,7 @@ export interface ImageBuilder {
 export type BindingResolver = (databases: string[], options: { containers: boolean }) => Promise<{ env: Record<string, string>; networks: string[] }>;
 
 export interface FunctionServiceOptions {
-  store: Store;
+  store: AsyncStore;
   pool: PoolManager;
   logger: ConsolaInstance;
   dataDir: string;
@@ -83,11 +83,20 @@ export interface FunctionServiceOptions {
 
 export class FunctionService {
   private readonly changing = new Map<string, Promise<unknown>>();
+  /** The repositories, their failures turned into 503 store_unavailable (a bug here stays a 500). */
+  private readonly store: Pick<AsyncStore, "functions" | "versions" | "invocations" | "schedules">;
 
-  constructor(private readonly o: FunctionServiceOptions) {}
+  constructor(private readonly o: FunctionServiceOptions) {
+    this.store = {
+      functions: guardRepo(o.store.functions),
+      versions: guardRepo(o.store.versions),
+      invocations: guardRepo(o.store.invocations),
+      schedules: guardRepo(o.store.schedules),
+    };
+  }
 
-  get(name: string): FunctionRecord {
-    const fn = this.o.store.functions.get(name);
+  async get(name: string): Promise<FunctionRecord> {
+    const fn = await this.store.functions.get(name);
     if (!fn || fn.activeVersion === null) {
       throw new ForgeError(ErrorCode.FunctionNotFound, 404, `function ${name} not found`, {
         hint: "list functions with `forge list`, or deploy it with `forge deploy`",
@@ -96,19 +105,19 @@ export class FunctionService {
     return fn;
   }
 
-  list(): FunctionRecord[] {
-    return this.o.store.functions.list().filter((f) => f.activeVersion !== null);
+  async list(): Promise<FunctionRecord[]> {
+    return (await this.store.functions.list()).filter((f) => f.activeVersion !== null);
   }
 
   /** Versions, newest first; also of a function whose every deploy failed (it has no active version). */
-  versions(name: string): VersionRecord[] {
-    if (!this.o.store.functions.get(name)) this.get(name);
-    return this.o.store.versions.list(name);
+  async versions(name: string): Promise<VersionRecord[]> {
+    if (!(await this.store.functions.get(name))) await this.get(name);
+    return this.store.versions.list(name);
   }
 
   /** Invocation records of a function, newest first. */
-  invocations(name: string, query: InvocationQuery = {}): InvocationRecord[] {
-    return this.o.store.invocations.list(name, query);
+  async invocations(name: string, query: InvocationQuery = {}): Promise<InvocationRecord[]> {
+    return this.store.invocations.list(name, query);
   }
 
   /** Deploys a tar.gz of a function folder (or of a bundle and its forge.json) as the next version. */
@@ -140,8 +149,8 @@ export class FunctionService {
   }
 
   private async rollbackNow(name: string, to?: number): Promise<VersionRecord> {
-    const fn = this.get(name);
-    const versions = this.o.store.versions.list(name);
+    const fn = await this.get(name);
+    const versions = await this.store.versions.list(name);
     // By default the newest earlier version that loaded; --to may name a failed one (it is verified again).
     const target = to ?? versions.find((v) => fn.activeVersion !== null && v.version < fn.activeVersion && v.status !== "failed")?.version;
     if (target === undefined) {
@@ -149,7 +158,7 @@ export class FunctionService {
         hint: "see `forge versions " + name + "`; pass --to N to pick one",
       });
     }
-    const version = this.o.store.versions.get(name, target);
+    const version = await this.store.versions.get(name, target);
     if (!version) {
       throw new ForgeError(ErrorCode.VersionNotFound, 404, `${name} has no version ${target}`, {
         hint: `known versions: ${versions.map((v) => v.version).join(", ")}`,
@@ -157,9 +166,9 @@ export class FunctionService {
     }
     const image = version.image ?? (await this.rebuildImage(version));
     await this.activateVerified(name, target, await this.poolSpec({ ...version, image }, version.config));
-    if (image !== version.image) this.o.store.versions.setImage(name, target, image);
-    if (version.status !== "ready") this.o.store.versions.settle(name, target, { status: "ready" });
-    return this.o.store.versions.activate(name, target);
+    if (image !== version.image) await this.store.versions.setImage(name, target, image);
+    if (version.status !== "ready") await this.store.versions.settle(name, target, { status: "ready" });
+    return this.store.versions.activate(name, target);
   }
 
   /** Changes config; env and memory need new instances (a zero-downtime switch), the rest applies live. */
@@ -168,7 +177,7 @@ export class FunctionService {
   }
 
   private async patchNow(name: string, body: unknown): Promise<FunctionRecord> {
-    const fn = this.get(name);
+    const fn = await this.get(name);
     const input = parseConfigInput(body, "PATCH body");
     for (const key of Object.keys(input)) {
       if (!(PATCHABLE_FIELDS as readonly string[]).includes(key)) {
@@ -180,7 +189,7 @@ export class FunctionService {
     const next: FunctionConfig = resolveConfig(name, fn.config, input);
     if (input.env) next.env = input.env; // PATCH env replaces the whole map, so a variable can be removed
     const needsNewInstances = input.env !== undefined || (input.memoryMb !== undefined && input.memoryMb !== fn.config.memoryMb);
-    const version = fn.activeVersion === null ? undefined : this.o.store.versions.get(name, fn.activeVersion);
+    const version = fn.activeVersion === null ? undefined : await this.store.versions.get(name, fn.activeVersion);
     if (needsNewInstances && version) {
       // Verified like a deploy: new instances with the new env must load before they serve;
       // if they do not, the config stays as it was and the running instances go on.
@@ -192,9 +201,9 @@ export class FunctionService {
           cause: err,
         });
       }
-      return this.o.store.functions.updateConfig(name, next);
+      return this.store.functions.updateConfig(name, next);
     }
-    const updated = this.o.store.functions.updateConfig(name, next);
+    const updated = await this.store.functions.updateConfig(name, next);
     this.o.pool.updateLive(name, {
       concurrency: next.concurrency,
       minWarm: next.minWarm,
@@ -209,10 +218,10 @@ export class FunctionService {
   }
 
   private async deleteNow(name: string): Promise<void> {
-    if (!this.o.store.functions.get(name)) this.get(name); // one whose deploys all failed can be deleted too
+    if (!(await this.store.functions.get(name))) await this.get(name); // one whose deploys all failed can be deleted too
     await this.o.pool.remove(name);
-    this.o.store.schedules.deleteForFunction(name);
-    this.o.store.functions.delete(name);
+    await this.store.schedules.deleteForFunction(name);
+    await this.store.functions.delete(name);
     await this.o.images?.removeImages(name).catch((err: unknown) => this.o.logger.warn(`could not remove images of ${name}:`, err));
     rmSync(this.functionDir(name), { recursive: true, force: true });
     for (const hook of this.deleteHooks) hook(name);
@@ -228,13 +237,13 @@ export class FunctionService {
   /** Re-creates the pools of active versions after a restart (no instance starts unless minWarm asks). */
   async restore(): Promise<void> {
     // Versions being verified when forge stopped never finished: they did not load here.
-    for (const fn of this.o.store.functions.list()) {
-      for (const v of this.o.store.versions.list(fn.name)) {
-        if (v.status === "starting") this.o.store.versions.settle(fn.name, v.version, { status: "failed", error: "forge stopped while it was verifying this version; deploy it again" });
+    for (const fn of await this.store.functions.list()) {
+      for (const v of await this.store.versions.list(fn.name)) {
+        if (v.status === "starting") await this.store.versions.settle(fn.name, v.version, { status: "failed", error: "forge stopped while it was verifying this version; deploy it again" });
       }
     }
-    for (const fn of this.list()) {
-      const version = fn.activeVersion === null ? undefined : this.o.store.versions.get(fn.name, fn.activeVersion);
+    for (const fn of await this.list()) {
+      const version = fn.activeVersion === null ? undefined : await this.store.versions.get(fn.name, fn.activeVersion);
       if (!version) continue;
       try {
         await this.o.pool.activate(await this.poolSpec(version, fn.config), { verify: false });
@@ -297,7 +306,7 @@ export class FunctionService {
         artifact = relative(this.o.dataDir, contextDir);
       }
 
-      const version = this.o.store.versions.create(name, { digest, config, artifact, image: null });
+      const version = await this.store.versions.create(name, { digest, config, artifact, image: null });
       let image: string | null = null;
       try {
         if (this.o.images) {
@@ -309,18 +318,18 @@ export class FunctionService {
         }
       } catch (err) {
         // Nothing ran: the number stays used, the version goes.
-        this.o.store.versions.discard(name, version.version);
+        await this.store.versions.discard(name, version.version);
         throw err;
       }
-      if (image) this.o.store.versions.setImage(name, version.version, image);
+      if (image) await this.store.versions.setImage(name, version.version, image);
       onProgress({ step: 3, of: 3, phase: "starting", message: `version ${version.version}` });
       const spec = await this.poolSpec({ ...version, image }, config);
       // A Lambda handler gets one event at a time, unless forge.json or a flag says otherwise.
       const concurrencySet = fromFile.concurrency !== undefined || flags.concurrency !== undefined;
       const running = await this.activateVerified(name, version.version, concurrencySet ? spec : { ...spec, lambdaConcurrency: 1 }, true);
       // The concurrency it runs with is the version's (and, once active, the function's).
-      this.o.store.versions.settle(name, version.version, { status: "ready", config: { ...config, concurrency: running.concurrency } });
-      this.o.store.versions.activate(name, version.version);
+      await this.store.versions.settle(name, version.version, { status: "ready", config: { ...config, concurrency: running.concurrency } });
+      await this.store.versions.activate(name, version.version);
       return { name, version: version.version, url: this.o.urlOf(name), image, digest, kind: running.kind, concurrency: running.concurrency };
     } finally {
       rmSync(work, { recursive: true, force: true });
@@ -343,7 +352,7 @@ export class FunctionService {
       fromFile = parseConfigInput(raw, "forge.json");
     }
     const config = resolveConfig(name, fromFile, flags);
-    this.o.store.functions.ensure(name, config);
+    await this.store.functions.ensure(name, config);
     return { config, fromFile };
   }
 
@@ -367,17 +376,17 @@ export class FunctionService {
     } catch (err) {
       if (!(isForgeError(err) && err.code === ErrorCode.LoadFailed)) {
         // Never tried (no memory for an instance, forge stopping): a new version goes, as after a failed build.
-        if (fresh) this.o.store.versions.discard(name, version);
+        if (fresh) await this.store.versions.discard(name, version);
         throw err;
       }
       const why = err instanceof Error ? err.message : String(err);
-      this.o.store.versions.settle(name, version, { status: "failed", error: why.slice(0, 8_000) });
+      await this.store.versions.settle(name, version, { status: "failed", error: why.slice(0, 8_000) });
       // A failed version keeps no image (deploy after deploy would pile them up); a rollback to it builds it again.
       if (spec.image && this.o.images) {
         await this.o.images.removeImage(name, version);
-        this.o.store.versions.setImage(name, version, null);
+        await this.store.versions.setImage(name, version, null);
       }
-      const active = this.o.store.functions.get(name)?.activeVersion ?? null;
+      const active = (await this.store.functions.get(name))?.activeVersion ?? null;
       throw new ForgeError(ErrorCode.LoadFailed, isForgeError(err) && err.status < 500 ? err.status : 400, `${name} v${version} was not activated: ${why}`, {
         hint:
           active !== null && active !== version

@@ -33,8 +33,8 @@ export interface RouterOptions {
   metrics?: () => string | Promise<string>;
   /** Function logs (GET /v1/functions/:name/logs). */
   logs?: LogStore;
-  /** Flushes pending invocation records before they are read. */
-  flushRecords?: () => void;
+  /** Flushes pending invocation records before they are read; resolves once they were written (or the write failed). */
+  flushRecords?: () => void | Promise<void>;
   /** Queues an async invoke (?async=1) and resolves with its id (triggers); absent: async invokes are refused. */
   invokeAsync?: (name: string, request: { body: Uint8Array; contentType: string | null; path: string }) => Promise<{ id: string }>;
   /** More /v1 routes (provisioner, triggers), mounted behind auth. */
@@ -108,9 +108,9 @@ export function createRouter(o: RouterOptions): ForgeApp {
     return new Response(stream, { status: 200, headers: { "content-type": "application/x-ndjson" } });
   });
 
-  v1.get("/functions", (c) =>
+  v1.get("/functions", async (c) =>
     c.json({
-      functions: o.functions.list().map((f) => ({
+      functions: (await o.functions.list()).map((f) => ({
         name: f.name,
         version: f.activeVersion,
         url: urlOf(c, f.name, o.domain),
@@ -120,10 +120,10 @@ export function createRouter(o: RouterOptions): ForgeApp {
     }),
   );
 
-  v1.get("/functions/:name", (c) => {
-    const f = o.functions.get(c.req.param("name"));
-    o.flushRecords?.();
-    const recent = o.functions.invocations(f.name, { since: Date.now() - 60 * 60_000, limit: 100_000 });
+  v1.get("/functions/:name", async (c) => {
+    const f = await o.functions.get(c.req.param("name"));
+    await o.flushRecords?.();
+    const recent = await o.functions.invocations(f.name, { since: Date.now() - 60 * 60_000, limit: 100_000 });
     return c.json({
       stats: { last5m: windowStats(recent, 5), last60m: windowStats(recent, 60) },
       name: f.name,
@@ -136,18 +136,18 @@ export function createRouter(o: RouterOptions): ForgeApp {
     });
   });
 
-  v1.get("/functions/:name/invocations", (c) => {
+  v1.get("/functions/:name/invocations", async (c) => {
     const name = c.req.param("name");
-    o.functions.get(name);
-    o.flushRecords?.();
+    await o.functions.get(name);
+    await o.flushRecords?.();
     const limit = queryInt(c.req.query("limit"), "limit", 100, 1, 10_000);
     const status = c.req.query("status") === undefined ? undefined : queryInt(c.req.query("status"), "status", 0, 100, 599);
-    return c.json({ invocations: o.functions.invocations(name, { limit, ...(status !== undefined ? { status } : {}) }) });
+    return c.json({ invocations: await o.functions.invocations(name, { limit, ...(status !== undefined ? { status } : {}) }) });
   });
 
   v1.get("/functions/:name/logs", async (c) => {
     const name = c.req.param("name");
-    o.functions.get(name);
+    await o.functions.get(name);
     if (!o.logs) return c.json({ lines: [] });
     const logs = o.logs;
     const sinceText = c.req.query("since");
@@ -211,8 +211,8 @@ export function createRouter(o: RouterOptions): ForgeApp {
     return c.json({ name, deleted: true });
   });
 
-  v1.get("/functions/:name/versions", (c) => {
-    const versions = o.functions.versions(c.req.param("name"));
+  v1.get("/functions/:name/versions", async (c) => {
+    const versions = await o.functions.versions(c.req.param("name"));
     return c.json({
       versions: versions.map((v) => ({ version: v.version, active: v.active, digest: v.digest, image: v.image, status: v.status, error: v.error, createdAt: v.createdAt, config: v.config })),
     });
@@ -234,7 +234,7 @@ export function createRouter(o: RouterOptions): ForgeApp {
 
   v1.post("/functions/:name/invoke", async (c) => {
     const name = c.req.param("name");
-    o.functions.get(name);
+    await o.functions.get(name);
     const url = new URL(c.req.url);
     const asyncFlag = url.searchParams.get("async");
     url.searchParams.delete("async");

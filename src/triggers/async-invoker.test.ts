@@ -7,7 +7,7 @@ import { describe, expect, test } from "bun:test";
 import { createConsola } from "consola";
 import { ErrorCode, ForgeError } from "../errors.ts";
 import { createMemoryQueue } from "../provision/index.ts";
-import { openStore, type Store } from "../store/index.ts";
+import { asyncStore, openStore, type Store } from "../store/index.ts";
 import { until } from "../../test/_helpers.ts";
 import { AsyncInvoker, type AsyncJob } from "./async-invoker.ts";
 import type { InvokeFn } from "./scheduler.ts";
@@ -17,7 +17,7 @@ const logger = createConsola({ level: -999 });
 function setup(invoke: InvokeFn, options: { concurrency?: number; recover?: boolean; store?: Store; cap?: number } = {}) {
   const store = options.store ?? openStore(":memory:");
   const invoker = new AsyncInvoker({
-    invocations: store.invocations,
+    invocations: asyncStore(store).invocations,
     invoke,
     logger,
     functions: () => ["f", "g"],
@@ -31,8 +31,8 @@ function setup(invoke: InvokeFn, options: { concurrency?: number; recover?: bool
   return {
     store,
     invoker,
-    finished: (id: string) => until(() => {
-      const v = invoker.get(id);
+    finished: (id: string) => until(async () => {
+      const v = await invoker.get(id);
       return v.status === "succeeded" || v.status === "dead" ? v : undefined;
     }, 10_000, `${id} to finish`),
     async [Symbol.asyncDispose]() {
@@ -77,7 +77,7 @@ describe("async invoker", () => {
     const gone = await h.finished(b.id);
     expect(gone).toMatchObject({ status: "dead", attempts: 1, result: null });
     expect(gone.error).toContain("not found");
-    expect(h.invoker.deadLetters("f").map((d) => [d.id, d.attempts, d.payload, d.encoding])).toEqual([[a.id, 3, "first", "utf8"]]);
+    expect((await h.invoker.deadLetters("f")).map((d) => [d.id, d.attempts, d.payload, d.encoding])).toEqual([[a.id, 3, "first", "utf8"]]);
   });
 
   test("a long or binary result is capped and kept as valid text or base64", async () => {
@@ -107,9 +107,10 @@ describe("async invoker", () => {
     await until(() => gates.length === 2, 5000, "two running");
     const other = await h.invoker.submit("g", req());
     expect((await h.finished(other.id)).status).toBe("succeeded");
-    while (ids.some((i) => h.invoker.get(i.id).status !== "succeeded")) {
+    const allSucceeded = async (): Promise<boolean> => (await Promise.all(ids.map((i) => h.invoker.get(i.id)))).every((v) => v.status === "succeeded");
+    while (!(await allSucceeded())) {
       gates.shift()?.();
-      await until(() => gates.length > 0 || ids.every((i) => h.invoker.get(i.id).status === "succeeded"), 5000, "next one");
+      await until(async () => gates.length > 0 || (await allSucceeded()), 5000, "next one");
     }
     expect(peak).toBe(2);
   });
@@ -120,7 +121,7 @@ describe("async invoker", () => {
     const stuck = setup(() => new Promise<Response>(() => {}), { store, concurrency: 1 });
     await stuck.invoker.start();
     const running = await stuck.invoker.submit("f", req("was running"));
-    await until(() => stuck.invoker.get(running.id).status === "running", 5000, "running");
+    await until(async () => (await stuck.invoker.get(running.id)).status === "running", 5000, "running");
     const queued = await stuck.invoker.submit("f", req("was queued"));
 
     const bodies: string[] = [];

@@ -11,9 +11,9 @@
  */
 import { randomBytes } from "node:crypto";
 import type { ConsolaInstance } from "consola";
-import { ErrorCode, ForgeError, isForgeError } from "../errors.ts";
+import { ErrorCode, ForgeError, guardRepo, isForgeError } from "../errors.ts";
 import { PermanentError, type Consumer, type HandlerContext, type Queue, type QueueMessage } from "../provision/index.ts";
-import type { InvocationRecord, InvocationRepo } from "../store/index.ts";
+import type { AsyncInvocationRepo, InvocationRecord } from "../store/index.ts";
 import type { InvokeFn } from "./scheduler.ts";
 
 /** What travels on the queue. */
@@ -71,13 +71,13 @@ export interface DeadLetterView {
 }
 
 export interface AsyncInvokerOptions {
-  invocations: InvocationRepo;
+  invocations: AsyncInvocationRepo;
   invoke: InvokeFn;
   logger: ConsolaInstance;
   /** The queue of one function (memory or Redis Streams), made once per function and closed by the invoker. */
   queueFor: (fn: string) => Queue<AsyncJob>;
   /** Functions to consume for at start and on each sync (the store's, so other nodes' jobs are taken too). */
-  functions: () => string[];
+  functions: () => string[] | Promise<string[]>;
   /** Attempts in all, first included. Default 3. */
   maxAttempts?: number;
   /** Jobs of one function run at once on this node. Default 4. */
@@ -107,26 +107,30 @@ export class AsyncInvoker implements AsyncDisposable {
   private readonly maxAttempts: number;
   private syncTimer: ReturnType<typeof setInterval> | undefined;
   private closed = false;
+  /** The repository, its failures turned into 503 store_unavailable. */
+  private readonly invocations: AsyncInvocationRepo;
 
   constructor(private readonly o: AsyncInvokerOptions) {
     this.logger = o.logger.withTag("async");
     this.maxAttempts = o.maxAttempts ?? 3;
+    this.invocations = guardRepo(o.invocations);
   }
 
   /** Starts consumers for every known function; in memory mode re-enqueues what a crash left behind. */
   async start(): Promise<void> {
-    this.sync();
+    await this.sync();
     if (this.o.recoverFromStore) await this.recover();
     const every = this.o.syncEveryMs ?? 10_000;
     if (every > 0) {
-      this.syncTimer = setInterval(() => this.sync(), every);
+      this.syncTimer = setInterval(() => void this.sync(), every);
       this.syncTimer.unref?.();
     }
   }
 
   /** Records and queues an invocation; resolves once the queue holds it. */
   async submit(fn: string, request: { body: Uint8Array; contentType: string | null; path: string }): Promise<Accepted> {
-    if (this.closed) throw new ForgeError(ErrorCode.Disposed, 503, "forge is shutting down", { hint: "retry against a running forge" });
+    const shuttingDown = (): ForgeError => new ForgeError(ErrorCode.Disposed, 503, "forge is shutting down", { hint: "retry against a running forge" });
+    if (this.closed) throw shuttingDown();
     const now = Date.now();
     const job: AsyncJob = {
       id: `inv-${randomBytes(10).toString("hex")}`,
@@ -136,11 +140,15 @@ export class AsyncInvoker implements AsyncDisposable {
       body: Buffer.from(request.body).toString("base64"),
       createdAt: now,
     };
-    this.o.invocations.insert(newRecord(job, request.body.byteLength));
+    await this.invocations.insert(newRecord(job, request.body.byteLength));
+    // Closed while the record was written: no consumer may start now (the record stays queued; memory mode re-queues it at the next start).
+    if (this.closed) throw shuttingDown();
     try {
       await this.ensure(fn).queue.enqueue(job);
     } catch (err) {
-      this.o.invocations.update(job.id, { state: "dead", error: `could not be queued: ${errorText(err)}` });
+      await this.invocations
+        .update(job.id, { state: "dead", error: `could not be queued: ${errorText(err)}` })
+        .catch((e: unknown) => this.logger.warn(`could not mark ${job.id} dead:`, e));
       throw new ForgeError(ErrorCode.Internal, 503, "the async queue did not accept the invocation", {
         hint: "check that Redis (FORGE_REDIS_URL) answers; the server log has the cause",
         cause: err,
@@ -149,8 +157,8 @@ export class AsyncInvoker implements AsyncDisposable {
     return { id: job.id, status: "queued" };
   }
 
-  get(id: string): InvocationView {
-    const r = this.o.invocations.get(id);
+  async get(id: string): Promise<InvocationView> {
+    const r = await this.invocations.get(id);
     if (!r) {
       throw new ForgeError(ErrorCode.NotFound, 404, `invocation ${id.slice(0, 80)} not found`, {
         hint: "use the id that `forge invoke --async` printed; records of deleted functions are gone",
@@ -175,8 +183,8 @@ export class AsyncInvoker implements AsyncDisposable {
   }
 
   /** The function's dead invocations, newest first. */
-  deadLetters(fn: string, limit = 100): DeadLetterView[] {
-    return this.o.invocations.list(fn, { kind: "async", state: "dead", limit }).map((r) => {
+  async deadLetters(fn: string, limit = 100): Promise<DeadLetterView[]> {
+    return (await this.invocations.list(fn, { kind: "async", state: "dead", limit })).map((r) => {
       const p = parseJson<StoredPayload>(r.payload);
       const bytes = Buffer.from(p?.body ?? "", "base64");
       const text = utf8(bytes);
@@ -198,11 +206,13 @@ export class AsyncInvoker implements AsyncDisposable {
     return (await this.queues.get(fn)?.queue.depth()) ?? 0;
   }
 
-  /** Starts consumers for functions this node has not seen yet. */
-  sync(): void {
+  /** Starts consumers for functions this node has not seen yet; never rejects (a failure is logged). */
+  async sync(): Promise<void> {
     if (this.closed) return;
     try {
-      for (const fn of this.o.functions()) this.ensure(fn);
+      const fns = await this.o.functions();
+      if (this.closed) return;
+      for (const fn of fns) this.ensure(fn);
     } catch (err) {
       this.logger.warn("could not list functions for async consumers:", err);
     }
@@ -239,8 +249,8 @@ export class AsyncInvoker implements AsyncDisposable {
       concurrency: this.o.concurrency ?? 4,
       // The queue may dead-letter on its own (its consumers kept dying past the visibility timeout).
       onDeadLetter: async (letter) => {
-        const r = this.o.invocations.get(letter.body.id);
-        if (r && r.state !== "dead" && r.state !== "succeeded") this.o.invocations.update(r.id, { state: "dead", error: r.error ?? letter.reason });
+        const r = await this.invocations.get(letter.body.id);
+        if (r && r.state !== "dead" && r.state !== "succeeded") await this.invocations.update(r.id, { state: "dead", error: r.error ?? letter.reason });
       },
     });
     const entry = { queue, consumer };
@@ -250,17 +260,17 @@ export class AsyncInvoker implements AsyncDisposable {
 
   private async handle(msg: QueueMessage<AsyncJob>, ctx: HandlerContext): Promise<void> {
     const job = msg.body;
-    let record = this.o.invocations.get(job.id);
+    let record = await this.invocations.get(job.id);
     if (!record) {
       // Taken from a shared stream by a node whose store never saw the submit.
       record = newRecord(job, Buffer.byteLength(job.body, "base64"));
-      this.o.invocations.insert(record);
+      await this.invocations.insert(record);
     }
     if (record.state === "succeeded" || record.state === "dead") return; // redelivered after it finished
     // After a crash the queue may count from 1 again; the record knows how many attempts were made.
     const attempt = Math.max(msg.attempt, record.attempts + 1);
     const startedAt = Date.now();
-    this.o.invocations.update(job.id, {
+    await this.invocations.update(job.id, {
       state: "running",
       attempts: attempt,
       ...(record.queueWaitMs === null ? { queueWaitMs: startedAt - job.createdAt } : {}),
@@ -281,12 +291,12 @@ export class AsyncInvoker implements AsyncDisposable {
     const result = outcome.result ? JSON.stringify({ ...outcome.result, durationMs }) : null;
     const status = outcome.result?.status ?? outcome.status;
     if (outcome.kind === "ok") {
-      this.o.invocations.update(job.id, { state: "succeeded", status, durationMs, result, error: null, bytesOut: outcome.bytesOut });
+      await this.invocations.update(job.id, { state: "succeeded", status, durationMs, result, error: null, bytesOut: outcome.bytesOut });
       return;
     }
     const error = `attempt ${attempt}: ${outcome.error}`;
     const last = outcome.kind === "permanent" || attempt >= this.maxAttempts;
-    this.o.invocations.update(job.id, { state: last ? "dead" : "queued", status, durationMs, result, error });
+    await this.invocations.update(job.id, { state: last ? "dead" : "queued", status, durationMs, result, error });
     if (last) {
       this.logger.warn(`async ${job.id} of ${job.function} is dead after ${attempt} attempt(s): ${outcome.error}`);
       throw new PermanentError(error);
@@ -320,8 +330,8 @@ export class AsyncInvoker implements AsyncDisposable {
   private async recover(): Promise<void> {
     // Snapshot first: a job re-queued here may be running (and listed as such) before the next query.
     const left: InvocationRecord[] = [];
-    for (const fn of this.o.functions()) {
-      for (const state of ["queued", "running"] as const) left.push(...this.o.invocations.list(fn, { kind: "async", state, limit: 10_000 }));
+    for (const fn of await this.o.functions()) {
+      for (const state of ["queued", "running"] as const) left.push(...(await this.invocations.list(fn, { kind: "async", state, limit: 10_000 })));
     }
     let n = 0;
     for (const r of left) {

@@ -11,38 +11,38 @@ import type { Scheduler } from "./scheduler.ts";
 export interface TriggerRoutesOptions {
   scheduler: Scheduler;
   async: AsyncInvoker;
-  /** Throws the 404 of a function that does not exist. */
-  assertFunction: (name: string) => void;
+  /** Rejects with the 404 of a function that does not exist. */
+  assertFunction: (name: string) => Promise<void>;
 }
 
 export function mountTriggerRoutes(v1: Hono, o: TriggerRoutesOptions): void {
   v1.post("/functions/:name/schedules", async (c) => {
     const name = c.req.param("name");
-    o.assertFunction(name);
+    await o.assertFunction(name);
     const body = await readJson(c.req.raw, 1024 * 1024, null);
-    return c.json(o.scheduler.create(name, body), 201);
+    return c.json(await o.scheduler.create(name, body), 201);
   });
 
-  v1.get("/functions/:name/schedules", (c) => {
+  v1.get("/functions/:name/schedules", async (c) => {
     const name = c.req.param("name");
-    o.assertFunction(name);
-    return c.json({ schedules: o.scheduler.list(name) });
+    await o.assertFunction(name);
+    return c.json({ schedules: await o.scheduler.list(name) });
   });
 
-  v1.get("/schedules", (c) => c.json({ schedules: o.scheduler.list() }));
-  v1.get("/schedules/:id", (c) => c.json(o.scheduler.get(c.req.param("id"))));
-  v1.delete("/schedules/:id", (c) => {
+  v1.get("/schedules", async (c) => c.json({ schedules: await o.scheduler.list() }));
+  v1.get("/schedules/:id", async (c) => c.json(await o.scheduler.get(c.req.param("id"))));
+  v1.delete("/schedules/:id", async (c) => {
     const id = c.req.param("id");
-    o.scheduler.delete(id);
+    await o.scheduler.delete(id);
     return c.json({ id, deleted: true });
   });
 
-  v1.get("/invocations/:id", (c) => c.json(o.async.get(c.req.param("id"))));
+  v1.get("/invocations/:id", async (c) => c.json(await o.async.get(c.req.param("id"))));
 
-  v1.get("/functions/:name/dead-letters", (c) => {
+  v1.get("/functions/:name/dead-letters", async (c) => {
     const name = c.req.param("name");
-    o.assertFunction(name);
-    return c.json({ deadLetters: o.async.deadLetters(name, limitOf(c.req.query("limit"))) });
+    await o.assertFunction(name);
+    return c.json({ deadLetters: await o.async.deadLetters(name, limitOf(c.req.query("limit"))) });
   });
 }
 

@@ -9,9 +9,9 @@
  */
 import { randomBytes } from "node:crypto";
 import type { ConsolaInstance } from "consola";
-import { ErrorCode, ForgeError, isForgeError } from "../errors.ts";
+import { ErrorCode, ForgeError, guardRepo, isForgeError } from "../errors.ts";
 import { realClock, type Clock, type TimerHandle } from "../pool/index.ts";
-import type { ScheduleRecord, ScheduleRepo } from "../store/index.ts";
+import type { AsyncScheduleRepo, ScheduleRecord } from "../store/index.ts";
 import { localCronLeases, type CronLeases } from "./cron-leases.ts";
 import { nextTick, parseScheduleInput } from "./cron.ts";
 
@@ -19,7 +19,7 @@ import { nextTick, parseScheduleInput } from "./cron.ts";
 export type InvokeFn = (name: string, request: Request, kind: "schedule" | "async") => Promise<Response>;
 
 export interface SchedulerOptions {
-  schedules: ScheduleRepo;
+  schedules: AsyncScheduleRepo;
   invoke: InvokeFn;
   logger: ConsolaInstance;
   /** Time and timers. Default the real clock. */
@@ -57,6 +57,10 @@ export class Scheduler implements AsyncDisposable {
   private readonly leases: CronLeases;
   private readonly logger: ConsolaInstance;
   private readonly armed = new Map<string, Armed>();
+  /** Counts arm() calls: a sync disarms only what was armed before its read of the store began. */
+  private arms = 0;
+  /** The repository, its failures turned into 503 store_unavailable. */
+  private readonly schedules: AsyncScheduleRepo;
   private readonly inFlight = new Set<Promise<void>>();
   private syncTimer: TimerHandle | undefined;
   private closed = false;
@@ -65,37 +69,38 @@ export class Scheduler implements AsyncDisposable {
     this.clock = o.clock ?? realClock;
     this.leases = o.leases ?? localCronLeases();
     this.logger = o.logger.withTag("scheduler");
+    this.schedules = guardRepo(o.schedules);
   }
 
   /** Arms every stored schedule and starts re-reading the store. */
-  start(): void {
-    this.sync();
+  async start(): Promise<void> {
+    await this.sync();
     this.scheduleSync();
   }
 
   /** Validates, saves and arms a schedule; invalid input is a 400 before anything is saved. */
-  create(fn: string, body: unknown): ScheduleView {
+  async create(fn: string, body: unknown): Promise<ScheduleView> {
     this.assertOpen();
     const input = parseScheduleInput(body);
-    const record = this.o.schedules.create({ id: `sch-${randomBytes(6).toString("hex")}`, function: fn, ...input });
+    const record = await this.schedules.create({ id: `sch-${randomBytes(6).toString("hex")}`, function: fn, ...input });
     this.arm(record);
     this.logger.info(`schedule ${record.id} of ${fn}: "${record.cron}"${record.timezone ? ` (${record.timezone})` : ""}`);
     return this.view(record);
   }
 
-  list(fn?: string): ScheduleView[] {
-    return this.o.schedules.list(fn).map((r) => this.view(r));
+  async list(fn?: string): Promise<ScheduleView[]> {
+    return (await this.schedules.list(fn)).map((r) => this.view(r));
   }
 
-  get(id: string): ScheduleView {
-    const r = this.o.schedules.get(id);
+  async get(id: string): Promise<ScheduleView> {
+    const r = await this.schedules.get(id);
     if (!r) throw notFound(id);
     return this.view(r);
   }
 
-  delete(id: string): void {
+  async delete(id: string): Promise<void> {
     this.disarm(id);
-    if (!this.o.schedules.delete(id)) throw notFound(id);
+    if (!(await this.schedules.delete(id))) throw notFound(id);
   }
 
   /** Disarms the schedules of a deleted function (the function service removes them from the store). */
@@ -104,11 +109,14 @@ export class Scheduler implements AsyncDisposable {
   }
 
   /** Arms what the store has and this process has not, disarms what the store no longer has. */
-  sync(): void {
+  async sync(): Promise<void> {
     if (this.closed) return;
-    const records = this.o.schedules.list();
+    const before = this.arms;
+    const records = await this.schedules.list();
+    if (this.closed) return;
     const ids = new Set(records.map((r) => r.id));
-    for (const id of this.armed.keys()) if (!ids.has(id)) this.disarm(id);
+    // One armed while the list was read (create) may be missing from it: it stays.
+    for (const [id, a] of this.armed) if (!ids.has(id) && a.seq <= before) this.disarm(id);
     for (const r of records) if (!this.armed.has(r.id)) this.arm(r);
   }
 
@@ -178,7 +186,7 @@ export class Scheduler implements AsyncDisposable {
       return;
     }
     if (tick === null) return;
-    const entry: Armed = { record, tick, timer: undefined };
+    const entry: Armed = { record, tick, timer: undefined, seq: ++this.arms };
     this.armed.set(record.id, entry);
     this.setTimer(entry);
   }
@@ -202,14 +210,16 @@ export class Scheduler implements AsyncDisposable {
       entry.tick = next;
       this.setTimer(entry);
     }
-    const run = this.fire(entry.record.id, tick).catch((err: unknown) => this.logger.error(`tick of schedule ${entry.record.id} failed:`, err));
+    // What fire() lets out is the store's or the leases' (the run's own failures are recorded):
+    // logged, and the next tick is armed already.
+    const run = this.fire(entry.record.id, tick).catch((err: unknown) => this.logger.warn(`tick of schedule ${entry.record.id} failed:`, err));
     this.inFlight.add(run);
     void run.finally(() => this.inFlight.delete(run));
   }
 
   private async fire(id: string, tick: number): Promise<void> {
     // The store is the truth: a schedule deleted by another node (or with its function) stops here.
-    const record = this.o.schedules.get(id);
+    const record = await this.schedules.get(id);
     if (!record) {
       this.disarm(id);
       return;
@@ -219,7 +229,7 @@ export class Scheduler implements AsyncDisposable {
     if (record.overlap === "skip") {
       lock = await this.leases.claimRun(id);
       if (!lock) {
-        this.o.schedules.recordRun(id, { skipped: true });
+        await this.schedules.recordRun(id, { skipped: true });
         this.logger.debug(`schedule ${id}: tick ${new Date(tick).toISOString()} skipped, the previous run is still going`);
         return;
       }
@@ -238,7 +248,7 @@ export class Scheduler implements AsyncDisposable {
     } finally {
       await lock?.release();
     }
-    this.o.schedules.recordRun(id, { ranAt, status });
+    await this.schedules.recordRun(id, { ranAt, status });
   }
 
   private disarm(id: string): void {
@@ -252,12 +262,9 @@ export class Scheduler implements AsyncDisposable {
     const every = this.o.syncEveryMs ?? 10_000;
     if (every <= 0 || this.closed) return;
     this.syncTimer = this.clock.setTimeout(() => {
-      try {
-        this.sync();
-      } catch (err) {
-        this.logger.warn("could not re-read schedules:", err);
-      }
-      this.scheduleSync();
+      void this.sync()
+        .catch((err: unknown) => this.logger.warn("could not re-read schedules:", err))
+        .finally(() => this.scheduleSync());
     }, every);
   }
 
@@ -271,6 +278,8 @@ interface Armed {
   /** Epoch ms of the next tick. */
   tick: number;
   timer: TimerHandle | undefined;
+  /** Which arm() made it (see sync). */
+  seq: number;
 }
 
 function tickRequest(record: ScheduleRecord, tick: number): Request {

@@ -1,0 +1,62 @@
+/**
+ * The router's error mapping when the metadata store fails, in process (app.request, no
+ * sockets): a repository that does not answer is a 503 store_unavailable, a bug is a 500.
+ */
+import { describe, expect, test } from "bun:test";
+import { createConsola } from "consola";
+import { ErrorCode, ForgeError } from "../errors.ts";
+import { FunctionService, InvocationRecorder } from "../functions/index.ts";
+import type { PoolManager } from "../pool/index.ts";
+import { asyncStore, openStore, type AsyncStore, type FunctionRecord } from "../store/index.ts";
+import { createRouter } from "./app.ts";
+
+const logger = createConsola({ level: -999 });
+const KEY = "test-key";
+
+function router(patch: (store: AsyncStore) => AsyncStore) {
+  const sqlite = openStore(":memory:");
+  const store = patch(asyncStore(sqlite));
+  // Only the store is reached by the routes asked here; a pool call would be a TypeError (a bug).
+  const pool = {} as PoolManager; // deliberately empty: see above
+  const functions = new FunctionService({ store, pool, logger, dataDir: "/nonexistent", urlOf: (n) => `http://${n}.localhost`, limits: { maxBytes: 1, maxFiles: 1 } });
+  const recorder = new InvocationRecorder({ repo: store.invocations, logger });
+  const app = createRouter({ domain: "localhost", apiKey: KEY, functions, pool, recorder, logger, maxBodyBytes: 1024, maxArchiveBytes: 1024 });
+  const get = (path: string) => app.request(`http://localhost${path}`, { headers: { authorization: `Bearer ${KEY}`, host: "localhost" } });
+  return { get, [Symbol.dispose]: () => sqlite.close() };
+}
+
+const refused = () => Promise.reject(new Error("connect ECONNREFUSED 10.0.0.5:5432"));
+
+describe("router over a failing store", () => {
+  test("a repository that does not answer is a 503 store_unavailable with a hint", async () => {
+    using r = router((s) => ({ ...s, functions: { ...s.functions, list: refused, get: refused } }));
+    for (const path of ["/v1/functions", "/v1/functions/greet", "/v1/functions/greet/versions"]) {
+      const res = await r.get(path);
+      expect(res.status).toBe(503);
+      const body = (await res.json()) as { error: { code: string; hint: string; message: string } };
+      expect(body.error.code).toBe("store_unavailable");
+      expect(body.error.hint).toContain("FORGE_DB");
+      expect(body.error.message).not.toContain("10.0.0.5"); // the cause is logged, not sent
+    }
+  });
+
+  test("a ForgeError from the store keeps its status and code; a missing function is still a 404", async () => {
+    const closed = () => Promise.reject(new ForgeError(ErrorCode.Disposed, 503, "the store is closed"));
+    using r = router((s) => ({ ...s, functions: { ...s.functions, list: closed, get: async () => undefined } }));
+    const list = await r.get("/v1/functions");
+    expect(list.status).toBe(503);
+    expect(((await list.json()) as { error: { code: string } }).error.code).toBe("disposed");
+    const res = await r.get("/v1/functions/greet");
+    expect(res.status).toBe(404);
+    expect(((await res.json()) as { error: { code: string } }).error.code).toBe("function_not_found");
+  });
+
+  test("a bug outside the store stays a 500", async () => {
+    const fn: FunctionRecord = { name: "greet", activeVersion: 1, config: {} as FunctionRecord["config"], createdAt: 0, updatedAt: 0 };
+    using r = router((s) => ({ ...s, functions: { ...s.functions, get: async () => fn } }));
+    // The route calls pool.snapshot(), which this pool does not have: a TypeError in forge's own code.
+    const res = await r.get("/v1/functions/greet");
+    expect(res.status).toBe(500);
+    expect(((await res.json()) as { error: { code: string } }).error.code).toBe("internal");
+  });
+});
