@@ -8,7 +8,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createConsola, type ConsolaInstance } from "consola";
 import { Redis } from "ioredis";
-import type { Config } from "./config.ts";
+import { isPostgresUrl, type Config } from "./config.ts";
+import { loadOrCreateNodeId, NodeRegistry, peerClient, Reconciler, redisChangeBus, type ChangeBus } from "./cluster/index.ts";
 import { ErrorCode, ForgeError } from "./errors.ts";
 import { FunctionService, InvocationRecorder } from "./functions/index.ts";
 import { createImageBuilder } from "./build/index.ts";
@@ -17,7 +18,7 @@ import { LogStore, Metrics } from "./observe/index.ts";
 import { createMemoryQueue, createProvisioning, createRedisQueue } from "./provision/index.ts";
 import { DataPlane, Gateway, TrustedProxies } from "./dataplane/index.ts";
 import { createRouter, type ForgeApp } from "./router/index.ts";
-import { asyncStore, loadOrCreateApiKey, openStore } from "./store/index.ts";
+import { asyncStore, clusterApiKey, loadOrCreateApiKey, openPgStore, openStore, type AsyncStore, type ClusterStore } from "./store/index.ts";
 import { AsyncInvoker, mountTriggerRoutes, redisCronLeases, Scheduler, type AsyncJob, type InvokeFn } from "./triggers/index.ts";
 
 export const FORGE_VERSION = "0.1.0";
@@ -35,6 +36,8 @@ export interface ForgeServer extends AsyncDisposable {
   /** Which language runtimes this forge can run (node: a node binary was found). */
   readonly runtimes: { bun: true; node: boolean };
   readonly app: ForgeApp;
+  /** Several nodes: this node's id and how many were up when it started. */
+  readonly cluster?: { nodeId: string; nodes: number };
   /** The pool manager, for in-process tools (bench: stem cells ready, instance sockets). */
   readonly pool: PoolManager;
   /** Drains in-flight requests (bounded) and stops every instance. */
@@ -49,8 +52,22 @@ export async function startServer(config: Config, options: StartOptions = {}): P
   const logger = options.logger ?? createConsola({ level: 3 });
   // 1. data dir, store, key
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
-  const store = asyncStore(openStore(config.db));
-  const { key: apiKey, generated } = loadOrCreateApiKey(config.dataDir, config.apiKey);
+  // One node: a SQLite file. Several: Postgres (metadata, artifacts, the key, the node list) and Redis.
+  const clusterStore: ClusterStore | undefined = isPostgresUrl(config.db) ? await openPgStore(config.db) : undefined;
+  const store: AsyncStore = clusterStore ?? asyncStore(openStore(config.db));
+  let apiKey: string;
+  let generated: boolean;
+  try {
+    ({ key: apiKey, generated } = clusterStore ? await clusterApiKey((key, initial) => clusterStore.shared.setting(key, initial), config.apiKey) : loadOrCreateApiKey(config.dataDir, config.apiKey));
+  } catch (err) {
+    await store.close();
+    throw err;
+  }
+  const nodeId = loadOrCreateNodeId(config.dataDir, config.nodeId);
+  const startedAt = Date.now();
+  let registry: NodeRegistry | undefined;
+  // Changes announced to every node (this one too); what one misses, the reconcile catches.
+  const changes: ChangeBus | undefined = clusterStore && config.redisUrl ? redisChangeBus({ url: config.redisUrl, channel: `${config.redisPrefix}:changes`, logger }) : undefined;
 
   // 2. driver and pool
   const { driver, reason, docker, reconcile, dropUnclaimed, egressNetworks, node, nodeProblem } = await selectDriver(config, logger);
@@ -94,6 +111,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
   const metrics = new Metrics({
     version: FORGE_VERSION,
     driver: driver.name,
+    ...(clusterStore ? { node: nodeId } : {}),
     gauges: {
       instances: () => {
         const out: { labels: Record<string, string>; value: number }[] = [];
@@ -110,6 +128,8 @@ export async function startServer(config: Config, options: StartOptions = {}): P
   });
   recorder.onRecord((r) => metrics.observe(r));
   let port = config.port;
+  /** Where the other nodes reach this one (FORGE_NODE_URL, else this listener; 0.0.0.0 and :: as loopback). */
+  const selfUrl = (): string => config.nodeUrl?.replace(/\/+$/, "") ?? `http://${hostForUrl(config.host)}:${port}`;
   const urlOf = (name: string): string => `http://${name}.${config.domain}:${port}`;
   // Databases on demand (broker, queue, worker); functions bind them as DATABASE_URL.
   const provisioning = await createProvisioning(config, { logger });
@@ -123,6 +143,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
     limits: { maxBytes: config.maxArchiveBytes, maxFiles: config.maxArchiveFiles },
     bindings: provisioning.bindings,
     ...(egressNetworks ? { egressNetworks } : {}),
+    ...(clusterStore && changes ? { cluster: { shared: clusterStore.shared, announce: (name: string) => changes.publish({ kind: "function", name, node: nodeId }) } } : {}),
     ...(docker ? { images: createImageBuilder({ docker, runtimeImage: config.runtimeImage, ...(node?.image ? { nodeImage: node.image } : {}), logger }) } : {}),
   });
 
@@ -144,6 +165,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
     logger,
     syncEveryMs: config.triggerSyncMs,
     ...(triggerRedis ? { leases: redisCronLeases(triggerRedis, { prefix: `${config.redisPrefix}:cron:` }) } : {}),
+    ...(changes ? { onChange: () => void changes.publish({ kind: "schedules", node: nodeId }).catch((err: unknown) => logger.warn("could not announce a schedule change (other nodes catch up within FORGE_TRIGGER_SYNC):", err)) } : {}),
   });
   const asyncRetry = { maxAttempts: config.asyncAttempts, baseDelayMs: config.asyncBackoffMs, maxDelayMs: Math.max(config.asyncBackoffMs, 60_000) };
   const asyncInvoker = new AsyncInvoker({
@@ -186,6 +208,11 @@ export async function startServer(config: Config, options: StartOptions = {}): P
     metrics: () => metrics.render(),
     invokeAsync: (name, request) => asyncInvoker.submit(name, request),
     upstream,
+    nodes: {
+      self: nodeId,
+      list: async () => (registry ? registry.list() : [{ id: nodeId, url: selfUrl(), driver: driver.name, version: FORGE_VERSION, startedAt, heartbeatAt: Date.now() }]),
+      ...(clusterStore ? { peers: peerClient({ apiKey: () => apiKey }) } : {}),
+    },
     extend: (v1) => {
       mountTriggerRoutes(v1, { scheduler, async: asyncInvoker, assertFunction: async (name) => void (await functions.get(name)) });
       provisioning.routes(v1);
@@ -216,6 +243,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
     removeBackend();
     await provisioning.close();
     await driver.dispose();
+    await changes?.[Symbol.asyncDispose]();
     await store.close();
     throw new ForgeError(ErrorCode.InvalidConfig, 400, `forge cannot listen on ${config.host}:${config.port}: ${err instanceof Error ? err.message : String(err)}`, {
       hint: "is the port in use? stop what holds it, or choose another with FORGE_PORT or --port (0 picks a free one)",
@@ -225,16 +253,40 @@ export async function startServer(config: Config, options: StartOptions = {}): P
 
   // 5. restore pools of active versions, then warm the stem cells
   pool.start();
+  // Several nodes: subscribed before restoring, so no change made meanwhile goes unheard.
+  const reconciler = changes
+    ? new Reconciler({
+        converge: (name) => functions.converge(name),
+        names: () => functions.names(),
+        syncSchedules: async () => {
+          await scheduler.sync();
+          await asyncInvoker.sync();
+        },
+        bus: changes,
+        logger,
+        everyMs: config.reconcileMs,
+      })
+    : undefined;
+  await changes?.ready();
   await functions.restore();
   await dropUnclaimed();
   await scheduler.start();
   await asyncInvoker.start();
+  if (clusterStore) {
+    registry = new NodeRegistry({ shared: clusterStore.shared, self: { id: nodeId, url: selfUrl(), driver: driver.name, version: FORGE_VERSION }, logger, heartbeatMs: config.heartbeatMs });
+    await registry.start();
+  }
+  reconciler?.start();
   ready = true;
 
   let stopped: Promise<void> | undefined;
   const stop = (drainMs = 10_000): Promise<void> =>
     (stopped ??= (async () => {
       ready = false;
+      // Out of the node list first (peers stop asking), and no more converging.
+      await registry?.[Symbol.asyncDispose]();
+      await reconciler?.[Symbol.asyncDispose]();
+      await changes?.[Symbol.asyncDispose]();
       // Triggers stop first so that runs in progress finish on a live pool (bounded: what is
       // cut short is redelivered from Redis, or re-queued from the store at the next start).
       await Promise.race([Promise.all([scheduler.close(drainMs), asyncInvoker.close()]), unrefDelay(drainMs)]);
@@ -261,6 +313,7 @@ export async function startServer(config: Config, options: StartOptions = {}): P
     driver: driver.name,
     driverReason: reason,
     runtimes: { bun: true, node: node !== undefined },
+    ...(registry ? { cluster: { nodeId, nodes: (await registry.list().catch(() => [])).length } } : {}),
     app,
     pool,
     stop,
@@ -293,6 +346,13 @@ function connectRedis(url: string, logger: ConsolaInstance): Redis {
   // ioredis reconnects on its own; without a listener each failure would be an unhandled error.
   redis.on("error", (err: Error) => logger.warn(`redis: ${err.message}`));
   return redis;
+}
+
+/** A listen address as a URL host: the wildcard addresses as loopback, IPv6 in brackets. */
+function hostForUrl(host: string): string {
+  if (host === "0.0.0.0" || host === "") return "127.0.0.1";
+  if (host === "::") return "[::1]";
+  return host.includes(":") ? `[${host}]` : host;
 }
 
 /** Is forge listening on loopback only (clients then reach it through a local proxy)? */

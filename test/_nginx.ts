@@ -2,9 +2,9 @@
  * nginx as the load balancer in front of several forge nodes (README: Several nodes), for
  * tests: one worker, listening on a Unix socket in a folder of its own (no port to race
  * for), passive health checks, and the retry rule README gives: an idempotent request that
- * met a dead or failing node goes to the next one; a POST never goes twice.
+ * met a dead or unreachable node goes to the next one; a POST never goes twice.
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { until } from "./_helpers.ts";
@@ -36,10 +36,14 @@ ${servers.map((s) => `    server ${s} max_fails=1 fail_timeout=2s;`).join("\n")}
       proxy_set_header Host $http_host;
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
       proxy_connect_timeout 1s;
-      proxy_next_upstream error timeout http_502 http_503;
+      # A node that is down or unreachable: the request goes to the next (GET, HEAD and other
+      # idempotent methods only; a POST is never sent twice). Not on a 502/503 answer: that
+      # may be the function's own, and would take a healthy node out of rotation.
+      proxy_next_upstream error timeout;
       proxy_next_upstream_tries 3;
       proxy_buffering off;
       proxy_read_timeout 60s;
+      client_max_body_size 50m;
     }
   }
 }
@@ -64,7 +68,7 @@ export async function startNginx(servers: string[]): Promise<Nginx> {
     return fetch(`http://nginx${path}`, { ...init, headers, unix: socket } as RequestInit);
   };
   try {
-    await until(async () => (await Bun.file(socket).exists()) || proc.exitCode !== null, 10_000, "nginx listening");
+    await until(() => existsSync(socket) || proc.exitCode !== null, 10_000, "nginx listening");
     if (proc.exitCode !== null) throw new Error(`nginx exited with ${proc.exitCode}: ${await new Response(proc.stderr).text()} ${errors()}`);
   } catch (err) {
     proc.kill("SIGKILL");

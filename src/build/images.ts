@@ -221,6 +221,8 @@ export interface FunctionImageBuilder {
   removeImages(fn: string): Promise<void>;
   /** Removes the image of one version (a version that failed to load keeps no image). */
   removeImage(fn: string, version: number): Promise<void>;
+  /** Is the image on this engine? (Several nodes: each builds a version's image on its own.) */
+  hasImage(tag: string): Promise<boolean>;
 }
 
 /**
@@ -287,6 +289,13 @@ export function createImageBuilder(options: ImageBuilderOptions): FunctionImageB
       logger.debug(`built ${tag} in ${Math.round(performance.now() - started)} ms`);
       return tag;
     },
+
+    hasImage: (tag) =>
+      docker
+        .getImage(tag)
+        .inspect()
+        .then(() => true)
+        .catch(() => false),
 
     async removeImages(fn) {
       const images = await docker.listImages({

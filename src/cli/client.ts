@@ -19,6 +19,19 @@ export interface InstanceView {
   idleMs: number;
   served: number;
   memoryMb: number;
+  /** The node running it (several nodes). */
+  node?: string;
+}
+
+export interface NodeView {
+  id: string;
+  url: string;
+  driver: string;
+  version: string;
+  startedAt: number;
+  heartbeatAt: number;
+  /** The node that answered. */
+  self: boolean;
 }
 
 export interface FunctionInfo extends FunctionSummary {
@@ -31,7 +44,11 @@ export interface FunctionInfo extends FunctionSummary {
     desired: number;
     instances: InstanceView[];
     starts: { warm: number; cell: number; cold: number };
+    /** How many nodes run the function (several nodes). */
+    nodes?: number;
   };
+  /** Each node's own pool, or why it did not answer (several nodes). */
+  nodes?: { node: string; pool?: unknown; error?: string }[];
 }
 
 export interface VersionView {
@@ -92,6 +109,9 @@ export class ForgeClient {
 
   list(): Promise<{ functions: FunctionSummary[] }> {
     return this.json("GET", "/v1/functions");
+  }
+  nodes(): Promise<{ nodes: NodeView[] }> {
+    return this.json("GET", "/v1/nodes");
   }
   info(name: string): Promise<FunctionInfo> {
     return this.json("GET", `/v1/functions/${encodeURIComponent(name)}`);

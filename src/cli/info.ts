@@ -19,10 +19,13 @@ export default defineCommand({
       }
       const p = f.pool;
       if (!p) return;
-      ui.log(`pool: ${p.instances.length} instances, ${p.inFlight} in flight, ${p.queued} queued; starts: ${p.starts.warm} warm, ${p.starts.cell} cell, ${p.starts.cold} cold`);
+      const down = (f.nodes ?? []).filter((n) => n.error);
+      for (const n of down) ui.warn(`node ${n.node} did not answer: ${n.error}`);
+      ui.log(`pool${p.nodes ? ` on ${p.nodes} node${p.nodes === 1 ? "" : "s"}` : ""}: ${p.instances.length} instances, ${p.inFlight} in flight, ${p.queued} queued; starts: ${p.starts.warm} warm, ${p.starts.cell} cell, ${p.starts.cold} cold`);
       if (p.instances.length) {
-        const rows = [["INSTANCE", "STATE", "IN-FLIGHT", "SERVED", "ORIGIN", "AGE", "IDLE"]];
-        for (const i of p.instances) rows.push([i.id, i.state, String(i.inFlight), String(i.served), i.origin, ago(i.ageMs), ago(i.idleMs)]);
+        const several = p.instances.some((i) => i.node !== undefined);
+        const rows = [[...(several ? ["NODE"] : []), "INSTANCE", "STATE", "IN-FLIGHT", "SERVED", "ORIGIN", "AGE", "IDLE"]];
+        for (const i of p.instances) rows.push([...(several ? [i.node ?? "-"] : []), i.id, i.state, String(i.inFlight), String(i.served), i.origin, ago(i.ageMs), ago(i.idleMs)]);
         ui.log(table(rows));
       }
     });

@@ -9,6 +9,8 @@ interface Line {
   requestId?: string;
   text: string;
   version: number;
+  /** The node that wrote it (several nodes). */
+  node?: string;
 }
 
 export default defineCommand({
@@ -28,7 +30,7 @@ export default defineCommand({
     if (args.limit) q.set("limit", String(args.limit));
     const print = (l: Line): void => {
       if (args.json) process.stdout.write(JSON.stringify(l) + "\n");
-      else process.stdout.write(`${new Date(l.ts).toISOString()} ${l.instance.slice(0, 8)} v${l.version}${l.requestId ? ` [${l.requestId}]` : ""} ${l.stream === "stderr" ? "! " : ""}${l.text}\n`);
+      else process.stdout.write(`${new Date(l.ts).toISOString()} ${l.node ? `${l.node} ` : ""}${l.instance.slice(0, 8)} v${l.version}${l.requestId ? ` [${l.requestId}]` : ""} ${l.stream === "stderr" ? "! " : ""}${l.text}\n`);
     };
     const path = `/v1/functions/${encodeURIComponent(String(args.name))}/logs`;
     if (!args.follow) {

@@ -22,6 +22,7 @@ export const forge = defineCommand({
     images: () => import("./images.ts").then((m) => m.default as CommandDef),
     db: () => import("./db.ts").then((m) => m.default as CommandDef),
     worker: () => import("./worker.ts").then((m) => m.default as CommandDef),
+    nodes: () => import("./nodes.ts").then((m) => m.default as CommandDef),
   },
 });
 

@@ -25,7 +25,8 @@ export default defineCommand({
     ui.success(`forge listening on ${apex}`);
     ui.info(`driver: ${server.driver} (${server.driverReason})`);
     ui.info(`functions answer at http://<name>.${config.domain}:${server.port}`);
-    ui.info(`API key${server.apiKeyGenerated ? " (generated, saved in " + config.dataDir + ")" : ""}: ${server.apiKey}`);
+    if (server.cluster) ui.info(`node ${server.cluster.nodeId} of a cluster on Postgres and Redis (${server.cluster.nodes} node${server.cluster.nodes === 1 ? "" : "s"} up)`);
+    ui.info(`API key${server.apiKeyGenerated ? ` (generated, ${server.cluster ? "kept in Postgres for every node" : "saved in " + config.dataDir})` : ""}: ${server.apiKey}`);
     await new Promise<void>((resolve) => {
       const stop = (signal: string): void => {
         ui.info(`${signal}: draining in-flight requests and stopping instances`);

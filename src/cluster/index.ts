@@ -3,3 +3,4 @@ export { redisChangeBus, type Change, type ChangeBus, type RedisChangeBusOptions
 export { NodeRegistry, type NodeRegistryOptions } from "./registry.ts";
 export { Reconciler, type ReconcilerOptions } from "./reconciler.ts";
 export { peerClient, type PeerAnswer, type PeerClient, type PeerClientOptions } from "./peers.ts";
+export { loadOrCreateNodeId } from "./node-id.ts";

@@ -5,13 +5,14 @@
  */
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, renameSync, rmSync, statSync } from "node:fs";
-import { join, relative, resolve } from "node:path";
+import { dirname, join, relative, resolve } from "node:path";
 import type { ConsolaInstance } from "consola";
 import {
   bundleEntry,
   digestFolder,
   findEntry,
   nativePackages,
+  packArtifact,
   packageClosure,
   parseConfigInput,
   PATCHABLE_FIELDS,
@@ -19,12 +20,13 @@ import {
   safeUnpack,
   sealArtifact,
   splitHandler,
+  unpackArtifact,
   type FunctionConfig,
   type FunctionConfigInput,
 } from "../build/index.ts";
 import { assertName, ErrorCode, ForgeError, guardRepo, isForgeError } from "../errors.ts";
 import { BUNDLE_FILE, type Activation, type PoolManager, type PoolSpec } from "../pool/index.ts";
-import type { AsyncStore, FunctionRecord, InvocationQuery, InvocationRecord, VersionRecord } from "../store/index.ts";
+import type { AsyncStore, FunctionRecord, InvocationQuery, InvocationRecord, SharedRepo, VersionRecord } from "../store/index.ts";
 
 export interface DeployProgress {
   step: number;
@@ -53,6 +55,8 @@ export interface ImageBuilder {
   /** Image of a runtime "docker" function from its own Dockerfile. */
   buildDockerfileImage(fn: string, version: number, contextDir: string, onLog: (line: string) => void): Promise<string>;
   removeImages(fn: string): Promise<void>;
+  /** Is the image on this node's engine? */
+  hasImage(tag: string): Promise<boolean>;
 }
 
 /**
@@ -79,14 +83,34 @@ export interface FunctionServiceOptions {
    * isolation to give (process: instances share the host's network), so "none" cannot hold.
    */
   egressNetworks?: string[];
+  /**
+   * Several nodes (DESIGN §9): artifacts go to the shared store by digest, and each change is
+   * announced so every node converges on it. Absent: one node.
+   */
+  cluster?: {
+    shared: SharedRepo;
+    /** Tells every node to look at `name` again (resolves once sent; a lost one is caught by the reconcile). */
+    announce(name: string): Promise<void>;
+  };
+}
+
+/** What this node's pool runs of a function: the version and the config it was started with. */
+interface Applied {
+  version: number;
+  config: FunctionConfig;
+  /** configKey(config): equal for equal configs whatever their key order (jsonb reorders keys). */
+  key: string;
 }
 
 export class FunctionService {
   private readonly changing = new Map<string, Promise<unknown>>();
+  private readonly applied = new Map<string, Applied>();
+  private readonly shared: SharedRepo | undefined;
   /** The repositories, their failures turned into 503 store_unavailable (a bug here stays a 500). */
   private readonly store: Pick<AsyncStore, "functions" | "versions" | "invocations" | "schedules">;
 
   constructor(private readonly o: FunctionServiceOptions) {
+    this.shared = o.cluster ? guardRepo(o.cluster.shared) : undefined;
     this.store = {
       functions: guardRepo(o.store.functions),
       versions: guardRepo(o.store.versions),
@@ -164,11 +188,15 @@ export class FunctionService {
         hint: `known versions: ${versions.map((v) => v.version).join(", ")}`,
       });
     }
-    const image = version.image ?? (await this.rebuildImage(version));
+    await this.ensureArtifact(version);
+    const image = await this.localImage(version);
     await this.activateVerified(name, target, await this.poolSpec({ ...version, image }, version.config));
     if (image !== version.image) await this.store.versions.setImage(name, target, image);
     if (version.status !== "ready") await this.store.versions.settle(name, target, { status: "ready" });
-    return this.store.versions.activate(name, target);
+    const active = await this.store.versions.activate(name, target);
+    this.noteApplied(name, active.version, active.config);
+    await this.announce(name);
+    return active;
   }
 
   /** Changes config; env and memory need new instances (a zero-downtime switch), the rest applies live. */
@@ -201,15 +229,11 @@ export class FunctionService {
           cause: err,
         });
       }
-      return this.store.functions.updateConfig(name, next);
     }
     const updated = await this.store.functions.updateConfig(name, next);
-    this.o.pool.updateLive(name, {
-      concurrency: next.concurrency,
-      minWarm: next.minWarm,
-      maxInstances: next.maxInstances,
-      timeoutMs: next.timeoutMs,
-    });
+    if (!needsNewInstances) this.o.pool.updateLive(name, liveFields(next));
+    if (updated.activeVersion !== null) this.noteApplied(name, updated.activeVersion, updated.config);
+    await this.announce(name);
     return updated;
   }
 
@@ -219,9 +243,16 @@ export class FunctionService {
 
   private async deleteNow(name: string): Promise<void> {
     if (!(await this.store.functions.get(name))) await this.get(name); // one whose deploys all failed can be deleted too
-    await this.o.pool.remove(name);
     await this.store.schedules.deleteForFunction(name);
     await this.store.functions.delete(name);
+    await this.removeHere(name);
+    await this.announce(name);
+  }
+
+  /** Stops what this node runs of a deleted function and forgets it (its images, files, logs, series). */
+  private async removeHere(name: string): Promise<void> {
+    this.applied.delete(name);
+    await this.o.pool.remove(name);
     await this.o.images?.removeImages(name).catch((err: unknown) => this.o.logger.warn(`could not remove images of ${name}:`, err));
     rmSync(this.functionDir(name), { recursive: true, force: true });
     for (const hook of this.deleteHooks) hook(name);
@@ -236,21 +267,96 @@ export class FunctionService {
 
   /** Re-creates the pools of active versions after a restart (no instance starts unless minWarm asks). */
   async restore(): Promise<void> {
-    // Versions being verified when forge stopped never finished: they did not load here.
+    // Versions being verified when forge stopped never finished: they did not load here. With
+    // several nodes another node may be verifying one right now: only those long past any start go.
+    const stuckBefore = this.o.cluster ? Date.now() - 15 * 60_000 : Number.POSITIVE_INFINITY;
     for (const fn of await this.store.functions.list()) {
       for (const v of await this.store.versions.list(fn.name)) {
-        if (v.status === "starting") await this.store.versions.settle(fn.name, v.version, { status: "failed", error: "forge stopped while it was verifying this version; deploy it again" });
+        if (v.status === "starting" && v.createdAt < stuckBefore) await this.store.versions.settle(fn.name, v.version, { status: "failed", error: "forge stopped while it was verifying this version; deploy it again" });
       }
     }
     for (const fn of await this.list()) {
-      const version = fn.activeVersion === null ? undefined : await this.store.versions.get(fn.name, fn.activeVersion);
-      if (!version) continue;
       try {
-        await this.o.pool.activate(await this.poolSpec(version, fn.config), { verify: false });
+        await this.serially(fn.name, () => this.convergeNow(fn.name));
       } catch (err) {
-        this.o.logger.error(`could not restore ${fn.name} v${version.version}:`, err);
+        this.o.logger.error(`could not restore ${fn.name} v${fn.activeVersion}:`, err);
       }
     }
+  }
+
+  /**
+   * Brings this node's pool of a function to what the store says another node did (several
+   * nodes): a new active version is fetched (its artifact by digest, its image built on this
+   * engine) and switched to with no failed request (as many of it warmed as the old one had
+   * ready: a function this node serves no traffic for gets none, and its first request takes
+   * a stem cell); a PATCH applies live or by a switch as it did there; a deleted function goes.
+   */
+  converge(name: string): Promise<void> {
+    return this.serially(name, () => this.convergeNow(name));
+  }
+
+  /** Every function worth a converge: the store's and those this node runs. */
+  async names(): Promise<string[]> {
+    const names = new Set((await this.store.functions.list()).map((f) => f.name));
+    for (const name of this.applied.keys()) names.add(name);
+    return [...names];
+  }
+
+  private async convergeNow(name: string): Promise<void> {
+    const fn = await this.store.functions.get(name);
+    const mine = this.applied.get(name);
+    if (!fn) {
+      if (mine || this.o.pool.pool(name)) await this.removeHere(name);
+      return;
+    }
+    if (fn.activeVersion === null) return; // its first deploy is under way on some node
+    const key = configKey(fn.config);
+    if (mine && mine.version === fn.activeVersion && mine.key === key) return;
+    const version = await this.store.versions.get(name, fn.activeVersion);
+    if (!version) return;
+    if (mine && mine.version === version.version && !restartsInstances(mine.config, fn.config)) {
+      this.o.pool.updateLive(name, liveFields(fn.config));
+    } else {
+      await this.ensureArtifact(version);
+      const image = await this.localImage(version);
+      await this.o.pool.activate(await this.poolSpec({ ...version, image }, fn.config), { verify: false });
+    }
+    this.noteApplied(name, version.version, fn.config);
+  }
+
+  private noteApplied(name: string, version: number, config: FunctionConfig): void {
+    this.applied.set(name, { version, config, key: configKey(config) });
+  }
+
+  /** Tells the other nodes (several nodes); a failure is logged: their reconcile catches up. */
+  private async announce(name: string): Promise<void> {
+    await this.o.cluster?.announce(name).catch((err: unknown) => this.o.logger.warn(`could not announce the change of ${name} to the other nodes (they catch up within FORGE_RECONCILE):`, err));
+  }
+
+  /** The version's folder on this node: fetched by digest from the shared store when missing (several nodes). */
+  private async ensureArtifact(version: VersionRecord): Promise<void> {
+    const dir = resolve(this.o.dataDir, version.artifact);
+    // The path comes from the shared store: it must name this function's own folder.
+    if (!dir.startsWith(this.functionDir(version.function) + "/")) {
+      throw new ForgeError(ErrorCode.Internal, 500, `${version.function} v${version.version} names an artifact outside its folder: ${version.artifact}`, { hint: "the metadata database holds a bad artifact path; deploy the function again" });
+    }
+    if (existsSync(dir)) return;
+    const shared = this.shared;
+    const archive = shared ? await shared.getArtifact(version.digest) : undefined;
+    if (!archive) {
+      throw new ForgeError(ErrorCode.ServiceUnavailable, 503, `the artifact of ${version.function} v${version.version} (${version.digest.slice(0, 12)}) is not on this node${shared ? " nor in the shared store" : ""}`, {
+        hint: "deploy the function again",
+      });
+    }
+    mkdirSync(dirname(dir), { recursive: true });
+    await unpackArtifact(archive, dir, this.o.limits);
+  }
+
+  /** The version's image on this node's engine: the recorded one when it is there, else built now (null without docker). */
+  private async localImage(version: VersionRecord): Promise<string | null> {
+    if (!this.o.images) return null;
+    if (version.image && (await this.o.images.hasImage(version.image))) return version.image;
+    return this.rebuildImage(version);
   }
 
   // --- internal ---
@@ -299,11 +405,16 @@ export class FunctionService {
             hint: "add a Dockerfile whose image serves HTTP on $PORT",
           });
         }
-        const contextDir = join(fnDir, "contexts", randomBytes(6).toString("hex"));
+        // Named by its digest, as bundles are: the same path on every node that fetches it.
+        digest = await digestDir(src);
+        const contextDir = join(fnDir, "contexts", digest.slice(0, 32));
         mkdirSync(join(fnDir, "contexts"), { recursive: true });
-        renameSync(src, contextDir);
-        digest = await digestDir(contextDir);
+        if (!existsSync(contextDir)) renameSync(src, contextDir);
         artifact = relative(this.o.dataDir, contextDir);
+      }
+      // Several nodes: stored once by digest before any node can learn of the version.
+      if (this.shared && !(await this.shared.hasArtifact(digest))) {
+        await this.shared.putArtifact(digest, await packArtifact(resolve(this.o.dataDir, artifact)));
       }
 
       const version = await this.store.versions.create(name, { digest, config, artifact, image: null });
@@ -329,7 +440,9 @@ export class FunctionService {
       const running = await this.activateVerified(name, version.version, concurrencySet ? spec : { ...spec, lambdaConcurrency: 1 }, true);
       // The concurrency it runs with is the version's (and, once active, the function's).
       await this.store.versions.settle(name, version.version, { status: "ready", config: { ...config, concurrency: running.concurrency } });
-      await this.store.versions.activate(name, version.version);
+      const active = await this.store.versions.activate(name, version.version);
+      this.noteApplied(name, active.version, active.config);
+      await this.announce(name);
       return { name, version: version.version, url: this.o.urlOf(name), image, digest, kind: running.kind, concurrency: running.concurrency };
     } finally {
       rmSync(work, { recursive: true, force: true });
@@ -445,4 +558,21 @@ async function digestDir(dir: string): Promise<string> {
     hasher.update(new Uint8Array(await Bun.file(join(dir, f)).arrayBuffer()));
   }
   return hasher.digest("hex");
+}
+
+/** A config's identity for comparing what runs with what the store says (keys sorted: jsonb reorders them). */
+function configKey(config: FunctionConfig): string {
+  const sorted = (v: unknown): unknown =>
+    v && typeof v === "object" && !Array.isArray(v) ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([k, x]) => [k, sorted(x)])) : Array.isArray(v) ? v.map(sorted) : v;
+  return JSON.stringify(sorted(config));
+}
+
+/** Does going from one config to the other need new instances (env, memory), as PATCH decides? */
+function restartsInstances(before: FunctionConfig, after: FunctionConfig): boolean {
+  return before.memoryMb !== after.memoryMb || configKey({ env: before.env } as FunctionConfig) !== configKey({ env: after.env } as FunctionConfig);
+}
+
+/** The fields PATCH applies to running instances. */
+function liveFields(config: FunctionConfig): { concurrency: number; minWarm: number; maxInstances: number; timeoutMs: number } {
+  return { concurrency: config.concurrency, minWarm: config.minWarm, maxInstances: config.maxInstances, timeoutMs: config.timeoutMs };
 }

@@ -7,7 +7,9 @@ import type { ConsolaInstance } from "consola";
 import { Hono, type Context } from "hono";
 import { ErrorCode, ForgeError, isForgeError, toForgeError } from "../errors.ts";
 import type { FunctionService, InvocationRecorder } from "../functions/index.ts";
-import type { LogStore } from "../observe/index.ts";
+import type { FunctionLogLine, LogStore } from "../observe/index.ts";
+import type { PeerClient } from "../cluster/index.ts";
+import type { NodeRecord } from "../store/index.ts";
 import { windowStats } from "../observe/index.ts";
 import type { PoolManager, UpstreamPool } from "../pool/index.ts";
 import { parseDuration } from "../config.ts";
@@ -43,7 +45,21 @@ export interface RouterOptions {
   upstream?: UpstreamPool;
   /** How often a followed log stream sends an empty line, ms. Default 30 s. */
   heartbeatMs?: number;
+  /**
+   * The nodes (GET /v1/nodes), and with several of them whom to ask for the rest of the
+   * cluster's logs and instances (a question with ?local=1 is answered from this node alone).
+   */
+  nodes?: {
+    self: string;
+    /** The nodes alive now, this one included. */
+    list(): Promise<NodeRecord[]>;
+    /** Absent on a single node. */
+    peers?: PeerClient;
+  };
 }
+
+/** A log line as the API gives it: with the node that wrote it when there are several. */
+type NodeLogLine = FunctionLogLine & { node?: string };
 
 export type ForgeApp = Hono;
 
@@ -108,6 +124,13 @@ export function createRouter(o: RouterOptions): ForgeApp {
     return new Response(stream, { status: 200, headers: { "content-type": "application/x-ndjson" } });
   });
 
+  /** The other nodes' answers to `path` (asked with ?local=1); undefined on a single node or when asked by a peer. */
+  const askCluster = async <T,>(path: string): Promise<PeerAnswerOf<T>[] | undefined> => {
+    if (!o.nodes?.peers) return undefined;
+    const peers = (await o.nodes.list()).filter((n) => n.id !== o.nodes?.self);
+    return o.nodes.peers.ask<T>(peers, path);
+  };
+
   v1.get("/functions", async (c) =>
     c.json({
       functions: (await o.functions.list()).map((f) => ({
@@ -122,8 +145,12 @@ export function createRouter(o: RouterOptions): ForgeApp {
 
   v1.get("/functions/:name", async (c) => {
     const f = await o.functions.get(c.req.param("name"));
+    const local = isLocal(c);
+    const here = o.pool.snapshot(f.name) ?? null;
+    if (local) return c.json({ name: f.name, node: o.nodes?.self, pool: here });
     await o.flushRecords?.();
     const recent = await o.functions.invocations(f.name, { since: Date.now() - 60 * 60_000, limit: 100_000 });
+    const cluster = await askCluster<{ pool: PoolView | null }>(`/v1/functions/${f.name}`);
     return c.json({
       stats: { last5m: windowStats(recent, 5), last60m: windowStats(recent, 60) },
       name: f.name,
@@ -132,7 +159,8 @@ export function createRouter(o: RouterOptions): ForgeApp {
       config: f.config,
       createdAt: f.createdAt,
       updatedAt: f.updatedAt,
-      pool: o.pool.snapshot(f.name) ?? null,
+      pool: cluster ? mergePools(f.activeVersion, [{ node: o.nodes?.self ?? "", value: { pool: here } }, ...cluster]) : here,
+      ...(cluster ? { nodes: [{ node: o.nodes?.self, pool: here }, ...cluster.map((a) => ({ node: a.node, ...(a.value ? { pool: a.value.pool } : { error: a.error }) }))].sort((x, y) => String(x.node).localeCompare(String(y.node))) } : {}),
     });
   });
 
@@ -164,18 +192,56 @@ export function createRouter(o: RouterOptions): ForgeApp {
     const limit = queryInt(c.req.query("limit"), "limit", 1000, 1, 100_000);
     const query = { ...(since !== undefined ? { since } : {}), ...(requestId ? { requestId } : {}), limit };
     const follow = c.req.query("follow") === "1" || c.req.query("follow") === "true";
-    const past = await logs.read(name, query);
-    if (!follow) return c.json({ lines: past });
+    // A peer asked for the live part only (it merged the history itself).
+    const history = c.req.query("history") !== "0";
+    const self = o.nodes?.peers ? o.nodes.self : undefined;
+    const tag = (line: FunctionLogLine): NodeLogLine => (self ? { ...line, node: self } : line);
+    const peers = !isLocal(c) && o.nodes?.peers ? await o.nodes.list().then((all) => all.filter((n) => n.id !== o.nodes?.self)) : [];
+    const peerPath = (extra: Record<string, string>): string => {
+      const u = new URL(`/v1/functions/${name}/logs`, "http://peer");
+      if (since !== undefined) u.searchParams.set("since", String(since));
+      if (requestId) u.searchParams.set("request", requestId);
+      u.searchParams.set("limit", String(limit));
+      for (const [k, v] of Object.entries(extra)) u.searchParams.set(k, v);
+      return u.pathname + u.search;
+    };
+    /** The history of every node, in time order, the newest `limit` lines. */
+    const readPast = async (): Promise<NodeLogLine[]> => {
+      if (!history) return [];
+      const mine = (await logs.read(name, query)).map(tag);
+      if (peers.length === 0 || !o.nodes?.peers) return mine;
+      const theirs = await o.nodes.peers.ask<{ lines: NodeLogLine[] }>(peers, peerPath({}));
+      // In time order; lines of one millisecond by node, each node's in the order it wrote them:
+      // the same order whichever node merges.
+      const all = [mine, ...theirs.map((a) => a.value?.lines ?? [])].flatMap((lines) => lines.map((line, i) => ({ line, i })));
+      all.sort((x, y) => x.line.ts - y.line.ts || (x.line.node ?? "").localeCompare(y.line.node ?? "") || x.i - y.i);
+      return all.slice(-limit).map((x) => x.line);
+    };
+    if (!follow) return c.json({ lines: await readPast() });
+
     const enc = new TextEncoder();
-    let unfollow = (): void => {};
+    const stop = new AbortController();
     let heartbeat: ReturnType<typeof setInterval> | undefined;
+    let unfollow = (): void => {};
     const unsubscribe = (): void => {
       unfollow();
+      stop.abort();
       clearInterval(heartbeat);
     };
+    // Live lines are taken from now on, held while the history is read, then sent after it
+    // without the ones it already had: nothing written meanwhile is lost or sent twice.
+    let held: NodeLogLine[] | undefined = [];
+    let deliver = (line: NodeLogLine): void => void held?.push(line);
+    const onLine = (line: NodeLogLine): void => {
+      if (requestId && line.requestId !== requestId) return;
+      deliver(line);
+    };
+    unfollow = logs.follow(name, (line) => onLine(tag(line)));
+    c.req.raw.signal.addEventListener("abort", () => unsubscribe(), { once: true });
+    if (peers.length > 0 && o.nodes?.peers) await o.nodes.peers.follow(peers, peerPath({ follow: "1", history: "0" }), (line) => onLine(line as NodeLogLine), stop.signal);
+    const past = await readPast();
     const stream = new ReadableStream<Uint8Array>({
       start(controller) {
-        for (const line of past) controller.enqueue(enc.encode(JSON.stringify(line) + "\n"));
         const send = (text: string): void => {
           try {
             controller.enqueue(enc.encode(text));
@@ -183,20 +249,25 @@ export function createRouter(o: RouterOptions): ForgeApp {
             unsubscribe(); // the client went away
           }
         };
-        unfollow = logs.follow(name, (line) => {
-          if (requestId && line.requestId !== requestId) return;
-          send(JSON.stringify(line) + "\n");
-        });
+        for (const line of past) send(JSON.stringify(line) + "\n");
+        const seen = new Set(past.map(lineKey));
+        for (const line of held ?? []) if (!seen.has(lineKey(line))) send(JSON.stringify(line) + "\n");
+        held = undefined;
+        deliver = (line) => send(JSON.stringify(line) + "\n");
         // An empty line now and then: a quiet stream is not an idle connection (FORGE_IDLE_TIMEOUT).
         heartbeat = setInterval(() => send("\n"), o.heartbeatMs ?? 30_000);
         heartbeat.unref?.();
-        c.req.raw.signal.addEventListener("abort", () => unsubscribe(), { once: true });
       },
       cancel() {
         unsubscribe();
       },
     });
     return new Response(stream, { headers: { "content-type": "application/x-ndjson", "cache-control": "no-cache" } });
+  });
+
+  v1.get("/nodes", async () => {
+    const nodes = o.nodes ? await o.nodes.list() : [];
+    return Response.json({ nodes: nodes.map((n) => ({ ...n, self: n.id === o.nodes?.self })) });
   });
 
   v1.patch("/functions/:name", async (c) => {
@@ -322,4 +393,39 @@ function urlOf(c: Context, name: string, domain: string): string {
   const colon = host.lastIndexOf(":");
   const port = colon > host.lastIndexOf("]") ? host.slice(colon) : "";
   return `http://${name}.${domain}${port}`;
+}
+
+/** A question from a peer: answered from this node alone (it merges the answers itself). */
+function isLocal(c: Context): boolean {
+  return c.req.query("local") === "1";
+}
+
+type PeerAnswerOf<T> = { node: string; value?: T; error?: string };
+type PoolView = NonNullable<ReturnType<PoolManager["snapshot"]>>;
+
+/** The same log line seen twice (from the history and from the live stream). */
+function lineKey(line: NodeLogLine): string {
+  return `${line.node ?? ""}\u0000${line.instance}\u0000${line.ts}\u0000${line.stream}\u0000${line.text}`;
+}
+
+/**
+ * One function's pools on every node as one: counts summed, instances of all nodes (each
+ * with its node) in one list ordered by node, so any node gives the same answer.
+ */
+function mergePools(version: number | null, answers: PeerAnswerOf<{ pool: PoolView | null }>[]): (PoolView & { nodes: number }) | null {
+  const pools = answers.flatMap((a) => (a.value?.pool ? [{ node: a.node, pool: a.value.pool }] : [])).sort((a, b) => a.node.localeCompare(b.node));
+  const first = pools[0]?.pool;
+  if (!first) return null;
+  const sum = (pick: (p: PoolView) => number): number => pools.reduce((n, p) => n + pick(p.pool), 0);
+  return {
+    ...first,
+    version: version ?? first.version,
+    draining: pools.some((p) => p.pool.draining),
+    inFlight: sum((p) => p.inFlight),
+    queued: sum((p) => p.queued),
+    desired: sum((p) => p.desired),
+    instances: pools.flatMap((p) => p.pool.instances.map((i) => ({ ...i, node: p.node }))),
+    starts: { warm: sum((p) => p.starts.warm), cell: sum((p) => p.starts.cell), cold: sum((p) => p.starts.cold) },
+    nodes: pools.length,
+  };
 }

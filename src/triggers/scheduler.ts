@@ -28,6 +28,8 @@ export interface SchedulerOptions {
   leases?: CronLeases;
   /** How often the store is re-read to arm schedules made (or disarm ones deleted) by other nodes, ms; 0 = never. Default 10000. */
   syncEveryMs?: number;
+  /** Called after this node created or deleted a schedule (several nodes: tell the others). Default none. */
+  onChange?: () => void;
 }
 
 /** A schedule as the API shows it. */
@@ -84,6 +86,7 @@ export class Scheduler implements AsyncDisposable {
     const input = parseScheduleInput(body);
     const record = await this.schedules.create({ id: `sch-${randomBytes(6).toString("hex")}`, function: fn, ...input });
     this.arm(record);
+    this.o.onChange?.();
     this.logger.info(`schedule ${record.id} of ${fn}: "${record.cron}"${record.timezone ? ` (${record.timezone})` : ""}`);
     return this.view(record);
   }
@@ -101,6 +104,7 @@ export class Scheduler implements AsyncDisposable {
   async delete(id: string): Promise<void> {
     this.disarm(id);
     if (!(await this.schedules.delete(id))) throw notFound(id);
+    this.o.onChange?.();
   }
 
   /** Disarms the schedules of a deleted function (the function service removes them from the store). */
