@@ -107,3 +107,81 @@ describe.skipIf(!services)("a cluster when Postgres goes away", () => {
     }
   }, 120_000);
 });
+
+describe.skipIf(!services)("a cluster when Redis goes away", () => {
+  test("without Redis warm traffic goes on, an async invoke is a 503 with a hint and a deploy still lands everywhere (the reconcile carries it); with Redis back, notifications flow again", async () => {
+    await using redis = await startPrivateRedis();
+    using fns = tempDir("forge-faults-redis-fns-");
+    const dbName = `forge_faults_${randomBytes(6).toString("hex")}`;
+    const admin = new SQL(services?.pgUrl ?? "");
+    await admin.unsafe(`create database ${dbName}`);
+    const u = new URL(services?.pgUrl ?? "");
+    u.pathname = `/${dbName}`;
+    try {
+      const env = { FORGE_DB: u.toString(), FORGE_REDIS_URL: redis.url, FORGE_REDIS_PREFIX: prefix, FORGE_STEM_CELLS: "bun=1,node=0", FORGE_HEARTBEAT: "200ms", FORGE_RECONCILE: "1s" };
+      await using a = await startForge({ env });
+      await using b = await startForge({ env });
+      const folder = (name: string, v: string): string => {
+        const dir = join(fns, `${name}-v${v}`);
+        mkdirSync(dir, { recursive: true });
+        writeFileSync(join(dir, "index.ts"), SOURCE);
+        writeFileSync(join(dir, "forge.json"), JSON.stringify({ name, env: { V: v } }));
+        return dir;
+      };
+      const v = async (node: typeof a, name: string): Promise<string | undefined> => {
+        const res = await node.fn(name, "/");
+        return res.status === 200 ? ((await res.json()) as { v: string }).v : undefined;
+      };
+      expect((await cli(a, ["deploy", folder("warm", "1")])).code).toBe(0);
+      await until(async () => (await v(b, "warm")) === "1", 10_000, "warm on B");
+
+      await redis.stop();
+      for (let i = 0; i < 50; i++) for (const n of [a, b]) expect(await v(n, "warm")).toBe("1");
+      const queued = await a.api("/v1/functions/warm/invoke?async=1", { method: "POST", body: "{}", headers: { "content-type": "application/json" } });
+      expect(queued.status).toBe(503);
+      expect(((await queued.json()) as { error: { hint: string } }).error.hint).toMatch(/redis|FORGE_REDIS_URL/i);
+      // No notification can travel: B learns of the deploy from its periodic reconcile.
+      expect((await cli(a, ["deploy", folder("during", "1")])).code).toBe(0);
+      await until(async () => (await v(b, "during")) === "1", 15_000, "the function deployed during the outage on B");
+
+      await redis.start();
+      // Notifications again: with the reconcile an hour away on a new node, a deploy reaches it at once.
+      await using c = await startForge({ env: { ...env, FORGE_RECONCILE: "1h" } });
+      expect((await cli(a, ["deploy", folder("after", "1")])).code).toBe(0);
+      await until(async () => (await v(c, "after")) === "1", 10_000, "a deploy after the outage on C");
+    } finally {
+      await admin.unsafe(`drop database if exists ${dbName} with (force)`);
+      await admin.close();
+    }
+  }, 120_000);
+});
+
+/** A Redis server of the test's own, to stop and start (same port, nothing persisted). */
+async function startPrivateRedis(): Promise<{ url: string; stop(): Promise<void>; start(): Promise<void> } & AsyncDisposable> {
+  const server = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const port = server.port;
+  server.stop(true);
+  let proc: ReturnType<typeof Bun.spawn> | undefined;
+  const url = `redis://127.0.0.1:${port}`;
+  const start = async (): Promise<void> => {
+    proc = Bun.spawn(["redis-server", "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdout: "ignore", stderr: "ignore" });
+    await until(async () => {
+      const r = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+      r.on("error", () => {});
+      try {
+        await r.connect();
+        return (await r.ping()) === "PONG";
+      } catch {
+        return false;
+      } finally {
+        r.disconnect();
+      }
+    }, 10_000, "redis-server answering");
+  };
+  const stop = async (): Promise<void> => {
+    proc?.kill("SIGKILL");
+    await proc?.exited;
+  };
+  await start();
+  return { url, start, stop, [Symbol.asyncDispose]: stop };
+}
