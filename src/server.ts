@@ -18,7 +18,7 @@ import { LogStore, Metrics } from "./observe/index.ts";
 import { createMemoryQueue, createProvisioning, createRedisQueue } from "./provision/index.ts";
 import { DataPlane, Gateway, TrustedProxies } from "./dataplane/index.ts";
 import { createRouter, type ForgeApp } from "./router/index.ts";
-import { asyncStore, clusterApiKey, loadOrCreateApiKey, openPgStore, openStore, type AsyncStore, type ClusterStore } from "./store/index.ts";
+import { asyncStore, clusterApiKey, loadOrCreateApiKey, saveApiKey, openPgStore, openStore, type AsyncStore, type ClusterStore } from "./store/index.ts";
 import { AsyncInvoker, mountTriggerRoutes, redisCronLeases, Scheduler, type AsyncJob, type InvokeFn } from "./triggers/index.ts";
 
 export const FORGE_VERSION = "0.1.0";
@@ -59,6 +59,8 @@ export async function startServer(config: Config, options: StartOptions = {}): P
   let generated: boolean;
   try {
     ({ key: apiKey, generated } = clusterStore ? await clusterApiKey((key, initial) => clusterStore.shared.setting(key, initial), config.apiKey) : loadOrCreateApiKey(config.dataDir, config.apiKey));
+    // The CLI on this machine finds the cluster's key where it finds a single node's.
+    if (clusterStore) saveApiKey(config.dataDir, apiKey);
   } catch (err) {
     await store.close();
     throw err;
@@ -96,8 +98,11 @@ export async function startServer(config: Config, options: StartOptions = {}): P
   // 3. services
   const recorder = new InvocationRecorder({ repo: store.invocations, logger, enabled: config.telemetry });
   // Retention: records and dead letters older than FORGE_RECORD_RETENTION go, checked a tenth as often.
-  const pruneRecords = (): Promise<void> =>
-    store.invocations.prune(Date.now() - config.recordRetentionMs).catch((err: unknown) => logger.warn("could not prune old invocation records:", err));
+  const pruneRecords = async (): Promise<void> => {
+    await store.invocations.prune(Date.now() - config.recordRetentionMs).catch((err: unknown) => logger.warn("could not prune old invocation records:", err));
+    // Several nodes: artifacts of deleted functions and discarded versions (every node may do it: a delete is a delete).
+    await clusterStore?.shared.pruneArtifacts().catch((err: unknown) => logger.warn("could not prune unused artifacts from the shared store:", err));
+  };
   await pruneRecords();
   const pruneTimer = setInterval(() => void pruneRecords(), Math.min(Math.max(config.recordRetentionMs / 10, 100), 10 * 60_000));
   pruneTimer.unref?.();

@@ -98,3 +98,26 @@ describe("Reconciler", () => {
     expect(schedules).toBeGreaterThanOrEqual(3);
   });
 });
+
+test("a stop during a full pass waits for the converge under way only, not for those the pass had queued", async () => {
+  const started: string[] = [];
+  const first = gate();
+  const r = new Reconciler({
+    logger,
+    concurrency: 1,
+    names: async () => ["a", "b", "c"],
+    syncSchedules: async () => {},
+    converge: async (name) => {
+      started.push(name);
+      await first.promise;
+    },
+  });
+  const pass = r.reconcileAll();
+  await until(() => started.length === 1, 5000, "the pass's first converge");
+  const stopped = r[Symbol.asyncDispose]();
+  first.open();
+  const outcome = await Promise.race([stopped.then(() => "stopped"), Bun.sleep(3000).then(() => "still waiting")]);
+  expect(outcome).toBe("stopped");
+  expect(await Promise.race([pass.then(() => "done"), Bun.sleep(1000).then(() => "pending")])).toBe("done");
+  expect(started).toEqual(["a"]);
+});

@@ -52,6 +52,21 @@ test("a node is listed while its heartbeat is fresh, drops out when it stops, an
   expect(shared.rows.size).toBe(0);
 });
 
+test("a node silent for a day is deleted from the list by the next node that lists it", async () => {
+  const now = 10 * 24 * 3600_000;
+  const shared = memoryShared();
+  shared.rows.set("ghost", { id: "ghost", url: "http://ghost", driver: "docker", version: "t", startedAt: 0, heartbeatAt: now - 24 * 3600_000 - 1 });
+  shared.rows.set("recent", { id: "recent", url: "http://recent", driver: "docker", version: "t", startedAt: 0, heartbeatAt: now - 60_000 });
+  const r = new NodeRegistry({ shared, logger, self: { id: "me", url: "http://me", driver: "process", version: "t" }, now: () => now });
+  await r.start();
+  try {
+    expect((await r.list()).map((n) => n.id)).toEqual(["me"]);
+    expect([...shared.rows.keys()].sort()).toEqual(["me", "recent"]);
+  } finally {
+    await r[Symbol.asyncDispose]();
+  }
+});
+
 test("a node that cannot reach the database fails to start with the cause", async () => {
   const shared = memoryShared();
   shared.down = true;

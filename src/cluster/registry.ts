@@ -47,10 +47,13 @@ export class NodeRegistry implements AsyncDisposable {
     this.timer.unref?.();
   }
 
-  /** The nodes alive now (this one included, while its heartbeat holds). */
+  /** The nodes alive now (this one included, while its heartbeat holds); those silent for a day are deleted. */
   async list(): Promise<NodeRecord[]> {
     const now = this.now();
-    const nodes = await this.o.shared.nodes(now - FORGET_AFTER_MS);
+    const nodes = await this.o.shared.nodes(0);
+    for (const gone of nodes.filter((n) => n.heartbeatAt < now - FORGET_AFTER_MS)) {
+      await this.o.shared.removeNode(gone.id).catch(() => {}); // another node may have removed it first
+    }
     return nodes.filter((n) => n.heartbeatAt >= now - this.staleMs);
   }
 

@@ -191,6 +191,7 @@ export class FunctionService {
     await this.ensureArtifact(version);
     const image = await this.localImage(version);
     await this.activateVerified(name, target, await this.poolSpec({ ...version, image }, version.config));
+    this.switched(name);
     if (image !== version.image) await this.store.versions.setImage(name, target, image);
     if (version.status !== "ready") await this.store.versions.settle(name, target, { status: "ready" });
     const active = await this.store.versions.activate(name, target);
@@ -221,8 +222,13 @@ export class FunctionService {
     if (needsNewInstances && version) {
       // Verified like a deploy: new instances with the new env must load before they serve;
       // if they do not, the config stays as it was and the running instances go on.
+      // This node may not have converged on the active version yet (a PATCH right after a
+      // deploy on another node): its artifact and image first, as a converge would.
+      await this.ensureArtifact(version);
+      const image = await this.localImage(version);
       try {
-        await this.o.pool.activate(await this.poolSpec(version, next));
+        await this.o.pool.activate(await this.poolSpec({ ...version, image }, next));
+        this.switched(name);
       } catch (err) {
         throw new ForgeError(ErrorCode.LoadFailed, 400, `${name} v${version.version} did not start with the new settings, so nothing changed: ${err instanceof Error ? err.message : String(err)}`, {
           hint: "fix the setting (or the code that reads it) and PATCH again",
@@ -230,9 +236,16 @@ export class FunctionService {
         });
       }
     }
+    const mine = this.applied.get(name);
     const updated = await this.store.functions.updateConfig(name, next);
-    if (!needsNewInstances) this.o.pool.updateLive(name, liveFields(next));
-    if (updated.activeVersion !== null) this.noteApplied(name, updated.activeVersion, updated.config);
+    if (needsNewInstances && version) {
+      this.noteApplied(name, version.version, updated.config);
+    } else {
+      this.o.pool.updateLive(name, liveFields(next));
+      // Only a pool that ran what the store said before now runs what it says after; one
+      // behind (a deploy elsewhere not converged on yet) is left to the converge.
+      if (version && mine && mine.version === version.version && mine.key === configKey(fn.config)) this.noteApplied(name, version.version, updated.config);
+    }
     await this.announce(name);
     return updated;
   }
@@ -324,6 +337,14 @@ export class FunctionService {
     this.noteApplied(name, version.version, fn.config);
   }
 
+  /**
+   * The pool now runs what the store does not say yet: until the store takes it (noteApplied),
+   * what this node runs is unknown, so a converge after a failed write puts the store's back.
+   */
+  private switched(name: string): void {
+    this.applied.delete(name);
+  }
+
   private noteApplied(name: string, version: number, config: FunctionConfig): void {
     this.applied.set(name, { version, config, key: configKey(config) });
   }
@@ -337,7 +358,7 @@ export class FunctionService {
   private async ensureArtifact(version: VersionRecord): Promise<void> {
     const dir = resolve(this.o.dataDir, version.artifact);
     // The path comes from the shared store: it must name this function's own folder.
-    if (!dir.startsWith(this.functionDir(version.function) + "/")) {
+    if (!dir.startsWith(resolve(this.functionDir(version.function)) + "/")) {
       throw new ForgeError(ErrorCode.Internal, 500, `${version.function} v${version.version} names an artifact outside its folder: ${version.artifact}`, { hint: "the metadata database holds a bad artifact path; deploy the function again" });
     }
     if (existsSync(dir)) return;
@@ -438,6 +459,7 @@ export class FunctionService {
       // A Lambda handler gets one event at a time, unless forge.json or a flag says otherwise.
       const concurrencySet = fromFile.concurrency !== undefined || flags.concurrency !== undefined;
       const running = await this.activateVerified(name, version.version, concurrencySet ? spec : { ...spec, lambdaConcurrency: 1 }, true);
+      this.switched(name);
       // The concurrency it runs with is the version's (and, once active, the function's).
       await this.store.versions.settle(name, version.version, { status: "ready", config: { ...config, concurrency: running.concurrency } });
       const active = await this.store.versions.activate(name, version.version);

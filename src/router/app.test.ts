@@ -60,3 +60,64 @@ describe("router over a failing store", () => {
     expect(((await res.json()) as { error: { code: string } }).error.code).toBe("internal");
   });
 });
+
+describe("answers merged from several nodes", () => {
+  const fn: FunctionRecord = { name: "greet", activeVersion: 1, config: {} as FunctionRecord["config"], createdAt: 0, updatedAt: 0 };
+  const here = { function: "greet", version: 1, draining: false, inFlight: 0, queued: 0, desired: 0, instances: [{ id: "i1" }], starts: { warm: 0, cell: 0, cold: 0 } };
+
+  /** A node "a" whose one peer "b" answers every question with `answer`. */
+  function clusterRouter(answer: unknown, lines: { ts: number; text: string }[] = []) {
+    const functions = { get: async () => fn, invocations: async () => [] } as unknown as FunctionService;
+    const pool = { snapshot: () => here } as unknown as PoolManager;
+    const logs = { read: async () => lines.map((l) => ({ instance: "i1", stream: "stdout", function: "greet", version: 1, ...l })), follow: () => () => {} };
+    const app = createRouter({
+      domain: "localhost",
+      apiKey: KEY,
+      functions,
+      pool,
+      recorder: {} as InvocationRecorder,
+      logger,
+      maxBodyBytes: 1024,
+      maxArchiveBytes: 1024,
+      logs: logs as never,
+      nodes: {
+        self: "a",
+        list: async () => [
+          { id: "a", url: "http://a", driver: "process", version: "t", startedAt: 0, heartbeatAt: 0 },
+          { id: "b", url: "http://b", driver: "process", version: "t", startedAt: 0, heartbeatAt: 0 },
+        ],
+        peers: {
+          ask: async <T,>() => [{ node: "b", value: answer as T }],
+          follow: async () => [{ node: "b", value: true as const }],
+        },
+      },
+    });
+    return (path: string) => app.request(`http://localhost${path}`, { headers: { authorization: `Bearer ${KEY}`, host: "localhost" } });
+  }
+
+  test("a peer answering with something else than forge's shape (another version, not forge) is left out, not a 500", async () => {
+    for (const answer of [[1, 2], { lines: "x", pool: { instances: 5 } }, { lines: [null, 7, { ts: "soon", text: 1 }], pool: "full" }, null, "text"]) {
+      const get = clusterRouter(answer, [{ ts: 5, text: "mine" }]);
+      const info = await get("/v1/functions/greet");
+      expect(info.status).toBe(200);
+      const body = (await info.json()) as { pool: { instances: { id: string; node: string }[] } };
+      expect(body.pool.instances).toEqual([{ id: "i1", node: "a" } as never]);
+      const logs = await get("/v1/functions/greet/logs");
+      expect(logs.status).toBe(200);
+      expect(((await logs.json()) as { lines: { text: string }[] }).lines.map((l) => l.text)).toEqual(["mine"]);
+    }
+  });
+
+  test("a follow with nothing to send yet gets its answer's head at once (a peer waits 2 s for it)", async () => {
+    const get = clusterRouter({ lines: [] });
+    const server = Bun.serve({ port: 0, fetch: (req) => get(new URL(req.url).pathname + new URL(req.url).search) });
+    try {
+      const client = new AbortController();
+      const res = await fetch(`http://127.0.0.1:${server.port}/v1/functions/greet/logs?follow=1&history=0`, { signal: AbortSignal.any([client.signal, AbortSignal.timeout(1500)]) });
+      expect(res.status).toBe(200);
+      client.abort();
+    } finally {
+      await server.stop(true);
+    }
+  });
+});

@@ -150,7 +150,9 @@ export function createRouter(o: RouterOptions): ForgeApp {
     if (local) return c.json({ name: f.name, node: o.nodes?.self, pool: here });
     await o.flushRecords?.();
     const recent = await o.functions.invocations(f.name, { since: Date.now() - 60 * 60_000, limit: 100_000 });
-    const cluster = await askCluster<{ pool: PoolView | null }>(`/v1/functions/${f.name}`);
+    const cluster = (await askCluster<unknown>(`/v1/functions/${f.name}`))?.map((a): PeerAnswerOf<{ pool: PoolView | null }> =>
+      a.value === undefined || isPoolAnswer(a.value) ? (a as PeerAnswerOf<{ pool: PoolView | null }>) : { node: a.node, error: UNEXPECTED_ANSWER },
+    );
     return c.json({
       stats: { last5m: windowStats(recent, 5), last60m: windowStats(recent, 60) },
       name: f.name,
@@ -210,10 +212,10 @@ export function createRouter(o: RouterOptions): ForgeApp {
       if (!history) return [];
       const mine = (await logs.read(name, query)).map(tag);
       if (peers.length === 0 || !o.nodes?.peers) return mine;
-      const theirs = await o.nodes.peers.ask<{ lines: NodeLogLine[] }>(peers, peerPath({}));
+      const theirs = await o.nodes.peers.ask<unknown>(peers, peerPath({}));
       // In time order; lines of one millisecond by node, each node's in the order it wrote them:
       // the same order whichever node merges.
-      const all = [mine, ...theirs.map((a) => a.value?.lines ?? [])].flatMap((lines) => lines.map((line, i) => ({ line, i })));
+      const all = [mine, ...theirs.map((a) => peerLines(a.value))].flatMap((lines) => lines.map((line, i) => ({ line, i })));
       all.sort((x, y) => x.line.ts - y.line.ts || (x.line.node ?? "").localeCompare(y.line.node ?? "") || x.i - y.i);
       return all.slice(-limit).map((x) => x.line);
     };
@@ -242,6 +244,7 @@ export function createRouter(o: RouterOptions): ForgeApp {
     const past = await readPast();
     const stream = new ReadableStream<Uint8Array>({
       start(controller) {
+        if (stop.signal.aborted) return controller.close(); // the client left while the history was read
         const send = (text: string): void => {
           try {
             controller.enqueue(enc.encode(text));
@@ -249,10 +252,14 @@ export function createRouter(o: RouterOptions): ForgeApp {
             unsubscribe(); // the client went away
           }
         };
-        for (const line of past) send(JSON.stringify(line) + "\n");
         const seen = new Set(past.map(lineKey));
-        for (const line of held ?? []) if (!seen.has(lineKey(line))) send(JSON.stringify(line) + "\n");
+        const first = [...past, ...(held ?? []).filter((line) => !seen.has(lineKey(line)))];
         held = undefined;
+        for (const line of first) send(JSON.stringify(line) + "\n");
+        // Bun sends a streamed answer's head with its first bytes: a follow with nothing to
+        // send yet would leave the client (a peer merging the cluster's lines gives up after
+        // 2 s) without even a status. An empty line (a heartbeat) goes out at once instead.
+        if (first.length === 0) send("\n");
         deliver = (line) => send(JSON.stringify(line) + "\n");
         // An empty line now and then: a quiet stream is not an idle connection (FORGE_IDLE_TIMEOUT).
         heartbeat = setInterval(() => send("\n"), o.heartbeatMs ?? 30_000);
@@ -402,6 +409,24 @@ function isLocal(c: Context): boolean {
 
 type PeerAnswerOf<T> = { node: string; value?: T; error?: string };
 type PoolView = NonNullable<ReturnType<PoolManager["snapshot"]>>;
+
+/** A peer that answers in another shape (another forge version, or not forge at all) is left out. */
+const UNEXPECTED_ANSWER = "an answer in a shape this node does not know (another forge version?)";
+
+function isPoolAnswer(value: unknown): value is { pool: PoolView | null } {
+  if (typeof value !== "object" || value === null || !("pool" in value)) return false;
+  const pool = (value as { pool: unknown }).pool;
+  if (pool === null) return true;
+  const p = pool as Partial<Record<keyof PoolView, unknown>> | undefined;
+  return typeof p === "object" && Array.isArray(p.instances) && typeof p.starts === "object" && p.starts !== null;
+}
+
+/** A peer's log lines: those shaped like log lines. */
+function peerLines(value: unknown): NodeLogLine[] {
+  const lines = typeof value === "object" && value !== null ? (value as { lines?: unknown }).lines : undefined;
+  if (!Array.isArray(lines)) return [];
+  return lines.filter((l): l is NodeLogLine => typeof l === "object" && l !== null && typeof (l as NodeLogLine).ts === "number" && typeof (l as NodeLogLine).text === "string");
+}
 
 /** The same log line seen twice (from the history and from the live stream). */
 function lineKey(line: NodeLogLine): string {

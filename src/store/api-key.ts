@@ -22,6 +22,12 @@ export function loadOrCreateApiKey(dataDir: string, fromEnv?: string): { key: st
   return { key, generated: true };
 }
 
+/** Keeps `key` in the data dir (mode 0600), where the CLI on this machine looks for it. */
+export function saveApiKey(dataDir: string, key: string): void {
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  writeFileSync(join(dataDir, API_KEY_FILE), key + "\n", { mode: 0o600 });
+}
+
 /** The key saved in a data dir, if any (the CLI's fallback when FORGE_API_KEY is unset). */
 export function readSavedApiKey(dataDir: string): string | undefined {
   try {

@@ -4,4 +4,4 @@ export { openPgStore } from "./pg-store.ts";
 export { asyncStore } from "./async-sqlite.ts";
 export { RecordColumns } from "./record-batch.ts";
 export type * from "./types.ts";
-export { API_KEY_FILE, clusterApiKey, loadOrCreateApiKey, readSavedApiKey } from "./api-key.ts";
+export { API_KEY_FILE, clusterApiKey, loadOrCreateApiKey, readSavedApiKey, saveApiKey } from "./api-key.ts";

@@ -438,7 +438,10 @@ function sharedRepo(live: Live): SharedRepo {
       return row ? new Uint8Array(row.data) : undefined;
     },
     async hasArtifact(digest) {
-      return (await live().select({ digest: artifacts.digest }).from(artifacts).where(eq(artifacts.digest, digest))).length > 0;
+      // A deploy that finds its artifact here stores no copy, and its version row comes a
+      // moment later: the artifact's grace starts again, so no prune meanwhile takes it.
+      const found = await live().update(artifacts).set({ createdAt: Date.now() }).where(eq(artifacts.digest, digest)).returning({ digest: artifacts.digest });
+      return found.length > 0;
     },
     async pruneArtifacts() {
       const gone = await live()

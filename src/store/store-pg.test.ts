@@ -62,6 +62,27 @@ describe.skipIf(!admin)("postgres", () => {
       }
     });
 
+    test("an old artifact a deploy just found by digest is not pruned before its version refers to it", async () => {
+      const store = await openPgStore(dbUrl);
+      const raw = new SQL(dbUrl, { max: 1 });
+      try {
+        await store.shared.putArtifact("digest-old", new Uint8Array([1, 2, 3]));
+        // Stored long ago for a function since deleted: nothing refers to it, its grace is over.
+        await raw`update artifacts set created_at = ${Date.now() - 2 * 60 * 60_000} where digest = 'digest-old'`;
+        await store.shared.putArtifact("digest-gone", new Uint8Array([4]));
+        await raw`update artifacts set created_at = ${Date.now() - 2 * 60 * 60_000} where digest = 'digest-gone'`;
+        // The same code deployed again: the deploy finds it (so does not store it again)...
+        expect(await store.shared.hasArtifact("digest-old")).toBe(true);
+        // ...and a prune on any node before the version row exists keeps it.
+        expect(await store.shared.pruneArtifacts()).toBe(1);
+        expect(await store.shared.hasArtifact("digest-old")).toBe(true);
+        expect(await store.shared.hasArtifact("digest-gone")).toBe(false);
+      } finally {
+        await raw.close();
+        await store.close();
+      }
+    });
+
     test("a setting's first writer wins, whichever node writes it", async () => {
       const [a, b] = await Promise.all([openPgStore(dbUrl), openPgStore(dbUrl)]);
       try {
