@@ -152,6 +152,15 @@ describe.skipIf(!services)("several nodes on Postgres and Redis", () => {
     }, 10_000, "the same info through both nodes");
     expect(stable(ia)).toEqual(stable(ib));
     expect(new Set(ia.pool.instances.map((i) => i.node)).size).toBe(2);
+
+    // Invocation records of both nodes, through either.
+    const recordsVia = async (n: ForgeProcess): Promise<string[]> =>
+      ((await (await n.api("/v1/functions/same/invocations?limit=100")).json()) as { invocations: { id: string }[] }).invocations.map((r) => r.id).sort();
+    const records = await until(async () => {
+      const [ra, rb] = await Promise.all([recordsVia(a), recordsVia(b)]);
+      return ra.length >= 6 && JSON.stringify(ra) === JSON.stringify(rb) ? ra : undefined;
+    }, 10_000, "the same records through both nodes");
+    expect(records.length).toBeGreaterThanOrEqual(6);
   }, 60_000);
 
   test("under a steady load through nginx over both nodes, a deploy through one and a rollback through the other fail no request", async () => {
