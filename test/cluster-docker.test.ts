@@ -8,43 +8,27 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { SQL } from "bun";
-import { Redis } from "ioredis";
 import { cli, startForge, tempDir, until } from "./_helpers.ts";
+import { testCluster, type TestCluster } from "./_cluster.ts";
 import { requireDocker, requireServices } from "./_services.ts";
 
 const services = requireServices("redisUrl", "pgUrl");
 const engine = await requireDocker();
 
 describe.skipIf(!services || !engine)("several nodes on the docker driver", () => {
-  const dbName = `forge_cluster_docker_${randomBytes(6).toString("hex")}`;
-  const prefix = `forge-cluster-docker-${randomBytes(4).toString("hex")}`;
-  let admin: SQL;
-  let dbUrl = "";
+  let cluster: TestCluster;
 
   beforeAll(async () => {
-    admin = new SQL(services?.pgUrl ?? "");
-    await admin.unsafe(`create database ${dbName}`);
-    const u = new URL(services?.pgUrl ?? "");
-    u.pathname = `/${dbName}`;
-    dbUrl = u.toString();
+    cluster = await testCluster(services as { pgUrl: string; redisUrl: string }, "docker");
   });
 
   afterAll(async () => {
-    await admin?.unsafe(`drop database if exists ${dbName} with (force)`);
-    await admin?.close();
-    const redis = new Redis(services?.redisUrl ?? "");
-    try {
-      const keys = await redis.keys(`${prefix}:*`);
-      if (keys.length > 0) await redis.del(...keys);
-    } finally {
-      redis.disconnect();
-    }
+    await cluster?.[Symbol.asyncDispose]();
   });
 
   test("a node that never saw the deploy fetches the artifact by digest and builds the image on its engine, then serves from a stem cell", async () => {
     using fns = tempDir("forge-cluster-docker-fns-");
-    const env = { FORGE_DRIVER: "docker", FORGE_DB: dbUrl, FORGE_REDIS_URL: services?.redisUrl ?? "", FORGE_REDIS_PREFIX: prefix, FORGE_STEM_CELLS: "bun=1,node=0", FORGE_HEARTBEAT: "200ms" };
+    const env = cluster.env({ FORGE_DRIVER: "docker" });
     const name = `dgreet${randomBytes(3).toString("hex")}`;
     await using a = await startForge({ env });
     const dir = join(fns, name);

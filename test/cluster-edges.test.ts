@@ -5,11 +5,10 @@
  * through another lands on the new version everywhere.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { randomBytes } from "node:crypto";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { SQL } from "bun";
 import { cli, startForge, tempDir, until, type ForgeProcess } from "./_helpers.ts";
+import { testCluster, type TestCluster } from "./_cluster.ts";
 import { requireServices } from "./_services.ts";
 
 const services = requireServices("redisUrl", "pgUrl");
@@ -31,34 +30,26 @@ function connectionsTo(path: string): number {
 }
 
 describe.skipIf(!services)("several nodes, at their edges", () => {
-  const dbName = `forge_follow_${randomBytes(6).toString("hex")}`;
-  const prefix = `forge-follow-${randomBytes(4).toString("hex")}`;
   const fns = tempDir("forge-follow-fns-");
-  let admin: SQL;
-  let dbUrl = "";
+  let cluster: TestCluster;
   let a: ForgeProcess;
   let b: ForgeProcess;
 
-  const node = (): Promise<ForgeProcess> =>
-    startForge({ env: { FORGE_DB: dbUrl, FORGE_REDIS_URL: services?.redisUrl ?? "", FORGE_REDIS_PREFIX: prefix, FORGE_STEM_CELLS: "bun=1,node=0", FORGE_RECONCILE: "1h", FORGE_HEARTBEAT: "200ms", FORGE_TRIGGER_SYNC: "1h" } });
+  const node = (): Promise<ForgeProcess> => startForge({ env: cluster.env() });
 
   beforeAll(async () => {
-    admin = new SQL(services?.pgUrl ?? "");
-    await admin.unsafe(`create database ${dbName}`);
-    const u = new URL(services?.pgUrl ?? "");
-    u.pathname = `/${dbName}`;
-    dbUrl = u.toString();
+    cluster = await testCluster(services as { pgUrl: string; redisUrl: string }, "follow");
     a = await node();
     b = await node();
   }, 60_000);
 
   afterAll(async () => {
-    await Promise.all([a?.[Symbol.asyncDispose](), b?.[Symbol.asyncDispose]()]);
-    if (admin) {
-      await admin.unsafe(`drop database if exists ${dbName} with (force)`);
-      await admin.close();
+    try {
+      await Promise.all([a?.[Symbol.asyncDispose](), b?.[Symbol.asyncDispose]()]);
+      await cluster?.[Symbol.asyncDispose]();
+    } finally {
+      fns[Symbol.dispose]();
     }
-    fns[Symbol.dispose]();
   });
 
   test("a follow through A gets B's new lines; when the client goes, B's stream to A is gone too", async () => {

@@ -9,7 +9,9 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { SQL } from "bun";
 import { Redis } from "ioredis";
+import { freePort } from "../src/bench/_docker-bench.ts";
 import { cli, startForge, tempDir, until } from "./_helpers.ts";
+import { testCluster } from "./_cluster.ts";
 import { startPrivatePostgres } from "./_postgres.ts";
 import { requireServices } from "./_services.ts";
 
@@ -112,13 +114,9 @@ describe.skipIf(!services)("a cluster when Redis goes away", () => {
   test("without Redis warm traffic goes on, an async invoke is a 503 with a hint and a deploy still lands everywhere (the reconcile carries it); with Redis back, notifications flow again", async () => {
     await using redis = await startPrivateRedis();
     using fns = tempDir("forge-faults-redis-fns-");
-    const dbName = `forge_faults_${randomBytes(6).toString("hex")}`;
-    const admin = new SQL(services?.pgUrl ?? "");
-    await admin.unsafe(`create database ${dbName}`);
-    const u = new URL(services?.pgUrl ?? "");
-    u.pathname = `/${dbName}`;
-    try {
-      const env = { FORGE_DB: u.toString(), FORGE_REDIS_URL: redis.url, FORGE_REDIS_PREFIX: prefix, FORGE_STEM_CELLS: "bun=1,node=0", FORGE_HEARTBEAT: "200ms", FORGE_RECONCILE: "1s" };
+    await using cluster = await testCluster(services as { pgUrl: string; redisUrl: string }, "faults");
+    {
+      const env = cluster.env({ FORGE_REDIS_URL: redis.url, FORGE_RECONCILE: "1s" });
       await using a = await startForge({ env });
       await using b = await startForge({ env });
       const folder = (name: string, v: string): string => {
@@ -149,18 +147,13 @@ describe.skipIf(!services)("a cluster when Redis goes away", () => {
       await using c = await startForge({ env: { ...env, FORGE_RECONCILE: "1h" } });
       expect((await cli(a, ["deploy", folder("after", "1")])).code).toBe(0);
       await until(async () => (await v(c, "after")) === "1", 10_000, "a deploy after the outage on C");
-    } finally {
-      await admin.unsafe(`drop database if exists ${dbName} with (force)`);
-      await admin.close();
     }
   }, 120_000);
 });
 
 /** A Redis server of the test's own, to stop and start (same port, nothing persisted). */
 async function startPrivateRedis(): Promise<{ url: string; stop(): Promise<void>; start(): Promise<void> } & AsyncDisposable> {
-  const server = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = server.port;
-  server.stop(true);
+  const port = freePort();
   let proc: ReturnType<typeof Bun.spawn> | undefined;
   const url = `redis://127.0.0.1:${port}`;
   const start = async (): Promise<void> => {

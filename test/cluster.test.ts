@@ -7,9 +7,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { SQL } from "bun";
-import { Redis } from "ioredis";
 import { cli, sharedDir, sharedFile, startForge, tempDir, until, type ForgeProcess } from "./_helpers.ts";
+import { testCluster, type TestCluster } from "./_cluster.ts";
 import { startNginx } from "./_nginx.ts";
 import { requireServices } from "./_services.ts";
 
@@ -38,45 +37,27 @@ export default {
 `;
 
 describe.skipIf(!services)("several nodes on Postgres and Redis", () => {
-  const dbName = `forge_cluster_${randomBytes(6).toString("hex")}`;
-  const prefix = `forge-cluster-${randomBytes(4).toString("hex")}`;
   const fns = tempDir("forge-cluster-fns-");
-  let admin: SQL;
-  let dbUrl = "";
+  let cluster: TestCluster;
   let a: ForgeProcess;
   let b: ForgeProcess;
 
-  /** A node of this run's cluster. Reconcile is slowed to an hour: what a test sees travelled by notification. */
-  const node = (extra: Record<string, string> = {}, dataDir?: string): Promise<ForgeProcess> =>
-    startForge({
-      ...(dataDir ? { dataDir } : {}),
-      env: { FORGE_DB: dbUrl, FORGE_REDIS_URL: services?.redisUrl ?? "", FORGE_REDIS_PREFIX: prefix, FORGE_STEM_CELLS: "bun=1,node=0", FORGE_RECONCILE: "1h", FORGE_HEARTBEAT: "200ms", FORGE_TRIGGER_SYNC: "1h", ...extra },
-    });
+  /** A node of this run's cluster (reconcile an hour away: what a test sees travelled by notification). */
+  const node = (extra: Record<string, string> = {}, dataDir?: string): Promise<ForgeProcess> => startForge({ ...(dataDir ? { dataDir } : {}), env: cluster.env(extra) });
 
   beforeAll(async () => {
-    admin = new SQL(services?.pgUrl ?? "");
-    await admin.unsafe(`create database ${dbName}`);
-    const u = new URL(services?.pgUrl ?? "");
-    u.pathname = `/${dbName}`;
-    dbUrl = u.toString();
+    cluster = await testCluster(services as { pgUrl: string; redisUrl: string }, "cluster");
     a = await node();
     b = await node();
   }, 60_000);
 
   afterAll(async () => {
-    await Promise.all([a?.[Symbol.asyncDispose](), b?.[Symbol.asyncDispose]()]);
-    if (admin) {
-      await admin.unsafe(`drop database if exists ${dbName} with (force)`);
-      await admin.close();
-    }
-    const redis = new Redis(services?.redisUrl ?? "");
     try {
-      const keys = await redis.keys(`${prefix}:*`);
-      if (keys.length > 0) await redis.del(...keys);
+      await Promise.all([a?.[Symbol.asyncDispose](), b?.[Symbol.asyncDispose]()]);
+      await cluster?.[Symbol.asyncDispose]();
     } finally {
-      redis.disconnect();
+      fns[Symbol.dispose]();
     }
-    fns[Symbol.dispose]();
   });
 
   async function deploy(via: ForgeProcess, name: string, source = SOURCE, env: Record<string, string> = {}): Promise<void> {

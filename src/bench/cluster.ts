@@ -16,6 +16,7 @@ import { parseArgs } from "node:util";
 import { SQL } from "bun";
 import { packDir } from "../build/index.ts";
 import { parseDuration } from "../config.ts";
+import { freePort } from "./_docker-bench.ts";
 import { median, startForgeChild, wrk } from "./_forge-process.ts";
 import { nginxConfig } from "./_nginx.ts";
 
@@ -164,13 +165,6 @@ async function main(): Promise<number> {
     await admin.close();
     rmSync(dir, { recursive: true, force: true });
   }
-}
-
-function freePort(): number {
-  const server = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = server.port;
-  server.stop(true);
-  return port;
 }
 
 process.exit(await main());
