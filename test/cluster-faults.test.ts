@@ -3,8 +3,7 @@
  * for five seconds while two nodes serve a warm load. Nothing on the request path waits on
  * it; control calls answer 503 with a hint; after it, deploys work and no record was lost.
  */
-import { afterAll, describe, expect, test } from "bun:test";
-import { randomBytes } from "node:crypto";
+import { describe, expect, test } from "bun:test";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { SQL } from "bun";
@@ -16,26 +15,15 @@ import { startPrivatePostgres } from "./_postgres.ts";
 import { requireServices } from "./_services.ts";
 
 const services = requireServices("redisUrl", "pgUrl");
-const prefix = `forge-faults-${randomBytes(4).toString("hex")}`;
-
-afterAll(async () => {
-  if (!services) return;
-  const redis = new Redis(services.redisUrl);
-  try {
-    const keys = await redis.keys(`${prefix}:*`);
-    if (keys.length > 0) await redis.del(...keys);
-  } finally {
-    redis.disconnect();
-  }
-});
-
 const SOURCE = `export default { fetch: () => Response.json({ v: process.env.V ?? "1" }) };`;
 
 describe.skipIf(!services)("a cluster when Postgres goes away", () => {
   test("five seconds without Postgres under a warm load: no failed request, a deploy gets a 503 with a hint; after it deploys work and every record is there", async () => {
     await using pg = await startPrivatePostgres();
     using fns = tempDir("forge-faults-fns-");
-    const env = { FORGE_DB: pg.url, FORGE_REDIS_URL: services?.redisUrl ?? "", FORGE_REDIS_PREFIX: prefix, FORGE_STEM_CELLS: "bun=1,node=0", FORGE_HEARTBEAT: "200ms", FORGE_RECONCILE: "1s" };
+    // The nodes' Postgres is the private one (the cluster's own database goes unused).
+    await using cluster = await testCluster(services as { pgUrl: string; redisUrl: string }, "pgdown");
+    const env = cluster.env({ FORGE_DB: pg.url, FORGE_RECONCILE: "1s" });
     await using a = await startForge({ env });
     await using b = await startForge({ env });
     const folder = (v: string): string => {
