@@ -87,7 +87,10 @@ export class Reconciler implements AsyncDisposable {
         const names = await this.o.names();
         if (this.failing) this.o.logger.info("reconcile: the store answers again");
         this.failing = false;
-        await Promise.all([...names.map((n) => this.queue.add(() => this.converge(n))), this.o.syncSchedules()]);
+        // converge() never rejects; onIdle (not the tasks' own promises, which a clear() at stop
+        // leaves unsettled) says the pass is over.
+        for (const n of names) void this.queue.add(() => this.converge(n));
+        await Promise.all([this.queue.onIdle(), this.o.syncSchedules()]);
       } catch (err) {
         if (!this.failing) this.o.logger.warn(`reconcile: could not read the store (${err instanceof Error ? err.message : String(err)}); serving what this node holds, retrying every ${this.o.everyMs ?? 5000} ms`);
         this.failing = true;
