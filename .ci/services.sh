@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs and starts what the integration tests need: a Docker engine, Redis, Postgres,
-# nginx, wrk and promtool. Idempotent: reuses what already answers. Writes the addresses
+# nginx, wrk, promtool and Chromium (the dashboard's browser tests, driven by playwright-core). Idempotent: reuses what already answers. Writes the addresses
 # to .ci/.env, which .ci/run (and a developer's shell) sources.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,7 @@ command -v nginx >/dev/null || need+=(nginx)
 command -v wrk >/dev/null || need+=(wrk)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v promtool >/dev/null || need+=(prometheus)
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   apt-get update -qq
