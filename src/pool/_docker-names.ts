@@ -37,8 +37,13 @@ export function containerName(spec: InstanceSpec, role: ContainerRole): string {
   const base =
     spec.role === "cell" || spec.function === undefined
       ? `forge-cell-${spec.runtime}-${spec.id}`
-      : `forge-fn-${spec.function}-v${spec.version ?? 0}-${spec.id}`;
+      : functionContainerName(spec.function, spec.version ?? 0, spec.id);
   return role === "bridge" ? `${base}-bridge` : base;
+}
+
+/** forge-fn-<name>-v<version>-<id>: a function's instance, and the name a cell takes once specialized. */
+export function functionContainerName(fn: string, version: number, id: string): string {
+  return `forge-fn-${fn}-v${version}-${id}`;
 }
 
 /** What must be equal for a container of an earlier run to serve a new request for `spec`. */

@@ -45,7 +45,7 @@ import { ErrorCode, ForgeError } from "../errors.ts";
 import { ARTIFACT_COPY, copyArtifact } from "./_artifact-copy.ts";
 import { DockerEvents, type ContainerEvent } from "./_docker-events.ts";
 import { demux, logLines } from "./_docker-logs.ts";
-import { containerName, LABEL, ownerOf, specHash, type ContainerRole } from "./_docker-names.ts";
+import { containerName, functionContainerName, LABEL, ownerOf, specHash, type ContainerRole } from "./_docker-names.ts";
 import { ensureEgressNetwork } from "./_egress-network.ts";
 import { guardHost, type HostGuard } from "./_host-firewall.ts";
 import { heapExhausted, InstanceLog, startFailureTail } from "./_log-parse.ts";
@@ -623,6 +623,25 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
     await docker.getContainer(main).update({ Memory: memoryMb * MB, MemorySwap: memoryMb * MB, CpuShares: cpuShares(memoryMb) });
   }
 
+  /**
+   * A specialized cell's container takes the function's name (its labels cannot change: they
+   * still say cell, so a restarted forge removes it rather than adopting it, as before).
+   */
+  async function specialized(id: string, as: { function: string; version: number }): Promise<void> {
+    const instance = instances.get(id);
+    const main = instance?.containers[0];
+    if (!instance || !main || instance.stopping || instance.handle.spec.role !== "cell") return;
+    const name = functionContainerName(as.function, as.version, id);
+    try {
+      await docker.getContainer(main).rename({ name });
+    } catch (err) {
+      const status = (err as { statusCode?: number }).statusCode;
+      // Gone (stopped and removed meanwhile) or the name taken: it keeps its cell name.
+      if (status !== 404 && status !== 409) throw err;
+      logger.debug(`container of ${id} not renamed to ${name}: ${messageOf(err)}`);
+    }
+  }
+
   // --- reconcile and adoption ---
 
   async function reconcile(active: ActiveVersion[]): Promise<ReconcileReport> {
@@ -807,6 +826,7 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
     onExit,
     onLog,
     setMemory,
+    specialized,
     placeArtifact,
     reconcile,
     dropUnclaimed,

@@ -125,6 +125,12 @@ export interface Driver extends AsyncDisposable {
   placeArtifact(id: string, artifactDir: string): Promise<{ dir: string; bundle: string }>;
   /** Optional: change a running instance's memory limit (docker, after a cell is specialized). */
   setMemory?(id: string, memoryMb: number): Promise<void>;
+  /**
+   * Optional: told once a stem cell serves a function, so what the host shows says which
+   * (docker: the container takes the function's name). Cosmetic: the pool calls it off the
+   * request's path, and a cell that went away meanwhile is not an error.
+   */
+  specialized?(id: string, as: { function: string; version: number }): Promise<void>;
   /** Stops everything this driver started. */
   dispose(): Promise<void>;
 }

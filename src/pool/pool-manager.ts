@@ -403,7 +403,13 @@ export class PoolManager implements PoolHost, AsyncDisposable {
           }
           throw err;
         }
-        setTimeout(() => this.refillCells(), CELL_REFILL_DELAY_MS).unref?.();
+        setTimeout(() => {
+          this.refillCells();
+          // Cosmetic (docker: the container takes the function's name), so it waits as the refill does.
+          this.driver
+            .specialized?.(cell.handle.id, { function: spec.function, version: spec.version })
+            .catch((err: unknown) => this.logger.warn(`could not name ${cell.handle.id} after ${spec.function} v${spec.version}:`, err));
+        }, CELL_REFILL_DELAY_MS).unref?.();
         // Off the critical path: the limit follows the function's memoryMb (~11 ms on docker).
         if (this.driver.setMemory && !raiseFirst && spec.memoryMb !== this.cellMemoryMb) {
           this.driver.setMemory(cell.handle.id, spec.memoryMb).catch((err: unknown) => this.logger.warn(`could not set memory of ${cell.handle.id}:`, err));

@@ -5,6 +5,7 @@
  */
 import { randomUUID } from "node:crypto";
 import type { ConsolaInstance } from "consola";
+import PQueue from "p-queue";
 import { ErrorCode, ForgeError } from "../errors.ts";
 import { reasonOf, retryPolicy, StaleDelivery } from "./_queue-shared.ts";
 import {
@@ -202,7 +203,8 @@ class MemoryQueue<T> implements Queue<T> {
 class MemoryConsumer<T> implements Consumer {
   private readonly concurrency: number;
   private readonly abort = new AbortController();
-  private readonly running = new Set<Promise<void>>();
+  /** Messages in hand. Only taken messages are added, never more than `concurrency`, so none waits in it with its visibility timer running. */
+  private readonly jobs: PQueue;
   private closing: Promise<void> | undefined;
   readonly onDeadLetter: ConsumeOptions<T>["onDeadLetter"];
 
@@ -213,25 +215,24 @@ class MemoryConsumer<T> implements Consumer {
   ) {
     this.concurrency = Math.max(1, options.concurrency ?? 4);
     this.onDeadLetter = options.onDeadLetter;
+    this.jobs = new PQueue({ concurrency: this.concurrency });
+    this.jobs.on("next", () => this.pump());
   }
 
   pump(): void {
-    while (!this.abort.signal.aborted && this.running.size < this.concurrency) {
+    while (!this.abort.signal.aborted && this.jobs.pending < this.concurrency) {
       const taken = this.queue.take(this);
       if (!taken) return;
-      const p = this.handle(taken.token, taken.entry);
-      this.running.add(p);
-      void p.finally(() => {
-        this.running.delete(p);
-        this.pump();
-      });
+      this.jobs
+        .add(() => this.handle(taken.token, taken.entry))
+        .catch((err: unknown) => this.queue.logger?.error(`queue ${this.queue.name}: could not settle ${taken.entry.id}:`, err));
     }
   }
 
   close(): Promise<void> {
     return (this.closing ??= (async () => {
       this.abort.abort();
-      while (this.running.size > 0) await Promise.allSettled([...this.running]);
+      await this.jobs.onIdle();
       this.queue.forget(this);
     })());
   }

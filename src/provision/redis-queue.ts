@@ -20,6 +20,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { hostname } from "node:os";
 import type { ConsolaInstance } from "consola";
 import type { Redis } from "ioredis";
+import PQueue from "p-queue";
 import { ErrorCode, ForgeError } from "../errors.ts";
 import { reasonOf, retryPolicy, sleep, StaleDelivery } from "./_queue-shared.ts";
 import { isRedisError, RedisScript } from "./_redis-script.ts";
@@ -211,12 +212,12 @@ class RedisConsumer<T> implements Consumer {
   private readonly name = `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
   private readonly concurrency: number;
   private readonly abort = new AbortController();
-  private readonly running = new Set<Promise<void>>();
+  /** Entries in hand. Only read entries are added, never more than `concurrency`, so none waits in it while its idle time runs. */
+  private readonly jobs: PQueue;
   private readonly onDeadLetter: ConsumeOptions<T>["onDeadLetter"];
   private blocking: Redis | undefined;
   private loop: Promise<void> | undefined;
   private closing: Promise<void> | undefined;
-  private slotFreed: (() => void) | undefined;
   private lastReclaim = 0;
 
   constructor(
@@ -226,6 +227,7 @@ class RedisConsumer<T> implements Consumer {
   ) {
     this.concurrency = Math.max(1, options.concurrency ?? 4);
     this.onDeadLetter = options.onDeadLetter;
+    this.jobs = new PQueue({ concurrency: this.concurrency });
   }
 
   start(): void {
@@ -236,11 +238,11 @@ class RedisConsumer<T> implements Consumer {
   close(): Promise<void> {
     return (this.closing ??= (async () => {
       this.abort.abort();
-      this.slotFreed?.();
-      // A pending XREADGROUP BLOCK only ends when its connection does.
+      // A pending XREADGROUP BLOCK only ends when its connection does. A loop waiting for a free
+      // slot wakes when the first entry in hand ends, and close waits for all of them anyway.
       this.blocking?.disconnect();
       await this.loop;
-      while (this.running.size > 0) await Promise.allSettled([...this.running]);
+      await this.jobs.onIdle();
       await this.leaveGroup().catch((err: unknown) => this.q.logger?.debug(`queue ${this.q.name}: could not remove consumer ${this.name}:`, err));
       this.q.forget(this);
     })());
@@ -261,15 +263,15 @@ class RedisConsumer<T> implements Consumer {
     while (!this.closed) {
       try {
         await this.q.ensureGroup();
-        if (this.running.size >= this.concurrency) {
-          await new Promise<void>((resolve) => (this.slotFreed = resolve));
+        if (this.jobs.pending >= this.concurrency) {
+          await new Promise<void>((resolve) => this.jobs.once("next", resolve));
           continue;
         }
         await this.maybeReclaim();
         const untilDue = Number(await PROMOTE.run(this.q.redis, [this.q.delayedKey, this.q.name], [100]));
         const block = untilDue >= 0 ? Math.max(1, Math.min(this.q.blockMs, untilDue)) : this.q.blockMs;
         if (this.closed) break;
-        const free = this.concurrency - this.running.size;
+        const free = this.concurrency - this.jobs.pending;
         const reply: unknown = await this.blocking?.xreadgroup("GROUP", this.q.group, this.name, "COUNT", free, "BLOCK", block, "STREAMS", this.q.name, ">");
         for (const entry of parseRead(reply)) this.dispatch(entry);
         failures = 0;
@@ -284,14 +286,7 @@ class RedisConsumer<T> implements Consumer {
   }
 
   private dispatch(entry: StreamEntry): void {
-    const p = this.handle(entry).catch((err: unknown) => this.q.logger?.error(`queue ${this.q.name}: could not settle ${entry.streamId}:`, err));
-    this.running.add(p);
-    void p.finally(() => {
-      this.running.delete(p);
-      const wake = this.slotFreed;
-      this.slotFreed = undefined;
-      wake?.();
-    });
+    this.jobs.add(() => this.handle(entry)).catch((err: unknown) => this.q.logger?.error(`queue ${this.q.name}: could not settle ${entry.streamId}:`, err));
   }
 
   private async handle(entry: StreamEntry): Promise<void> {
