@@ -2,6 +2,7 @@
  * Addresses of the services integration tests need (.ci/services.sh starts them and writes
  * .ci/.env). Missing under CI: the test fails; missing elsewhere: it is skipped.
  */
+import { existsSync } from "node:fs";
 import type Dockerode from "dockerode";
 import { buildRuntimeImage } from "../src/build/index.ts";
 import { isCI, loadConfig } from "../src/config.ts";
@@ -26,6 +27,18 @@ export function requireServices<K extends keyof TestServices>(...names: K[]): { 
   const vars = missing.map((n) => (n === "redisUrl" ? "FORGE_TEST_REDIS_URL" : "FORGE_TEST_PG_URL")).join(", ");
   if (isCI()) throw new Error(`${vars} unset under CI: run .ci/services.sh and source .ci/.env`);
   console.warn(`skipping: ${vars} unset (run .ci/services.sh, then: set -a; . .ci/.env; set +a)`);
+  return undefined;
+}
+
+/**
+ * The Chromium the dashboard's browser tests drive through playwright-core: FORGE_TEST_CHROMIUM,
+ * else Debian's /usr/bin/chromium (.ci/services.sh installs it); undefined to skip (never under CI: there it throws).
+ */
+export function requireChromium(env: Record<string, string | undefined> = process.env): string | undefined {
+  const path = env.FORGE_TEST_CHROMIUM || "/usr/bin/chromium";
+  if (existsSync(path)) return path;
+  if (isCI(env)) throw new Error(`no Chromium at ${path} under CI: run .ci/services.sh (it installs Debian's chromium)`);
+  console.warn(`skipping: no Chromium at ${path} (apt-get install chromium, or set FORGE_TEST_CHROMIUM)`);
   return undefined;
 }
 

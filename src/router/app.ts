@@ -1,6 +1,6 @@
 /**
  * The router: one Hono app for the control API (/v1 on the apex host), the data plane
- * (<name>.<domain> and /fn/<name>/...) and the health endpoints. It knows nothing of
+ * (<name>.<domain> and /fn/<name>/...), the health endpoints and the dashboard (/ui). It knows nothing of
  * Bun.serve; src/server.ts hands app.fetch to it.
  */
 import type { ConsolaInstance } from "consola";
@@ -16,6 +16,7 @@ import { parseDuration } from "../config.ts";
 import { bearerAuth } from "./auth.ts";
 import { readBodyLimited, readJson } from "./_body.ts";
 import { DataPlane, functionOfHost, isValidHost } from "../dataplane/index.ts";
+import { mountDashboard } from "./ui/index.ts";
 
 export interface RouterOptions {
   /** Functions answer at <name>.<domain>. */
@@ -328,6 +329,7 @@ export function createRouter(o: RouterOptions): ForgeApp {
 
   o.extend?.(v1);
   app.route("/v1", v1);
+  mountDashboard(app);
 
   // Data plane by subdomain: the whole request goes to the function, /v1 paths included.
   // Checked before Hono dispatches, since this is the hot path and needs no routing.
