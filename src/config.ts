@@ -2,7 +2,8 @@
  * Every setting of forge, read from the environment once and validated. This is the only
  * module that reads process.env; everything else receives a Config.
  */
-import { resolve } from "node:path";
+import { homedir } from "node:os";
+import { join, resolve } from "node:path";
 import { ErrorCode, ForgeError } from "./errors.ts";
 
 export type DriverChoice = "auto" | "docker" | "process";
@@ -151,13 +152,20 @@ export interface Config {
   logRetentionBytes: number;
 }
 
+/** Where the CLI finds forge when nothing else says. */
+export const DEFAULT_FORGE_URL = "http://127.0.0.1:8080";
+
 export interface ClientConfig {
-  /** FORGE_URL: where the CLI finds forge. Default http://127.0.0.1:8080 */
-  url: string;
-  /** FORGE_API_KEY, else the key saved in FORGE_DATA_DIR. */
+  /** FORGE_URL: where the CLI finds forge. Unset: the config file's target, else DEFAULT_FORGE_URL. */
+  url: string | undefined;
+  /** FORGE_API_KEY. Unset: the config file's target, else the key saved in FORGE_DATA_DIR. */
   apiKey: string | undefined;
   /** FORGE_DATA_DIR, to find a locally generated key. */
   dataDir: string;
+  /** $XDG_CONFIG_HOME/forge/config.json (default ~/.config/forge/config.json): the targets of `forge login` and `forge up`. */
+  configFile: string;
+  /** HOME (default the user's home folder), to show paths as ~/... */
+  home: string;
 }
 
 type Env = Record<string, string | undefined>;
@@ -224,12 +232,22 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
   return { ...config, ...overrides };
 }
 
+/** The CLI's config file of targets: $XDG_CONFIG_HOME/forge/config.json, default ~/.config/forge/config.json. */
+export function userConfigFile(env: Env = process.env): string {
+  const xdg = env.XDG_CONFIG_HOME;
+  // The XDG spec: a relative XDG_CONFIG_HOME is invalid and ignored.
+  const base = xdg && xdg.startsWith("/") ? xdg : join(env.HOME || homedir(), ".config");
+  return join(base, "forge", "config.json");
+}
+
 export function loadClientConfig(env: Env = process.env): ClientConfig {
   const r = new Reader(env);
   const config: ClientConfig = {
-    url: r.optUrl("FORGE_URL", ["http:", "https:"]) ?? "http://127.0.0.1:8080",
+    url: r.optUrl("FORGE_URL", ["http:", "https:"]),
     apiKey: r.opt("FORGE_API_KEY"),
     dataDir: resolve(r.str("FORGE_DATA_DIR", "./.forge")),
+    configFile: userConfigFile(env),
+    home: r.opt("HOME") ?? homedir(),
   };
   r.throwIfInvalid();
   return config;

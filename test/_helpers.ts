@@ -48,7 +48,9 @@ export function sharedFile(dir: string, name: string): string {
 
 /**
  * Starts `forge up --port 0` with its own data dir; waits for the listening line. `root`: a
- * checkout of forge to run instead of this one, on the bun in its node_modules.
+ * checkout of forge to run instead of this one, on the bun in its node_modules. forge up saves
+ * its URL and key in the CLI's config: XDG_CONFIG_HOME is `<data dir>/xdg` unless `env` gives
+ * one, so a test never writes the user's ~/.config.
  */
 export async function startForge(options: { dataDir?: string; env?: Record<string, string>; root?: string } = {}): Promise<ForgeProcess> {
   const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), "forge-data-"));
@@ -57,7 +59,7 @@ export async function startForge(options: { dataDir?: string; env?: Record<strin
   const bun = options.root ? join(root, "node_modules/bun/bin/bun.exe") : process.execPath;
   const proc = Bun.spawn([bun, join(root, "src/cli/main.ts"), "up", "--port", "0"], {
     cwd: root,
-    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", FORGE_DATA_DIR: dataDir, FORGE_DRIVER: "process", FORGE_STEM_CELLS: "1", ...options.env },
+    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", XDG_CONFIG_HOME: join(dataDir, "xdg"), FORGE_DATA_DIR: dataDir, FORGE_DRIVER: "process", FORGE_STEM_CELLS: "1", ...options.env },
     stdout: "pipe",
     stderr: "pipe",
   });
@@ -128,17 +130,36 @@ export interface CliResult {
   stderr: string;
 }
 
-/** Runs the real CLI against a forge. */
-export async function cli(forge: { url: string; apiKey: string } | undefined, args: string[], env: Record<string, string> = {}): Promise<CliResult> {
+export interface CliOptions {
+  /** The folder it runs in. Default the checkout's root. */
+  cwd?: string;
+  /** What it reads on stdin (e.g. a key for `forge login`). Default nothing (EOF). */
+  stdin?: string;
+}
+
+/**
+ * A CLI config folder nobody writes: the default XDG_CONFIG_HOME of `cli()`, so that a test
+ * reads no user's ~/.config/forge. A test that logs in gives its own.
+ */
+const NO_USER_CONFIG = join(tmpdir(), "forge-test-no-user-config");
+
+/**
+ * Runs the real CLI against a forge: FORGE_URL and FORGE_API_KEY are the forge's when one is
+ * given, else there is no FORGE_* variable but those of `env`. XDG_CONFIG_HOME is an unwritten
+ * folder unless `env` gives one (pass HOME and XDG_CONFIG_HOME to act as a user with a config).
+ */
+export async function cli(forge: { url: string; apiKey: string } | undefined, args: string[], env: Record<string, string> = {}, options: CliOptions = {}): Promise<CliResult> {
   const proc = Bun.spawn([process.execPath, MAIN, ...args], {
-    cwd: ROOT,
+    cwd: options.cwd ?? ROOT,
     env: {
       PATH: process.env.PATH ?? "",
       HOME: process.env.HOME ?? "/root",
+      XDG_CONFIG_HOME: NO_USER_CONFIG,
       NO_COLOR: "1",
       ...(forge ? { FORGE_URL: forge.url, FORGE_API_KEY: forge.apiKey } : {}),
       ...env,
     },
+    stdin: options.stdin === undefined ? "ignore" : new TextEncoder().encode(options.stdin),
     stdout: "pipe",
     stderr: "pipe",
   });
@@ -163,7 +184,7 @@ export async function until<T>(check: () => T | Promise<T>, timeoutMs = 10_000, 
  */
 export async function followLogsUntil(forge: { url: string; apiKey: string }, name: string, poke: () => Promise<void>, needle: string, timeoutMs = 15_000): Promise<number> {
   const proc = Bun.spawn([process.execPath, MAIN, "logs", name, "-f", "--since", "1s"], {
-    env: { PATH: process.env.PATH ?? "", FORGE_URL: forge.url, FORGE_API_KEY: forge.apiKey, NO_COLOR: "1" },
+    env: { PATH: process.env.PATH ?? "", XDG_CONFIG_HOME: NO_USER_CONFIG, FORGE_URL: forge.url, FORGE_API_KEY: forge.apiKey, NO_COLOR: "1" },
     stdout: "pipe",
     stderr: "pipe",
   });

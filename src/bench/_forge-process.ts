@@ -1,5 +1,6 @@
 /** A forge in a child process for benchmarks measured from outside it (wrk), with hello deployed. */
 import { readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
 const ROOT = resolve(import.meta.dir, "../..");
@@ -14,11 +15,16 @@ export interface ForgeChild {
   host: string;
 }
 
-/** Starts `forge up --port 0` of the checkout at `root` (default this one) with `env`; resolves once it printed its URL and key. */
+/**
+ * Starts `forge up --port 0` of the checkout at `root` (default this one) with `env`; resolves
+ * once it printed its URL and key. forge up saves them in the CLI's config: XDG_CONFIG_HOME is
+ * `<FORGE_DATA_DIR>/xdg` (else a temp folder) unless `env` gives one, never the user's.
+ */
 export async function startForgeChild(env: Record<string, string>, root = ROOT): Promise<Omit<ForgeChild, "host">> {
+  const xdg = env.FORGE_DATA_DIR ? join(env.FORGE_DATA_DIR, "xdg") : join(tmpdir(), `forge-bench-xdg-${process.pid}`);
   const proc = Bun.spawn([process.execPath, join(root, "src/cli/main.ts"), "up", "--port", "0"], {
     cwd: root,
-    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", NO_COLOR: "1", FORGE_STEM_CELLS: "0", ...env },
+    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", XDG_CONFIG_HOME: xdg, NO_COLOR: "1", FORGE_STEM_CELLS: "0", ...env },
     stdout: "pipe",
     stderr: "ignore",
   });

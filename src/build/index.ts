@@ -1,5 +1,5 @@
 /** src/build: pack a folder, unpack an upload safely, bundle an entry, read forge.json. */
-export { ALWAYS_IGNORED, IGNORE_FILE, packDir, packFiles } from "./pack.ts";
+export { ALWAYS_IGNORED, IGNORE_FILE, packDir, packFiles, packWatchFilter } from "./pack.ts";
 export type { PackFile, PackOptions } from "./pack.ts";
 export { safeUnpack } from "./unpack.ts";
 export type { UnpackLimits, UnpackResult } from "./unpack.ts";

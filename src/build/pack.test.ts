@@ -3,7 +3,7 @@ import { chmod, mkdir, symlink, utimes, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { ErrorCode, ForgeError } from "../errors.ts";
 import { listArchive, tempDir } from "./_test-helpers.ts";
-import { packDir, packFiles } from "./pack.ts";
+import { packDir, packFiles, packWatchFilter } from "./pack.ts";
 import { safeUnpack } from "./unpack.ts";
 
 async function writeTree(root: string, files: Record<string, string>): Promise<void> {
@@ -188,6 +188,19 @@ describe("packDir", () => {
     expect(await Bun.file(join(dest, "lib/deep/x.json")).text()).toBe('{"a":1}');
     expect(await Bun.file(join(dest, "empty-file")).text()).toBe("");
     expect((await names(await packDir(dest))).sort()).toEqual((await names(await packDir(src))).sort());
+  });
+});
+
+describe("packWatchFilter", () => {
+  test("passes what a pack holds; skips what it leaves out: forge's folders, credentials, .forgeignore", async () => {
+    await using tmp = await tempDir();
+    await writeTree(tmp.path, { ".forgeignore": "dist/\n*.log\n", "dist/out.js": "o", "src/dist": "a file named dist" });
+    const counts = await packWatchFilter(tmp.path);
+    for (const path of ["index.ts", "src/lib/util.ts", ".forgeignore", "forge.json", "src/dist"]) expect([path, counts(path)]).toEqual([path, true]);
+    for (const path of ["node_modules/x/index.js", "lib/.git/HEAD", ".forge/state", ".env", "dist", "dist/out.js", "a/b/debug.log"]) expect([path, counts(path)]).toEqual([path, false]);
+    const packed = await names(await packDir(tmp.path));
+    expect(packed).toContain("src/dist");
+    expect(packed).not.toContain("dist/out.js");
   });
 });
 

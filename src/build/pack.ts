@@ -4,6 +4,7 @@
  * files give the same bytes (sorted entries, fixed times and owners), so digests of
  * uploads are stable across machines.
  */
+import { statSync } from "node:fs";
 import { lstat, readdir, readFile, realpath, stat } from "node:fs/promises";
 import { join, sep } from "node:path";
 import tar from "tar-stream";
@@ -135,6 +136,27 @@ export async function packFiles(files: PackFile[]): Promise<Uint8Array> {
   }
   entries.sort((a, b) => compare(a.path, b.path));
   return tarGz(entries);
+}
+
+/**
+ * Whether a change at `path` (relative to `dir`, `/`-separated) can change a pack of `dir`:
+ * false under `.git`, `node_modules` or `.forge`, or when DEFAULT_IGNORED and `.forgeignore`
+ * (as it reads now) leave it out. For a watcher (`forge dev`), which skips such changes
+ * without packing.
+ */
+export async function packWatchFilter(dir: string): Promise<(path: string) => boolean> {
+  const rules = [...DEFAULT_RULES, ...(await readIgnoreFile(dir))];
+  return (path) => {
+    const parts = path.split(/[\\/]/).filter((p) => p !== "" && p !== ".");
+    if (parts.length === 0) return true;
+    if (parts.some((p) => (ALWAYS_IGNORED as readonly string[]).includes(p))) return false;
+    // an ignored folder is not entered by packDir, so nothing below it counts
+    for (let i = 1; i < parts.length; i++) if (ignored(rules, parts.slice(0, i).join("/"), true)) return false;
+    const rel = parts.join("/");
+    if (ignored(rules, rel, false)) return false;
+    // a rule for folders only (`dist/`) leaves out a folder of that name, not a file
+    return !(ignored(rules, rel, true) && isDirectory(join(dir, rel)));
+  };
 }
 
 // --- internal ---
@@ -281,6 +303,14 @@ function checkRelativePath(path: string): string {
 /** Keeps only whether the file is executable; owners' write bits and setuid do not travel. */
 function normalMode(mode: number): number {
   return mode & 0o111 ? 0o755 : 0o644;
+}
+
+function isDirectory(path: string): boolean {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false; // gone already: a file or folder, it was removed
+  }
 }
 
 function isInside(root: string, path: string): boolean {

@@ -1,17 +1,51 @@
 /** What every CLI command shares: the client from settings, output in text or JSON, errors. */
 import { createConsola } from "consola";
-import { loadClientConfig } from "../config.ts";
+import { join } from "node:path";
+import { loadClientConfig, type ClientConfig } from "../config.ts";
 import { ForgeError, isForgeError } from "../errors.ts";
-import { readSavedApiKey } from "../store/index.ts";
+import { API_KEY_FILE, readSavedApiKey } from "../store/index.ts";
 import { ForgeClient } from "./client.ts";
+import { resolveConnection, type Connection, type ConnectionFlags } from "./_connection.ts";
+import { readTargets, showPath } from "./_targets.ts";
 
 export const ui = createConsola({ level: 3, formatOptions: { date: false, compact: true } });
 
 export const jsonArg = { json: { type: "boolean", description: "print machine-readable JSON", default: false } } as const;
 
-export function client(): ForgeClient {
+let flags: ConnectionFlags = {};
+
+/** Sets this run's global --target, --url and --key (main.ts takes them out of argv). */
+export function setConnectionFlags(f: ConnectionFlags): void {
+  flags = { ...f };
+}
+
+/** This run's global --target, --url and --key. */
+export function connectionFlags(): ConnectionFlags {
+  return { ...flags };
+}
+
+/** The CLI's settings, with the config file's path as messages show it. */
+export function clientSettings(): ClientConfig & { configShown: string } {
   const config = loadClientConfig();
-  return new ForgeClient(config.url, config.apiKey ?? readSavedApiKey(config.dataDir));
+  return { ...config, configShown: showPath(config.configFile, { home: config.home }) };
+}
+
+/** The forge to talk to and its key, with where each came from (see resolveConnection for the order). */
+export function connection(): Connection {
+  const config = clientSettings();
+  return resolveConnection({
+    flags,
+    env: { url: config.url, key: config.apiKey },
+    config: readTargets(config.configFile, config.configShown),
+    configPath: config.configShown,
+    saved: { key: readSavedApiKey(config.dataDir), path: showPath(join(config.dataDir, API_KEY_FILE), { cwd: process.cwd(), home: config.home }) },
+  });
+}
+
+/** The client every command uses: the resolved forge and key; a refused key names its source. */
+export function client(): ForgeClient {
+  const c = connection();
+  return new ForgeClient(c.url, c.key, c);
 }
 
 /** Prints `data` as JSON when --json, else runs `human`. */

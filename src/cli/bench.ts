@@ -5,10 +5,10 @@
 import { defineCommand, runCommand } from "citty";
 import { resolve } from "node:path";
 import { compareReports, formatReport, formatUs, parseReport, renderHtml, runLoad, runSuite, SCENARIOS, type BenchReport, type LoadResult } from "../bench/index.ts";
-import { loadClientConfig, loadConfig, parseDuration } from "../config.ts";
+import { loadConfig, parseDuration } from "../config.ts";
 import { ErrorCode, ForgeError } from "../errors.ts";
-import { readSavedApiKey } from "../store/index.ts";
-import { client, jsonArg, output, table, ui } from "./_shared.ts";
+import { checkUrl } from "./_connection.ts";
+import { client, connection, connectionFlags, jsonArg, output, table, ui } from "./_shared.ts";
 
 /** Bun runs one JS thread: past this, a single generator process is the bottleneck anyway. */
 const MAX_CONCURRENCY = 10_000;
@@ -17,7 +17,7 @@ const suite = defineCommand({
   meta: { name: "suite", description: "cold vs warm vs baselines (docker run, direct socket, nginx), side by side" },
   args: {
     driver: { type: "string", description: "driver of the forge the suite starts: process | docker (default process)" },
-    url: { type: "string", description: "measure this running forge instead (FORGE_API_KEY for its key)" },
+    url: { type: "string", description: "measure this running forge instead (or --target NAME; the key as for every command)" },
     report: { type: "string", description: "write a self-contained HTML report to this file" },
     json: { type: "string", description: "write the JSON report to this file (- for stdout)" },
     compare: { type: "string", description: "a JSON report of an earlier run: print the ratio of each figure" },
@@ -51,10 +51,13 @@ const suite = defineCommand({
       }
       let url: string | undefined;
       let apiKey: string | undefined;
-      if (args.url !== undefined) {
-        url = checkUrl(String(args.url));
-        const c = loadClientConfig();
-        apiKey = c.apiKey ?? readSavedApiKey(c.dataDir);
+      // --url and --target are every command's flags (main.ts took them out of argv): either
+      // one says to measure that forge, with the key the CLI resolves for it.
+      const flags = connectionFlags();
+      if (args.url !== undefined || flags.url !== undefined || flags.target !== undefined) {
+        const c = connection();
+        url = args.url !== undefined ? checkUrl(String(args.url), "--url") : c.url;
+        apiKey = c.key;
       }
       report = await runSuite({
         ...(driver ? { driver } : {}),
@@ -241,16 +244,6 @@ function isJson(text: string): boolean {
   } catch {
     return false;
   }
-}
-
-function checkUrl(text: string): string {
-  try {
-    const u = new URL(text);
-    if (u.protocol === "http:" || u.protocol === "https:") return text;
-  } catch {
-    // fall through to the error
-  }
-  throw new ForgeError(ErrorCode.BadRequest, 400, `--url ${JSON.stringify(text)} is not an http(s) URL`, { hint: "e.g. --url http://127.0.0.1:8080" });
 }
 
 async function readReport(path: string, flag: string): Promise<BenchReport> {

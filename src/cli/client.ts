@@ -73,10 +73,21 @@ export interface DeployEvent {
   error?: { code: Code; message: string; hint?: string };
 }
 
+/** Where a client's URL and key came from, so that its errors can say it (the CLI's client). */
+export interface CredentialSource {
+  /** e.g. "--url", "FORGE_URL", "target local in ~/.config/forge/config.json" or "the default". */
+  urlFrom: string;
+  /** Where the key came from, and how to fix it when forge refuses it; undefined: no key. */
+  keyFrom: { from: string; fix: string } | undefined;
+  /** Where a key was looked for, in order (said when there was none). */
+  looked: readonly string[];
+}
+
 export class ForgeClient {
   constructor(
     readonly baseUrl: string,
     private readonly apiKey: string | undefined,
+    private readonly source?: CredentialSource,
   ) {}
 
   /** Raw request to the control API; errors become ForgeErrors with the server's hint. */
@@ -93,12 +104,15 @@ export class ForgeClient {
       res = await fetch(new URL(path, this.baseUrl), { method, headers, ...(body !== undefined ? { body } : {}), ...(init.signal ? { signal: init.signal } : {}) });
     } catch (cause) {
       if (init.signal?.aborted) throw cause;
-      throw new ForgeError(ErrorCode.DriverUnavailable, 503, `cannot reach forge at ${this.baseUrl}`, {
-        hint: "start it with `forge up` (or `npm start`), or point FORGE_URL at a running forge",
+      throw new ForgeError(ErrorCode.DriverUnavailable, 503, `cannot reach forge at ${this.baseUrl}${this.source ? ` (${this.source.urlFrom === "the default" ? "the default URL" : `the URL from ${this.source.urlFrom}`})` : ""}`, {
+        hint: "start it with `forge up` (or `npm start`), or point --url, --target or FORGE_URL at a running forge",
         cause,
       });
     }
-    if (res.status >= 400) throw await errorOf(res);
+    if (res.status >= 400) {
+      const err = await errorOf(res);
+      throw err.code === ErrorCode.Unauthorized && this.source ? refused(this.baseUrl, this.apiKey !== undefined, this.source) : err;
+    }
     return res;
   }
 
@@ -163,6 +177,16 @@ export class ForgeClient {
 }
 
 // --- internal ---
+
+/** A 401 that says where the key came from (or where none was found) and how to fix it. */
+function refused(url: string, hadKey: boolean, source: CredentialSource): ForgeError {
+  if (hadKey && source.keyFrom) {
+    return new ForgeError(ErrorCode.Unauthorized, 401, `the API key from ${source.keyFrom.from} was refused by forge at ${url}`, { hint: source.keyFrom.fix });
+  }
+  return new ForgeError(ErrorCode.Unauthorized, 401, `forge at ${url} wants an API key, and none was found (looked in ${source.looked.join(", ")})`, {
+    hint: `run \`forge login --url ${url}\` and give it the key forge up printed, or set FORGE_API_KEY`,
+  });
+}
 
 async function errorOf(res: Response): Promise<ForgeError> {
   const text = await res.text();

@@ -2,7 +2,7 @@ import { defineCommand } from "citty";
 import { client, jsonArg, ui } from "./_shared.ts";
 import { lines as ndjsonLines } from "./client.ts";
 
-interface Line {
+export interface LogLine {
   ts: number;
   instance: string;
   stream: string;
@@ -28,14 +28,13 @@ export default defineCommand({
     if (args.since) q.set("since", String(args.since));
     if (args.request) q.set("request", String(args.request));
     if (args.limit) q.set("limit", String(args.limit));
-    const print = (l: Line): void => {
-      if (args.json) process.stdout.write(JSON.stringify(l) + "\n");
-      else process.stdout.write(`${new Date(l.ts).toISOString()} ${l.node ? `${l.node} ` : ""}${l.instance.slice(0, 8)} v${l.version}${l.requestId ? ` [${l.requestId}]` : ""} ${l.stream === "stderr" ? "! " : ""}${l.text}\n`);
+    const print = (l: LogLine): void => {
+      process.stdout.write(args.json ? JSON.stringify(l) + "\n" : formatLogLine(l));
     };
     const path = `/v1/functions/${encodeURIComponent(String(args.name))}/logs`;
     if (!args.follow) {
       const res = await client().request("GET", `${path}?${q}`);
-      const { lines } = (await res.json()) as { lines: Line[] };
+      const { lines } = (await res.json()) as { lines: LogLine[] };
       for (const l of lines) print(l);
       if (!args.json && lines.length === 0) ui.info("no log lines yet");
       return;
@@ -47,7 +46,7 @@ export default defineCommand({
     process.once("SIGTERM", onSignal);
     try {
       const res = await client().request("GET", `${path}?${q}`, { signal: controller.signal });
-      for await (const raw of ndjsonLines(res)) print(JSON.parse(raw) as Line);
+      for await (const raw of ndjsonLines(res)) print(JSON.parse(raw) as LogLine);
     } catch (err) {
       // Ctrl-C ends a follow: that is the normal way out, not an error.
       if (!controller.signal.aborted) throw err;
@@ -57,3 +56,8 @@ export default defineCommand({
     }
   },
 });
+
+/** One log line as `forge logs` prints it: time, node, instance, version, [request id], text. */
+export function formatLogLine(l: LogLine): string {
+  return `${new Date(l.ts).toISOString()} ${l.node ? `${l.node} ` : ""}${l.instance.slice(0, 8)} v${l.version}${l.requestId ? ` [${l.requestId}]` : ""} ${l.stream === "stderr" ? "! " : ""}${l.text}\n`;
+}
