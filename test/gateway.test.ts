@@ -15,6 +15,12 @@ import { cli, startForge, tempDir, until, type ForgeProcess } from "./_helpers.t
 let forge: ForgeProcess;
 const dir = tempDir("forge-gw-");
 
+/** A deploy through the CLI; a failure says what the CLI printed (and what forge logged). */
+async function deployOrSay(args: string[]): Promise<void> {
+  const r = await cli(forge, args);
+  if (r.code !== 0) throw new Error(`forge ${args.join(" ")} exited ${r.code}:\n${r.stdout}\n${r.stderr}\nforge's log:\n${forge.output().slice(-4000)}`);
+}
+
 beforeAll(async () => {
   forge = await startForge({ env: { FORGE_MAX_BODY_MB: "1", FORGE_IDLE_TIMEOUT: "1s", FORGE_HEAD_TIMEOUT: "1s", FORGE_BODY_TIMEOUT: "1s", FORGE_SEND_TIMEOUT: "1s" } });
   writeFileSync(
@@ -49,7 +55,7 @@ beforeAll(async () => {
      } };`,
   );
   writeFileSync(join(dir, "forge.json"), JSON.stringify({ timeoutMs: 2500 }));
-  expect((await cli(forge, ["deploy", dir, "--name", "gw"])).code).toBe(0);
+  await deployOrSay(["deploy", dir, "--name", "gw"]);
 });
 afterAll(async () => {
   await forge?.[Symbol.asyncDispose]();
@@ -368,7 +374,7 @@ describe("clients that pipeline", () => {
 describe("one slot (concurrency 1, one instance)", () => {
   const one = (): string => `gw1.localhost:${forge.port}`;
   beforeAll(async () => {
-    expect((await cli(forge, ["deploy", dir, "--name", "gw1", "--concurrency", "1", "--max-instances", "1"])).code).toBe(0);
+    await deployOrSay(["deploy", dir, "--name", "gw1", "--concurrency", "1", "--max-instances", "1"]);
   });
 
   test("a client that does not read its answer (of known length, 200 kB) does not keep the slot", async () => {
@@ -686,7 +692,7 @@ describe("connection limits", () => {
 
 describe("time limits", () => {
   beforeAll(async () => {
-    expect((await cli(forge, ["deploy", dir, "--name", "gw1s", "--concurrency", "1", "--max-instances", "1"])).code).toBe(0);
+    await deployOrSay(["deploy", dir, "--name", "gw1s", "--concurrency", "1", "--max-instances", "1"]);
   });
 
   test("a head trickled a byte at a time gets a 408 once FORGE_HEAD_TIMEOUT passes, however often bytes come", async () => {
