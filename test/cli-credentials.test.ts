@@ -42,7 +42,8 @@ describe("the CLI's targets", () => {
   });
 
   test("forge up saves its URL and key as the current target, in a 0600 file in a 0700 folder, and says where", async () => {
-    await until(() => first.output().includes("saved in"), 10_000, "forge up's saved line");
+    // Not just "saved in": the API key line before it says that too ("generated, saved in <data dir>").
+    await until(() => first.output().includes("the CLI reaches it as target"), 10_000, "forge up's saved line");
     expect(first.output()).toContain(`the CLI reaches it as target local (current), saved in ${me.configFile}`);
     const config = JSON.parse(readFileSync(me.configFile, "utf8"));
     expect(config).toEqual({ current: "local", targets: { local: { url: first.url, key: first.apiKey } } });

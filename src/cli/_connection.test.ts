@@ -30,6 +30,13 @@ describe("resolveConnection: flags, then --target, then the environment, then th
     expect([c.url, c.key, c.urlFrom, c.keyFrom?.from]).toEqual(["http://127.0.0.1:8080", "saved-key", "the default", "./.forge/api-key"]);
   });
 
+  test("names an object has of its own (constructor, toString) are no targets: --target says so, a current one is none", () => {
+    expect(() => resolveConnection(inputs({ flags: { target: "constructor" } }))).toThrow('there is no target "constructor"');
+    expect(() => resolveConnection(inputs({ flags: { target: "toString" } }))).toThrow('there is no target "toString"');
+    const c = resolveConnection(inputs({ config: { current: "hasOwnProperty", targets: { local: LOCAL } } }));
+    expect([c.url, c.key, c.urlFrom]).toEqual(["http://127.0.0.1:8080", "saved-key", "the default"]);
+  });
+
   test("--target comes before FORGE_URL and FORGE_API_KEY", () => {
     const c = resolveConnection(inputs({ flags: { target: "prod" }, env: { url: "http://elsewhere:1", key: "env-key" } }));
     expect([c.url, c.key, c.target]).toEqual([PROD.url, PROD.key, "prod"]);

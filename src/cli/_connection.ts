@@ -51,7 +51,7 @@ export function resolveConnection(inputs: ConnectionInputs): Connection {
   const inTarget = (name: string): string => `target ${name} in ${configPath}`;
   let picked: [string, Target] | undefined;
   if (flags.target !== undefined) {
-    const t = config.targets[assertTargetName(flags.target)];
+    const t = targetOf(config, assertTargetName(flags.target));
     if (!t) {
       const names = Object.keys(config.targets);
       throw new ForgeError(ErrorCode.NotFound, 404, `there is no target ${JSON.stringify(flags.target)} in ${configPath}`, {
@@ -60,7 +60,7 @@ export function resolveConnection(inputs: ConnectionInputs): Connection {
     }
     picked = [flags.target, t];
   }
-  const currentTarget = config.current === undefined ? undefined : config.targets[config.current];
+  const currentTarget = config.current === undefined ? undefined : targetOf(config, config.current);
   const current: [string, Target] | undefined = config.current !== undefined && currentTarget ? [config.current, currentTarget] : undefined;
 
   let url: string;
@@ -80,7 +80,7 @@ export function resolveConnection(inputs: ConnectionInputs): Connection {
     saved.path,
   ];
   const base = { url, urlFrom, looked };
-  const targetFix = (name: string): string => `save the right key with \`forge login --target ${name}${sameUrl(config.targets[name]?.url ?? "", url) ? "" : ` --url ${url}`}\` (forge up prints the key), or pick another target (\`forge targets\`)`;
+  const targetFix = (name: string): string => `save the right key with \`forge login --target ${name}${sameUrl(targetOf(config, name)?.url ?? "", url) ? "" : ` --url ${url}`}\` (forge up prints the key), or pick another target (\`forge targets\`)`;
   if (flags.key !== undefined && flags.key !== "") {
     return { ...base, key: flags.key, target: picked?.[0], keyFrom: { from: "--key", fix: "check the key given with --key (forge up prints it), or leave --key out to use a saved target" } };
   }
@@ -136,6 +136,11 @@ export function checkUrl(text: string, what: string): string {
 }
 
 // --- internal ---
+
+/** The file's target `name`: its own entries only (not `constructor`, `toString`, ... of an object). */
+function targetOf(config: TargetsFile, name: string): Target | undefined {
+  return Object.hasOwn(config.targets, name) ? config.targets[name] : undefined;
+}
 
 function sameUrl(a: string, b: string): boolean {
   const norm = (u: string): string => {

@@ -31,6 +31,21 @@ describe("the targets file", () => {
     expect(readTargets(path)).toEqual({ targets: {} });
   });
 
+  test("only the file's own targets are targets: not constructor or toString, and a \"__proto__\" target is a plain name", () => {
+    using dir = tempDir();
+    const path = join(dir, "config.json");
+    expect("constructor" in readTargets(path).targets).toBe(false);
+    writeFileSync(path, JSON.stringify({ current: "constructor", targets: { a: { url: "http://127.0.0.1:1", key: "k" } } }));
+    const file = readTargets(path);
+    expect(file.current).toBeUndefined();
+    expect(["constructor" in file.targets, "toString" in file.targets]).toEqual([false, false]);
+    writeFileSync(path, '{"current": "__proto__", "targets": {"__proto__": {"url": "http://127.0.0.1:2", "key": "k2"}}}');
+    const odd = readTargets(path);
+    expect(odd.current).toBe("__proto__");
+    expect(Object.keys(odd.targets)).toEqual(["__proto__"]);
+    expect(odd.targets["__proto__"]).toEqual({ url: "http://127.0.0.1:2", key: "k2" });
+  });
+
   test("a malformed file is a user error naming it, with the expected shape as hint", () => {
     using dir = tempDir();
     mkdirSync(join(dir, "f"));

@@ -41,7 +41,7 @@ export function readTargets(path: string, shown = path): TargetsFile {
   try {
     text = readFileSync(path, "utf8");
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return { targets: {} };
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return { targets: noTargets() };
     throw new ForgeError(ErrorCode.InvalidConfig, 400, `cannot read ${shown}: ${(err as Error).message}`, { hint: "check the file's owner and mode (0600)" });
   }
   let parsed: unknown;
@@ -51,7 +51,7 @@ export function readTargets(path: string, shown = path): TargetsFile {
     throw invalid(shown, "it is not JSON");
   }
   if (!isRecord(parsed) || !isRecord(parsed.targets)) throw invalid(shown, 'it has no "targets" object');
-  const targets: Record<string, Target> = {};
+  const targets = noTargets();
   for (const [name, t] of Object.entries(parsed.targets)) {
     if (!isRecord(t) || typeof t.url !== "string" || typeof t.key !== "string") throw invalid(shown, `target ${JSON.stringify(name)} needs a "url" and a "key" string`);
     targets[name] = { url: t.url, key: t.key };
@@ -100,6 +100,14 @@ export function showPath(path: string, where: { home?: string; cwd?: string }): 
 }
 
 // --- internal ---
+
+/**
+ * An empty map of targets with no prototype: a name is a target only when the file has it
+ * (`--target constructor` or `toString` is not one, a "__proto__" in the file is a plain name).
+ */
+function noTargets(): Record<string, Target> {
+  return Object.create(null) as Record<string, Target>;
+}
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);

@@ -43,6 +43,16 @@ describe("dashboard routes", () => {
     expect((await r.get("/ui")).headers.get("location")).toBe("/ui/");
   });
 
+  test("every /ui answer has the CSP: the /ui redirect and a 404 too", async () => {
+    using r = router();
+    for (const [path, status] of [["/ui", 301], ["/ui/nope", 404], ["/ui/functions/a/b", 404]] as const) {
+      const res = await r.get(path);
+      expect(res.status).toBe(status);
+      expect(res.headers.get("content-security-policy")).toBe(CONTENT_SECURITY_POLICY);
+      expect(res.headers.get("x-content-type-options")).toBe("nosniff");
+    }
+  });
+
   test("every page is HTML with a strict CSP, one script from forge and no inline script or style", async () => {
     using r = router();
     expect(CONTENT_SECURITY_POLICY).toContain("default-src 'self'");

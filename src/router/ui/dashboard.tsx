@@ -44,15 +44,18 @@ const ASSETS: Record<string, Asset> = {
 
 /** Mounts `/` and `/ui/...` on the router (the apex host: a function's subdomain never gets here). */
 export function mountDashboard(app: Hono): void {
+  // On every /ui answer: pages, files, 404s and the /ui redirect ("/ui/*" alone does not match "/ui").
+  for (const path of ["/ui", "/ui/*"]) {
+    app.use(path, async (c, next) => {
+      await next();
+      c.header("content-security-policy", CONTENT_SECURITY_POLICY);
+      c.header("x-content-type-options", "nosniff");
+      c.header("referrer-policy", "no-referrer");
+    });
+  }
+
   app.get("/", (c) => c.redirect("/ui/", 302));
   app.get("/ui", (c) => c.redirect("/ui/", 301));
-
-  app.use("/ui/*", async (c, next) => {
-    await next();
-    c.header("content-security-policy", CONTENT_SECURITY_POLICY);
-    c.header("x-content-type-options", "nosniff");
-    c.header("referrer-policy", "no-referrer");
-  });
 
   app.get("/ui/", (c) => page(c, <FunctionsPage />));
   app.get("/ui/login", (c) => page(c, <LoginPage />));
