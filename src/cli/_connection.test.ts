@@ -111,5 +111,8 @@ describe("takeConnectionFlags", () => {
 
   test("a flag without its value is a user error", () => {
     expect(() => takeConnectionFlags(["list", "--target"])).toThrow("--target needs a value");
+    // a forgotten value is not taken from the next flag
+    expect(() => takeConnectionFlags(["list", "--key", "--json"])).toThrow("--key needs a value");
+    expect(takeConnectionFlags(["list", "--key=--odd"]).flags.key).toBe("--odd");
   });
 });

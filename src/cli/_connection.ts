@@ -116,7 +116,8 @@ export function takeConnectionFlags(argv: string[]): { argv: string[]; flags: Co
     let value: string | undefined;
     if (a.includes("=")) value = a.slice(a.indexOf("=") + 1);
     else value = argv[++i];
-    if (value === undefined) {
+    // `--key --json` is a forgotten value, not a key named "--json" (forge's keys never start with "-").
+    if (value === undefined || (!a.includes("=") && value.startsWith("--"))) {
       throw new ForgeError(ErrorCode.BadRequest, 400, `--${flag} needs a value`, { hint: { target: "e.g. --target local", url: "e.g. --url http://127.0.0.1:8080", key: "e.g. --key $KEY" }[flag] });
     }
     flags[flag] = value;

@@ -159,7 +159,9 @@ class DevSession {
       this.following ??= this.followLogs();
     } catch (err) {
       // A build or load error is the code's: the same pack would fail the same way.
-      if (isForgeError(err) && err.isUserError) this.refused = packed.digest;
+      // Only the content's own refusal (it did not build, load or validate): a refused key, a
+      // timeout or a full forge (401, 408, 429) may pass on the next try with the same bytes.
+      if (isForgeError(err) && err.isUserError && ![401, 403, 408, 429].includes(err.status)) this.refused = packed.digest;
       this.report(err);
     }
   }
