@@ -34,7 +34,8 @@ interface DevProcess extends AsyncDisposable {
 function startDev(args: string[]): DevProcess {
   const proc = Bun.spawn([process.execPath, join(ROOT, "src/cli/main.ts"), "dev", ...args], {
     cwd: ROOT,
-    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", NO_COLOR: "1", FORGE_URL: forge.url, FORGE_API_KEY: forge.apiKey },
+    // the user's own config is never read: the forge is named by the environment alone
+    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", XDG_CONFIG_HOME: join(forge.dataDir, "xdg-dev"), NO_COLOR: "1", FORGE_URL: forge.url, FORGE_API_KEY: forge.apiKey },
     stdout: "pipe",
     stderr: "pipe",
   });
