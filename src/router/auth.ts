@@ -12,7 +12,7 @@ export function bearerAuth(apiKey: string): MiddlewareHandler {
     const given = m?.[1] ? createHash("sha256").update(m[1].trim()).digest() : undefined;
     if (!given || !timingSafeEqual(given, expected)) {
       throw new ForgeError(ErrorCode.Unauthorized, 401, header ? "the API key is wrong" : "an API key is required", {
-        hint: "send Authorization: Bearer <key>; forge up prints the key, and the CLI reads FORGE_API_KEY or the key in FORGE_DATA_DIR",
+        hint: "send Authorization: Bearer <key>; forge up prints the key and saves it for the CLI (`forge login` adds a remote forge)",
       });
     }
     await next();
