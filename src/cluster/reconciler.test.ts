@@ -116,8 +116,8 @@ test("a stop during a full pass waits for the converge under way only, not for t
   await until(() => started.length === 1, 5000, "the pass's first converge");
   const stopped = r[Symbol.asyncDispose]();
   first.open();
-  const outcome = await Promise.race([stopped.then(() => "stopped"), Bun.sleep(3000).then(() => "still waiting")]);
-  expect(outcome).toBe("stopped");
-  expect(await Promise.race([pass.then(() => "done"), Bun.sleep(1000).then(() => "pending")])).toBe("done");
+  // A stop that waited for the queued converges (which never start) would hang: the test's timeout fails it.
+  await stopped;
+  await pass;
   expect(started).toEqual(["a"]);
-});
+}, 5000);

@@ -7,6 +7,7 @@ import { createConsola } from "consola";
 import type { InvocationRecord, RecordBatch } from "../store/index.ts";
 import { decodeRecordColumns } from "../store/record-batch.ts";
 import { InvocationRecorder } from "./recorder.ts";
+import { until } from "../../test/_helpers.ts";
 
 function capture() {
   const lines: { level: string; text: string }[] = [];
@@ -101,7 +102,7 @@ describe("invocation recorder", () => {
     const second = recorder.flush().then(() => void (done = true));
     expect(gates).toHaveLength(1);
     gates.shift()?.();
-    while (gates.length === 0) await Bun.sleep(1); // polling interval of a condition wait
+    await until(() => gates.length > 0, 5000, "the second write");
     expect(ids(written)).toEqual(["req-a-1"]);
     expect(done).toBe(false);
     gates.shift()?.();
@@ -149,8 +150,7 @@ describe("invocation recorder", () => {
     recorder.record(record("a", 1));
     await recorder.flush();
     expect(repo.written).toHaveLength(0);
-    const deadline = Date.now() + 5000;
-    while (repo.written.length === 0 && Date.now() < deadline) await Bun.sleep(5); // polling interval of a condition wait
+    await until(() => repo.written.length > 0, 5000, "the retry of the failed write");
     expect(ids(repo.written)).toEqual(["req-a-1"]);
   });
 });
