@@ -20,6 +20,7 @@ import { mkdir, readFile, rmdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { ConsolaInstance } from "consola";
 import { ErrorCode, ForgeError } from "../errors.ts";
+import { cgroupWorkingSet } from "./_memory-usage.ts";
 
 /** How memoryMb is held: "auto" is a cgroup when forge is root and can write one, else "rss". */
 export type MemoryLimitMode = "auto" | "cgroup" | "rss" | "off";
@@ -41,6 +42,11 @@ export interface MemoryLimiter {
   setLimit(id: string, limitMb: number): Promise<void>;
   /** After the process was killed: did the kernel kill it for memory? (The watch reports through onOver instead.) */
   oomKilled(id: string): boolean;
+  /**
+   * Its cgroup's working set in bytes (usage minus inactive file cache); undefined when the
+   * instance has no cgroup (the watch, no limits) or it is gone: the driver measures its processes then.
+   */
+  workingSet(id: string): Promise<number | undefined>;
   /** The instance is gone: its cgroup goes, with any process the function left in it. */
   release(id: string): Promise<void>;
   dispose(): Promise<void>;
@@ -147,6 +153,7 @@ const NO_LIMITS: MemoryLimiter = {
   enter: () => {},
   setLimit: async () => {},
   oomKilled: () => false,
+  workingSet: async () => undefined,
   release: async () => {},
   dispose: async () => {},
 };
@@ -290,6 +297,11 @@ class CgroupLimiter implements MemoryLimiter {
     return Number(readOr(join(this.dir, id, "memory.failcnt")) ?? 0) > 0;
   }
 
+  workingSet(id: string): Promise<number | undefined> {
+    if (!this.limits.has(id)) return Promise.resolve(undefined);
+    return cgroupWorkingSet(join(this.dir, id), this.hierarchy.version);
+  }
+
   async release(id: string): Promise<void> {
     this.limits.delete(id);
     await removeCgroup(join(this.dir, id), this.hierarchy.version);
@@ -412,6 +424,10 @@ export class RssWatch implements MemoryLimiter {
 
   oomKilled(): boolean {
     return false;
+  }
+
+  async workingSet(): Promise<number | undefined> {
+    return undefined;
   }
 
   async release(id: string): Promise<void> {

@@ -8,6 +8,7 @@ import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createConsola } from "consola";
+import { until } from "../../test/_helpers.ts";
 import { requireDocker } from "../../test/_services.ts";
 import { createImageBuilder } from "../build/index.ts";
 import { ErrorCode, ForgeError } from "../errors.ts";
@@ -18,6 +19,7 @@ import { BUNDLE_FILE, type ExitInfo, type InstanceSpec } from "./driver.ts";
 import { forward } from "./instance-client.ts";
 
 const quiet = createConsola({ level: -999 });
+const MIB = 1024 * 1024;
 const engine = await requireDocker();
 
 if (!engine) {
@@ -242,6 +244,22 @@ if (!engine) {
       expect((error as ForgeError).hint).toContain("image");
       expect(await driver.list()).toEqual([]);
       expect(await readdir(join(driver.dataDir, "instances"))).toEqual([]);
+    }, 60_000);
+
+    test("memory usage read from the cgroup files agrees with the engine's stats, its fallback", async () => {
+      await using files = await makeDriver();
+      await using engineOnly = await makeDriver({ cgroupLayouts: [] });
+      const a = await files.start(spec({ memoryMb: 128 }));
+      const b = await engineOnly.start(spec({ memoryMb: 128 }));
+      const fromFiles = (await files.memoryUsage()).get(a.id) ?? 0;
+      // the engine's figures come from a round of stats calls in the background: there after it
+      const fromEngine = await until(async () => (await engineOnly.memoryUsage()).get(b.id), 10_000, "the engine's figure");
+      expect(fromFiles).toBeGreaterThan(MIB);
+      expect(fromEngine).toBeGreaterThan(MIB);
+      // two idle bun containers of the same spec
+      expect(Math.abs(fromFiles - fromEngine)).toBeLessThan(16 * MIB);
+      await engineOnly.stop(b.id);
+      expect((await engineOnly.memoryUsage()).has(b.id)).toBe(false);
     }, 60_000);
   });
 }

@@ -49,6 +49,7 @@ import { containerName, functionContainerName, LABEL, ownerOf, specHash, type Co
 import { ensureEgressNetwork } from "./_egress-network.ts";
 import { guardHost, type HostGuard } from "./_host-firewall.ts";
 import { heapExhausted, InstanceLog, startFailureTail } from "./_log-parse.ts";
+import { boundedAll, cgroupWorkingSet, DOCKER_CGROUP_LAYOUTS, findDockerLayout, type DockerCgroupLayout } from "./_memory-usage.ts";
 import { nodeHeapFlag, shimSettings } from "./_shim-env.ts";
 import { BUNDLE_FILE, type Driver, type ExitInfo, type InstanceHandle, type InstanceRuntime, type InstanceSpec, type ListedInstance, type LogLine, type LogOptions } from "./driver.ts";
 import { health, waitReady } from "./instance-client.ts";
@@ -83,6 +84,11 @@ export interface DockerDriverOptions {
   bridgeMemoryMb?: number;
   /** Port a runtime "docker" image serves on ($PORT). Default 8080. */
   dockerRuntimePort?: number;
+  /**
+   * Where memoryUsage looks for containers' memory cgroups, tried in order; none readable:
+   * it asks the engine for each container's stats. Default DOCKER_CGROUP_LAYOUTS (tests pass []).
+   */
+  cgroupLayouts?: readonly DockerCgroupLayout[];
 }
 
 /** An active function version: what a container of an earlier run may be adopted for. */
@@ -128,6 +134,7 @@ export interface DockerDriver extends Driver {
   dropUnclaimed(): Promise<ReconcileReport>;
   /** Changes a running instance's memory limit (and CPU shares, which follow memory). */
   setMemory(id: string, memoryMb: number): Promise<void>;
+  memoryUsage(): Promise<Map<string, number>>;
   /** The containers of an instance (its own, and a bridge's), for tests and benches. */
   containersOf(id: string): string[];
   /** The egress network's name (options.egressNetwork), if this driver has one. */
@@ -191,6 +198,7 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
     pidsLimit: 256,
     bridgeMemoryMb: 64,
     dockerRuntimePort: 8080,
+    cgroupLayouts: DOCKER_CGROUP_LAYOUTS,
     ...options,
   };
   const { docker } = opts;
@@ -609,6 +617,77 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
     return out;
   }
 
+  // --- memory usage ---
+
+  /** Where this host's engine keeps containers' memory cgroups: found once; null when forge cannot read them. */
+  let cgroupLayout: DockerCgroupLayout | null | undefined;
+  let layoutMisses = 0;
+
+  /**
+   * What each live instance uses: the working set of its containers' memory cgroups (a
+   * runtime "docker" instance's bridge counted with it), read from the cgroup files. Only
+   * when those cannot be read is the engine asked, in the background (see engineUsage).
+   */
+  async function memoryUsage(): Promise<Map<string, number>> {
+    const live = [...instances.values()].filter((i) => i.running && !i.stopping && i.containers.length > 0);
+    if (cgroupLayout === undefined && live[0]) {
+      const found = await findDockerLayout(live[0].containers[0] as string, opts.cgroupLayouts);
+      // A container that died meanwhile finds nothing either: given up after a few looks.
+      if (found || ++layoutMisses >= LAYOUT_LOOKS) cgroupLayout = found ?? null;
+      if (cgroupLayout === null) logger.info("containers' memory cgroups are not readable here: their memory comes from the engine's stats, a few seconds late");
+    }
+    const layout = cgroupLayout;
+    const measured = layout
+      ? await Promise.all(live.map((instance) => Promise.all(instance.containers.map((c) => cgroupWorkingSet(layout.dir(c), layout.version)))))
+      : engineUsage(live);
+    const usage = new Map<string, number>();
+    live.forEach((instance, i) => {
+      const sizes = measured[i] ?? [];
+      if (!instance.running || instance.stopping || sizes.some((bytes) => bytes === undefined)) return;
+      usage.set(instance.handle.id, sizes.reduce<number>((sum, bytes) => sum + (bytes ?? 0), 0));
+    });
+    return usage;
+  }
+
+  /** The engine's latest figure per container, and the round of stats calls under way. */
+  const engineFigures = new Map<string, number>();
+  let engineRound: Promise<void> | undefined;
+
+  /**
+   * From the engine's stats: what the last round found, at once, and a new round started when
+   * none runs. Each one-shot stats call waits for the engine's next sample (~1 s per container
+   * once it samples one), so a round over 50 containers, 8 at a time, takes ~7 s: never awaited
+   * by the caller, which gets figures that old.
+   */
+  function engineUsage(live: DockerInstance[]): (number | undefined)[][] {
+    const containers = live.flatMap((instance) => instance.containers);
+    engineRound ??= (async () => {
+      const sizes = await boundedAll(containers, STATS_CONCURRENCY, engineWorkingSet);
+      const keep = new Set(byContainer.keys());
+      engineFigures.clear();
+      containers.forEach((c, i) => {
+        const bytes = sizes[i];
+        if (bytes !== undefined && keep.has(c)) engineFigures.set(c, bytes);
+      });
+    })().finally(() => {
+      engineRound = undefined;
+    });
+    return live.map((instance) => instance.containers.map((c) => engineFigures.get(c)));
+  }
+
+  /** The engine's one-shot stats of a container: its working set (undefined when it is gone). */
+  async function engineWorkingSet(containerId: string): Promise<number | undefined> {
+    try {
+      const stats = (await docker.getContainer(containerId).stats({ stream: false, "one-shot": true })) as unknown as EngineStats;
+      const usage = stats.memory_stats?.usage;
+      if (usage === undefined) return undefined;
+      const inactive = stats.memory_stats?.stats?.total_inactive_file ?? stats.memory_stats?.stats?.inactive_file ?? 0;
+      return Math.max(0, usage - inactive);
+    } catch {
+      return undefined;
+    }
+  }
+
   async function* logs(id: string, options?: LogOptions): AsyncIterable<LogLine> {
     const instance = instances.get(id);
     if (!instance) return;
@@ -826,6 +905,7 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
     onExit,
     onLog,
     setMemory,
+    memoryUsage,
     specialized,
     placeArtifact,
     reconcile,
@@ -839,6 +919,16 @@ export function createDockerDriver(options: DockerDriverOptions): DockerDriver {
 }
 
 // --- internal ---
+
+/** Looks at a container's cgroup before concluding this host's are not readable. */
+const LAYOUT_LOOKS = 3;
+/** Containers whose stats the engine is asked for at once, when the cgroup files are not readable. */
+const STATS_CONCURRENCY = 8;
+
+/** The part of the engine's container stats memoryUsage reads (v1 names total_inactive_file, v2 inactive_file). */
+interface EngineStats {
+  memory_stats?: { usage?: number; stats?: { total_inactive_file?: number; inactive_file?: number } };
+}
 
 /** What a version image says of the function inside it. */
 interface ImageFolder {

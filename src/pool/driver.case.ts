@@ -19,6 +19,13 @@ export default {
     const url = new URL(req.url);
     if (url.pathname === "/exit") process.exit(3);
     if (url.pathname === "/env") return Response.json(Object.keys(process.env));
+    if (url.pathname === "/allocate") {
+      // filled, so every page is resident (a zeroed allocation may stay untouched)
+      const mb = Number(url.searchParams.get("mb"));
+      globalThis.held ??= [];
+      for (let i = 0; i < mb; i++) globalThis.held.push(Buffer.alloc(1024 * 1024, i + 1));
+      return new Response(String(globalThis.held.length));
+    }
     if (url.pathname === "/file") return new Response(await Bun.file(import.meta.dir + "/data.txt").text());
     if (url.pathname === "/where") return Response.json({ dir: import.meta.dir, cwd: process.cwd() });
     if (url.pathname === "/count") return new Response(String(require("node:fs").readdirSync(import.meta.dir, { recursive: true }).length));
@@ -43,6 +50,8 @@ export default {
 };
 `;
 
+const MIB = 1024 * 1024;
+
 /**
  * What CONTRACT_BUNDLE does, for the fake driver, which runs no code: the same answers,
  * log lines and exit.
@@ -54,6 +63,11 @@ export const contractBundleEmulation: FakeHandler = async (request, spec, ctx) =
     return new Response("exiting", { status: 500 });
   }
   if (url.pathname === "/env") return Response.json(Object.keys(spec.env));
+  if (url.pathname === "/allocate") {
+    const mb = Number(url.searchParams.get("mb"));
+    ctx.allocate(mb * MIB);
+    return new Response(String(mb));
+  }
   // the fake's instance "runs" in the folder it was given (its copy after a specialization)
   if (url.pathname === "/file") return new Response(await Bun.file(join(spec.artifactDir ?? "", "data.txt")).text());
   if (url.pathname === "/where") return Response.json({ dir: spec.artifactDir ?? null, cwd: spec.artifactDir ?? null });
@@ -401,6 +415,44 @@ export function driverContract<D extends Driver>(
     expect(listed).toContainEqual({ id: a.id, role: "instance", function: "alpha", version: 3, running: true });
     expect(listed).toContainEqual(expect.objectContaining({ id: cell.id, role: "cell", running: true }));
     expect(listed.find((i) => i.id === cell.id)?.function).toBeUndefined();
+  }, timeout);
+
+  test(`${name}: reports the resident memory of its instances and cells, below their limits`, async () => {
+    await using t = await setup();
+    if (!t.driver.memoryUsage) return;
+    const handle = await t.driver.start(t.instanceSpec());
+    const cell = await t.driver.start(
+      t.instanceSpec({ role: "cell", function: undefined, version: undefined, bundlePath: undefined, env: {} }),
+    );
+    const usage = await t.driver.memoryUsage();
+    for (const id of [handle.id, cell.id]) {
+      expect(usage.get(id)).toBeGreaterThan(1 * MIB);
+      expect(usage.get(id)).toBeLessThan(256 * MIB);
+    }
+  }, timeout);
+
+  test(`${name}: an instance's reported memory grows with what its function allocates`, async () => {
+    await using t = await setup();
+    if (!t.driver.memoryUsage) return;
+    const handle = await t.driver.start(t.instanceSpec({ memoryMb: 256 }));
+    const before = (await t.driver.memoryUsage()).get(handle.id);
+    expect(before).toBeNumber();
+    expect(await (await get(handle, "/allocate?mb=80")).text()).toBe("80");
+    const after = (await t.driver.memoryUsage()).get(handle.id) ?? 0;
+    expect(after - (before ?? 0)).toBeGreaterThanOrEqual(60 * MIB);
+    expect(after).toBeLessThan(256 * MIB);
+  }, timeout);
+
+  test(`${name}: a stopped instance is no longer in the memory usage`, async () => {
+    await using t = await setup();
+    if (!t.driver.memoryUsage) return;
+    const handle = await t.driver.start(t.instanceSpec());
+    const other = await t.driver.start(t.instanceSpec());
+    expect([...(await t.driver.memoryUsage()).keys()]).toContain(handle.id);
+    await t.driver.stop(handle.id);
+    const usage = await t.driver.memoryUsage();
+    expect(usage.has(handle.id)).toBe(false);
+    expect(usage.has(other.id)).toBe(true);
   }, timeout);
 
   test(`${name}: a disposed driver stops its instances and refuses to start`, async () => {

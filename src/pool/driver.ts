@@ -131,6 +131,12 @@ export interface Driver extends AsyncDisposable {
    * request's path, and a cell that went away meanwhile is not an error.
    */
   specialized?(id: string, as: { function: string; version: number }): Promise<void>;
+  /**
+   * Optional: resident memory of each live instance and stem cell this driver started, in
+   * bytes, by driver id (an instance it cannot measure right now is left out). Cheap enough
+   * to be called every 500 ms with a few hundred instances.
+   */
+  memoryUsage?(): Promise<Map<string, number>>;
   /** Stops everything this driver started. */
   dispose(): Promise<void>;
 }

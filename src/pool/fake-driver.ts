@@ -37,6 +37,8 @@ export interface FakeContext {
   log(text: string, stream?: LogLine["stream"]): void;
   /** Ends the instance as if its process exited with `code` (after this response is sent). */
   exit(code?: number): void;
+  /** Grows the instance's resident memory (what memoryUsage reports) by `bytes`, as a function allocating would. */
+  allocate(bytes: number): void;
 }
 
 export type FakeHandler = (request: Request, spec: InstanceSpec, ctx: FakeContext) => Response | Promise<Response>;
@@ -75,7 +77,13 @@ export interface FakeDriver extends Driver {
   memoryOf(id: string): number | undefined;
   /** The handle of an instance that exists. */
   handle(id: string): InstanceHandle | undefined;
+  memoryUsage(): Promise<Map<string, number>>;
+  /** Sets what memoryUsage reports for a live instance or cell (each starts at FAKE_RESIDENT_BYTES). */
+  setMemoryUsage(id: string, bytes: number): void;
 }
+
+/** What memoryUsage reports for a fake instance until a test sets it: about an idle bun's own pages. */
+export const FAKE_RESIDENT_BYTES = 30 * 1024 * 1024;
 
 interface FakeInstance {
   handle: InstanceHandle;
@@ -88,6 +96,8 @@ interface FakeInstance {
   running: boolean;
   specialization: FakeSpecialization | undefined;
   memoryMb: number | undefined;
+  /** What memoryUsage reports, bytes. */
+  resident: number;
 }
 
 const defaultHandler: FakeHandler = (_request, spec, ctx) =>
@@ -168,6 +178,9 @@ export function createFakeDriver(options: FakeDriverOptions = {}): FakeDriver {
         exit: (code = 0) => {
           exitCode = code;
         },
+        allocate: (bytes) => {
+          instance.resident += bytes;
+        },
       };
       try {
         return await opts.handler(request, instance.spec, ctx);
@@ -215,6 +228,7 @@ export function createFakeDriver(options: FakeDriverOptions = {}): FakeDriver {
       running: true,
       specialization: undefined,
       memoryMb: undefined,
+      resident: FAKE_RESIDENT_BYTES,
     };
     instance.server = Bun.serve({ unix: socketPath, fetch: serve(instance) });
     instances.set(spec.id, instance);
@@ -285,6 +299,13 @@ export function createFakeDriver(options: FakeDriverOptions = {}): FakeDriver {
     },
     specialization: (id) => instances.get(id)?.specialization,
     memoryOf: (id) => instances.get(id)?.memoryMb,
+    async memoryUsage(): Promise<Map<string, number>> {
+      return new Map([...instances.values()].filter((i) => i.running).map((i) => [i.handle.id, i.resident]));
+    },
+    setMemoryUsage(id, bytes) {
+      const instance = instances.get(id);
+      if (instance?.running) instance.resident = bytes;
+    },
     handle: (id) => instances.get(id)?.handle,
     dispose,
     [Symbol.asyncDispose]: dispose,

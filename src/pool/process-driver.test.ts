@@ -200,6 +200,23 @@ describe("process driver", () => {
  * Reads the cgroup it was loaded in; /grow holds 1 MiB more every ms until stopped (2 GiB at
  * most: then it answers, and the limit did not hold).
  */
+const MIB = 1024 * 1024;
+
+/** Starts a child process holding 80 MiB, which ends when its parent does (its stdin closes). */
+const SPAWN_BUNDLE = `
+let child;
+export default {
+  async fetch() {
+    const code = "globalThis.h = []; for (let i = 0; i < 80; i++) h.push(Buffer.alloc(1 << 20, i + 1)); console.log('ready'); process.stdin.on('data', () => {}); process.stdin.on('end', () => process.exit(0));";
+    child ??= Bun.spawn([process.execPath, "-e", code], { stdin: "pipe", stdout: "pipe" });
+    const reader = child.stdout.getReader();
+    const { value } = await reader.read();
+    reader.releaseLock();
+    return new Response(new TextDecoder().decode(value).trim());
+  },
+};
+`;
+
 const GROW_BUNDLE = `
 import { readFileSync } from "node:fs";
 const cgroupAtLoad = readFileSync("/proc/self/cgroup", "utf8");
@@ -250,6 +267,19 @@ describe("memory limits", () => {
     expect(answer).toBeInstanceOf(ForgeError); // the connection closed unanswered
     expect(exit).toEqual({ id: handle.id, code: 137, reason: "oom" });
     expect(lines).toContainEqual(expect.stringMatching(/^forge: instance stopped: it went over its memory limit of 64 MiB \(it used \d+ MiB\)$/));
+  });
+
+  test("without a cgroup, an instance's memory usage counts the processes its function started", async () => {
+    await using driver = await makeDriver({ memoryLimits: "rss" });
+    const bundlePath = join(driver.dataDir, "parent.mjs");
+    await writeFile(bundlePath, SPAWN_BUNDLE);
+    const handle = await driver.start(spec({ bundlePath, memoryMb: 256 }));
+    const before = (await driver.memoryUsage()).get(handle.id) ?? 0;
+    expect(before).toBeGreaterThan(MIB);
+    expect(await (await forward(handle, new Request("http://x/spawn"), "r1")).text()).toBe("ready");
+    const after = (await driver.memoryUsage()).get(handle.id) ?? 0;
+    // the child's 80 MiB, not the parent's: it allocated nothing itself
+    expect(after - before).toBeGreaterThanOrEqual(60 * MIB);
   });
 
   describe.skipIf(!root && !isCI())("with a memory cgroup per instance (as root)", () => {

@@ -22,6 +22,7 @@ import { ErrorCode, ForgeError } from "../errors.ts";
 import { ARTIFACT_COPY, copyArtifact } from "./_artifact-copy.ts";
 import { ownerOf } from "./_docker-names.ts";
 import { createMemoryLimiter, type MemoryEnforcement, type MemoryLimitMode } from "./_memory-limit.ts";
+import { processTreeResident, residentBytes } from "./_memory-usage.ts";
 import { RuntimeCopies, traversable } from "./_runtime-reach.ts";
 import { nodeHeapFlag, shimSettings } from "./_shim-env.ts";
 import { heapExhausted, InstanceLog, parseLogLine, readLines, startFailureTail } from "./_log-parse.ts";
@@ -80,6 +81,7 @@ export interface ProcessDriver extends Driver {
   readonly name: "process";
   /** How memoryMb is held on this machine. */
   readonly memoryLimits: MemoryEnforcement;
+  memoryUsage(): Promise<Map<string, number>>;
 }
 
 /** First uid given to instances when isolateUsers is on; far above any real account. */
@@ -484,6 +486,30 @@ export function createProcessDriver(options: ProcessDriverOptions): ProcessDrive
     emitLog(line);
   }
 
+  /**
+   * What each live instance uses: its cgroup's working set where it has one, else the resident
+   * memory of its process tree (its own pages, not the bun binary's shared ones).
+   */
+  async function memoryUsage(): Promise<Map<string, number>> {
+    const live = [...instances.values()].filter(({ proc, stopping }) => !stopping && proc.exitCode === null && proc.signalCode === null);
+    const measured = await Promise.all(
+      live.map(async ({ handle, proc }): Promise<readonly [string, number | undefined]> => {
+        const [cgroup, own] = await Promise.all([memory.workingSet(handle.id), residentBytes(proc.pid)]);
+        if (cgroup === undefined) return [handle.id, await processTreeResident(proc.pid)];
+        // cgroup v1 leaves what the shim touched before it entered its cgroup (~2 of an idle
+        // bun's ~3 MiB) charged where it was: the process's own pages are the floor.
+        return [handle.id, own === undefined ? cgroup : Math.max(cgroup, own)];
+      }),
+    );
+    const usage = new Map<string, number>();
+    for (const [id, bytes] of measured) {
+      // stopped while it was read: no longer live
+      const instance = instances.get(id);
+      if (bytes !== undefined && instance && !instance.stopping) usage.set(id, bytes);
+    }
+    return usage;
+  }
+
   async function list(): Promise<ListedInstance[]> {
     return [...instances.values()].map(({ handle: { spec }, proc }) => ({
       id: spec.id,
@@ -527,6 +553,7 @@ export function createProcessDriver(options: ProcessDriverOptions): ProcessDrive
     onLog,
     placeArtifact,
     setMemory,
+    memoryUsage,
     dispose,
     [Symbol.asyncDispose]: dispose,
   };
