@@ -10,7 +10,12 @@ describe("config", () => {
     expect(c.host).toBe("127.0.0.1");
     expect(c.domain).toBe("localhost");
     expect(c.driver).toBe("auto");
-    expect(c.stemCells).toEqual({ bun: 2, node: 1 });
+    expect(c.stemCells).toEqual({ bun: { min: 2, max: 8 }, node: { min: 1, max: 2 } });
+    expect(c.memoryBudgetDefault).toBe(true);
+    expect(c.memoryBudgetMb).toBeGreaterThanOrEqual(256);
+    expect(c.memoryAccounting).toBe("measured");
+    expect(c.keepAlivePolicy).toBe("fixed");
+    expect(c.policyMinuteMs).toBe(60_000);
     expect(c.nodeBin).toBe("node");
     expect(c.keepAliveMs).toBe(600_000);
     expect(c.redisUrl).toBeUndefined();
@@ -22,9 +27,11 @@ describe("config", () => {
     expect(parseStemCells(" node = 3 ")).toEqual({ bun: 0, node: 3 });
     expect(parseStemCells("0")).toEqual({ bun: 0, node: 0 });
     expect(parseStemCells("4")).toEqual({ bun: 4, node: 4 });
-    for (const bad of ["", "bun", "bun=", "bun=1,bun=2", "python=1", "bun=65", "65", "-1", "bun=1;node=1"]) expect(parseStemCells(bad)).toBeUndefined();
+    expect(parseStemCells("bun=2..8,node=1")).toEqual({ bun: { min: 2, max: 8 }, node: 1 });
+    expect(parseStemCells(" 1 .. 4 ")).toEqual({ bun: { min: 1, max: 4 }, node: { min: 1, max: 4 } });
+    for (const bad of ["", "bun", "bun=", "bun=1,bun=2", "python=1", "bun=65", "65", "-1", "bun=1;node=1", "bun=4..2", "bun=1..65", "1..", "..2", "bun=1...2"]) expect(parseStemCells(bad)).toBeUndefined();
     expect(loadConfig({ FORGE_STEM_CELLS: "bun=1" }).stemCells).toEqual({ bun: 1, node: 0 });
-    expect(() => loadConfig({ FORGE_STEM_CELLS: "ruby=1" })).toThrow(/FORGE_STEM_CELLS="ruby=1": expected counts per runtime/);
+    expect(() => loadConfig({ FORGE_STEM_CELLS: "ruby=1" })).toThrow(/FORGE_STEM_CELLS="ruby=1": expected counts or ranges per runtime/);
   });
 
   test("values are parsed and typed", () => {

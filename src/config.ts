@@ -2,38 +2,80 @@
  * Every setting of forge, read from the environment once and validated. This is the only
  * module that reads process.env; everything else receives a Config.
  */
-import { homedir } from "node:os";
+import { readFileSync } from "node:fs";
+import { homedir, totalmem } from "node:os";
 import { join, resolve } from "node:path";
 import { ErrorCode, ForgeError } from "./errors.ts";
 
 export type DriverChoice = "auto" | "docker" | "process";
 export type LogFormat = "pretty" | "json";
 export type ProvisionBackend = "docker" | "shared";
-/** Stem cells kept per language runtime. */
+/** Stem cells kept of one runtime: at least min, growing to max while cells are taken fast. */
+export interface CellCount {
+  min: number;
+  max: number;
+}
+
+/** Stem cells kept per language runtime: a count, or a range that follows demand. */
 export interface StemCells {
-  bun: number;
-  node: number;
+  bun: number | CellCount;
+  node: number | CellCount;
+}
+
+/** The fewest cells kept of a runtime. */
+export function cellMin(c: number | CellCount): number {
+  return typeof c === "number" ? c : c.min;
 }
 
 const STEM_CELL_RUNTIMES = ["bun", "node"] as const;
 
-/** `bun=2,node=1` (runtimes left out keep none), or a bare number for every runtime; undefined when malformed. */
+/** `2` or `2..8` (0 to 64, min <= max); undefined when malformed. */
+function parseCellCount(text: string): number | CellCount | undefined {
+  const m = /^\s*(\d{1,2})(?:\s*\.\.\s*(\d{1,2}))?\s*$/.exec(text);
+  if (!m) return undefined;
+  const min = Number(m[1]);
+  if (m[2] === undefined) return min <= 64 ? min : undefined;
+  const max = Number(m[2]);
+  return max <= 64 && min <= max ? { min, max } : undefined;
+}
+
+/**
+ * `bun=2..8,node=1` (runtimes left out keep none; `N..M` a range that follows demand), or one
+ * count or range for every runtime; undefined when malformed.
+ */
 export function parseStemCells(text: string): StemCells | undefined {
-  const trimmed = text.trim();
-  if (/^\d{1,2}$/.test(trimmed)) {
-    const n = Number(trimmed);
-    return n <= 64 ? { bun: n, node: n } : undefined;
+  if (!text.includes("=")) {
+    const every = parseCellCount(text);
+    return every === undefined ? undefined : { bun: every, node: typeof every === "number" ? every : { ...every } };
   }
   const out: StemCells = { bun: 0, node: 0 };
   const seen = new Set<string>();
-  for (const part of trimmed.split(",")) {
-    const m = /^\s*([a-z]+)\s*=\s*(\d{1,2})\s*$/.exec(part);
+  for (const part of text.trim().split(",")) {
+    const m = /^\s*([a-z]+)\s*=(.*)$/.exec(part);
     const runtime = m?.[1] as (typeof STEM_CELL_RUNTIMES)[number] | undefined;
-    if (!m || runtime === undefined || !STEM_CELL_RUNTIMES.includes(runtime) || seen.has(runtime) || Number(m[2]) > 64) return undefined;
+    const count = m?.[2] === undefined ? undefined : parseCellCount(m[2]);
+    if (count === undefined || runtime === undefined || !STEM_CELL_RUNTIMES.includes(runtime) || seen.has(runtime)) return undefined;
     seen.add(runtime);
-    out[runtime] = Number(m[2]);
+    out[runtime] = count;
   }
   return out;
+}
+
+/**
+ * The default memory budget: half of what the machine has, or of forge's cgroup memory limit
+ * when one is set and lower (a container), in MiB, at least 256.
+ */
+export function machineBudgetMb(): number {
+  let total = totalmem();
+  for (const file of ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]) {
+    try {
+      const limit = Number(readFileSync(file, "utf8").trim());
+      if (Number.isFinite(limit) && limit > 0 && limit < total) total = limit;
+    } catch {
+      // not this cgroup layout, or "max"
+    }
+  }
+  return Math.max(256, Math.floor(total / 2 / (1024 * 1024)));
 }
 
 export interface Config {
@@ -65,17 +107,33 @@ export interface Config {
   /** FORGE_API_KEY: control-plane key; unset means generated once and kept in the data dir. */
   apiKey: string | undefined;
   /**
-   * FORGE_STEM_CELLS: generic warm instances kept per runtime, as `bun=2,node=1`; a bare
-   * number is the count of every runtime. Default bun=2,node=1 (node's only where a node
-   * binary is found).
+   * FORGE_STEM_CELLS: generic warm instances kept per runtime, as `bun=2..8,node=1`; a range
+   * grows with the rate at which cells are taken (a wave of first requests) and shrinks back
+   * when it passes; one count or range alone is every runtime's. Default bun=2..8,node=1..2
+   * (node's only where a node binary is found).
    */
   stemCells: StemCells;
   /** FORGE_NODE_BIN: the node binary of runtime "node" (a name is looked up on PATH). Default node. */
   nodeBin: string;
   /** FORGE_NODE_IMAGE: image of the node runtime. Default forge/runtime-node:<version of the node binary>. */
   nodeImage: string | undefined;
-  /** FORGE_MEMORY_BUDGET_MB: cap on the sum of instance memory. Default 4096. */
+  /** FORGE_MEMORY_BUDGET_MB: cap on the memory instances and cells are counted at. Default half the machine's memory (or of forge's cgroup limit). */
   memoryBudgetMb: number;
+  /** Whether the budget is the default share of the machine (FORGE_MEMORY_BUDGET_MB unset). */
+  memoryBudgetDefault: boolean;
+  /**
+   * FORGE_MEMORY_ACCOUNTING: what the budget counts. measured: each instance's resident memory
+   * plus FORGE_MEMORY_HEADROOM_MB, at most its memoryMb; declared: its memoryMb. Default measured.
+   */
+  memoryAccounting: "measured" | "declared";
+  /** FORGE_MEMORY_HEADROOM_MB: added to an instance's measured memory. Default 16. */
+  memoryHeadroomMb: number;
+  /** FORGE_MEMORY_SAMPLE: how often instances' memory is measured. Default 500ms. */
+  memorySampleMs: number;
+  /** FORGE_KEEP_ALIVE_POLICY: fixed (FORGE_KEEP_ALIVE after the last request) or histogram (learns each function's idle times). Default fixed. */
+  keepAlivePolicy: "fixed" | "histogram";
+  /** FORGE_POLICY_MINUTE: a minute as the keep-alive policies count it (bins, FORGE_KEEP_ALIVE's unit stays wall time); a trace replay compresses it. Default 1m. */
+  policyMinuteMs: number;
   /** FORGE_START_TIMEOUT: longest an instance may take to start and load its module (a deploy fails past it). Default 30s. */
   startTimeoutMs: number;
   /** FORGE_REGION: AWS_REGION (and AWS_DEFAULT_REGION) functions see, as on Lambda. Default us-east-1. */
@@ -186,10 +244,16 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     redisUrl: r.optUrl("FORGE_REDIS_URL", ["redis:", "rediss:"]),
     driver: r.oneOf("FORGE_DRIVER", "auto", ["auto", "docker", "process"] as const),
     apiKey: r.opt("FORGE_API_KEY"),
-    stemCells: r.stemCells("FORGE_STEM_CELLS", { bun: 2, node: 1 }),
+    stemCells: r.stemCells("FORGE_STEM_CELLS", { bun: { min: 2, max: 8 }, node: { min: 1, max: 2 } }),
     nodeBin: r.str("FORGE_NODE_BIN", "node"),
     nodeImage: r.opt("FORGE_NODE_IMAGE"),
-    memoryBudgetMb: r.int("FORGE_MEMORY_BUDGET_MB", 4096, 64, 1 << 24),
+    memoryBudgetMb: r.int("FORGE_MEMORY_BUDGET_MB", machineBudgetMb(), 64, 1 << 24),
+    memoryBudgetDefault: r.opt("FORGE_MEMORY_BUDGET_MB") === undefined,
+    memoryAccounting: r.oneOf("FORGE_MEMORY_ACCOUNTING", "measured", ["measured", "declared"] as const),
+    memoryHeadroomMb: r.int("FORGE_MEMORY_HEADROOM_MB", 16, 0, 1 << 20),
+    memorySampleMs: r.duration("FORGE_MEMORY_SAMPLE", 500),
+    keepAlivePolicy: r.oneOf("FORGE_KEEP_ALIVE_POLICY", "fixed", ["fixed", "histogram"] as const),
+    policyMinuteMs: r.duration("FORGE_POLICY_MINUTE", 60_000),
     startTimeoutMs: r.duration("FORGE_START_TIMEOUT", 30_000),
     region: r.match("FORGE_REGION", "us-east-1", /^[a-z]{2,}(-[a-z0-9]+)+$/, "an AWS region name such as us-east-1 or eu-west-3"),
     keepAliveMs: r.duration("FORGE_KEEP_ALIVE", 10 * 60_000),
@@ -305,7 +369,7 @@ class Reader {
     const v = this.opt(name);
     if (v === undefined) return def;
     const cells = parseStemCells(v);
-    if (cells === undefined) this.problems.push(`${name}=${JSON.stringify(v)}: expected counts per runtime such as bun=2,node=1 (0 to 64 each), or one number for every runtime`);
+    if (cells === undefined) this.problems.push(`${name}=${JSON.stringify(v)}: expected counts or ranges per runtime such as bun=2..8,node=1 (0 to 64 each), or one for every runtime`);
     return cells ?? def;
   }
   duration(name: string, def: number): number {

@@ -13,7 +13,7 @@ import { loadOrCreateNodeId, NodeRegistry, peerClient, Reconciler, redisChangeBu
 import { ErrorCode, ForgeError } from "./errors.ts";
 import { FunctionService, InvocationRecorder } from "./functions/index.ts";
 import { createImageBuilder } from "./build/index.ts";
-import { fixedKeepAlive, PoolManager, selectDriver, UpstreamPool, type Driver } from "./pool/index.ts";
+import { fixedKeepAlive, histogramKeepAlive, PoolManager, selectDriver, UpstreamPool, type Driver } from "./pool/index.ts";
 import { LogStore, Metrics } from "./observe/index.ts";
 import { createMemoryQueue, createProvisioning, createRedisQueue } from "./provision/index.ts";
 import { DataPlane, Gateway, TrustedProxies } from "./dataplane/index.ts";
@@ -84,9 +84,15 @@ export async function startServer(config: Config, options: StartOptions = {}): P
     // No node cells where there is no node to run them.
     stemCells: { ...config.stemCells, node: node ? config.stemCells.node : 0 },
     memoryBudgetMb: config.memoryBudgetMb,
+    memoryAccounting: config.memoryAccounting,
+    memoryHeadroomMb: config.memoryHeadroomMb,
+    memorySampleMs: config.memorySampleMs,
     region: config.region,
     startTimeoutMs: config.startTimeoutMs,
-    keepAlive: fixedKeepAlive(config.keepAliveMs),
+    keepAlive:
+      config.keepAlivePolicy === "histogram" ? histogramKeepAlive({ fallbackMs: config.keepAliveMs, binMs: config.policyMinuteMs }) : fixedKeepAlive(config.keepAliveMs),
+    // A sweep each policy second (a trace replay compresses minutes), at least every 10 ms.
+    sweepEveryMs: Math.min(1000, Math.max(10, Math.round(config.policyMinuteMs / 60))),
     queueTimeoutMs: config.queueTimeoutMs,
     maxQueue: config.maxQueue,
     runtimeImage: config.runtimeImage,
@@ -128,6 +134,8 @@ export async function startServer(config: Config, options: StartOptions = {}): P
         return out;
       },
       stemCells: () => pool.stats().cells,
+      memory: () => pool.memory(),
+      memorySeconds: () => pool.memorySeconds(),
       queueDepth: () => pool.snapshots().map((s) => ({ labels: { function: s.function }, value: s.queued })),
     },
   });

@@ -23,7 +23,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createConsola, type ConsolaInstance } from "consola";
 import { ForgeClient } from "../cli/client.ts";
-import { loadConfig, type Config, type StemCells } from "../config.ts";
+import { cellMin, loadConfig, type Config, type StemCells } from "../config.ts";
 import { startServer, type ForgeServer } from "../server.ts";
 import type { ProgressStream } from "./load.ts";
 import { computeRatios, machineInfo, SCHEMA_VERSION, type BenchReport, type ScenarioResult } from "./report.ts";
@@ -121,7 +121,7 @@ export async function runSuite(options: SuiteOptions = {}): Promise<BenchReport>
       if (rest.length) {
         let forge: InProcessForge | undefined;
         try {
-          forge = await inProcess(base, driver, { bun: Math.max(1, base.stemCells.bun), node: Math.max(1, base.stemCells.node) }, logger);
+          forge = await inProcess(base, driver, { bun: Math.max(1, cellMin(base.stemCells.bun)), node: Math.max(1, cellMin(base.stemCells.node)) }, logger);
         } catch (err) {
           const message = `could not start forge (${driver} driver): ${err instanceof Error ? err.message : String(err)}`;
           logger.error(message);
@@ -202,7 +202,7 @@ export async function inProcess(base: Config, driver: "process" | "docker", stem
   };
   try {
     // One cell of each runtime that keeps some (node's only where forge found a node binary).
-    const wanted = (["bun", "node"] as const).filter((r) => stemCells[r] > 0 && (r === "bun" || server.runtimes.node));
+    const wanted = (["bun", "node"] as const).filter((r) => cellMin(stemCells[r]) > 0 && (r === "bun" || server.runtimes.node));
     if (wanted.length > 0) await waitFor(() => wanted.every((r) => (pool.stats().cellsByRuntime[r] ?? 0) >= 1), `a stem cell of ${wanted.join(" and ")}`);
   } catch (err) {
     await dispose();

@@ -1,6 +1,8 @@
 /** A typed client for forge's control API, used by the CLI (and by tests and bench). */
 import { ErrorCode, ForgeError, type ErrorCode as Code } from "../errors.ts";
 import type { WindowStats } from "../observe/index.ts";
+import type { KeepAliveInfo } from "../pool/keep-alive.ts";
+import type { MemoryStats } from "../pool/pool-manager.ts";
 
 export interface FunctionSummary {
   name: string;
@@ -18,7 +20,12 @@ export interface InstanceView {
   ageMs: number;
   idleMs: number;
   served: number;
+  /** Its limit. */
   memoryMb: number;
+  /** What the memory budget counts it at. */
+  countedMb?: number;
+  /** Resident memory last measured. */
+  residentMb?: number;
   /** The node running it (several nodes). */
   node?: string;
 }
@@ -49,6 +56,10 @@ export interface FunctionInfo extends FunctionSummary {
   };
   /** Each node's own pool, or why it did not answer (several nodes). */
   nodes?: { node: string; pool?: unknown; error?: string }[];
+  /** The keep-alive windows the answering node's policy gives the function now. */
+  keepAlive?: KeepAliveInfo & { prewarms: number };
+  /** The answering node's memory budget and what fills it. */
+  memory?: MemoryStats;
 }
 
 export interface VersionView {

@@ -34,7 +34,13 @@ export interface Gauges {
   stemCells(): number;
   queueDepth(): GaugeSample[];
   provisionJobs?(): GaugeSample[] | Promise<GaugeSample[]>;
+  /** The memory budget and what fills it, MiB (resident: undefined when the driver does not measure). */
+  memory?(): { budgetMb: number; countedMb: number; declaredMb: number; residentMb: number | undefined };
+  /** Memory-time counted so far, MiB-seconds, by function; the stem cells' under "". */
+  memorySeconds?(): Map<string, number>;
 }
+
+const MIB = 1024 * 1024;
 
 export interface MetricsOptions {
   version: string;
@@ -89,6 +95,24 @@ export class Metrics {
     out.family("forge_stem_cells", "gauge", "generic warm instances ready to be specialized", [{ labels: {}, value: g.stemCells() }]);
     out.family("forge_queue_depth", "gauge", "requests waiting for a free slot", g.queueDepth());
     if (g.provisionJobs) out.family("forge_provision_jobs", "gauge", "provisioning jobs by status", await g.provisionJobs());
+    if (g.memory) {
+      const m = g.memory();
+      out.family("forge_memory_budget_bytes", "gauge", "the memory budget instances and stem cells are admitted within", [{ labels: {}, value: m.budgetMb * MIB }]);
+      out.family("forge_memory_counted_bytes", "gauge", "memory the budget counts now (measured resident memory plus headroom, or declared limits)", [{ labels: {}, value: m.countedMb * MIB }]);
+      out.family("forge_memory_declared_bytes", "gauge", "sum of the memory limits of live instances and stem cells", [{ labels: {}, value: m.declaredMb * MIB }]);
+      if (m.residentMb !== undefined) out.family("forge_memory_resident_bytes", "gauge", "resident memory of instances and stem cells, last measured", [{ labels: {}, value: m.residentMb * MIB }]);
+    }
+    if (g.memorySeconds) {
+      const bySource = [...g.memorySeconds()];
+      const gib = (mbSeconds: number): number => Math.round((mbSeconds / 1024) * 1e6) / 1e6;
+      out.family(
+        "forge_instance_memory_seconds_total",
+        "counter",
+        "memory-time of function instances as the budget counts them, GiB-seconds, by function",
+        bySource.filter(([fn]) => fn !== "").map(([fn, v]) => ({ labels: { function: fn }, value: gib(v) })),
+      );
+      out.family("forge_cell_memory_seconds_total", "counter", "memory-time of stem cells not yet specialized, GiB-seconds", [{ labels: {}, value: gib(bySource.find(([fn]) => fn === "")?.[1] ?? 0) }]);
+    }
     const mem = process.memoryUsage();
     const cpu = process.cpuUsage();
     out.family("process_resident_memory_bytes", "gauge", "resident memory of the forge process", [{ labels: {}, value: mem.rss }]);

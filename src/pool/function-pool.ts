@@ -11,6 +11,7 @@ import { ErrorCode, ForgeError } from "../errors.ts";
 import type { ExitInfo, InstanceHandle } from "./driver.ts";
 import { Fifo, type FifoNode } from "./_fifo.ts";
 import type { Clock, TimerHandle } from "./clock.ts";
+import type { KeepAliveWindows } from "./keep-alive.ts";
 import type { InstanceExit, Lease, PoolSnapshot, PoolSpec, StartKind } from "./types.ts";
 
 /**
@@ -31,19 +32,25 @@ export interface PoolHost {
   readonly targetUtilization: number;
   /** Starts an instance for the pool (from a cell when one is free); resolves when ready. `id` is the pool's key; the handle's id may differ (a cell's). */
   startInstance(pool: FunctionPool, id: string): Promise<{ handle: InstanceHandle; origin: StartKind }>;
-  /** Reserves memory for one more instance of the pool, evicting idle ones elsewhere; false if impossible. */
-  reserveMemory(pool: FunctionPool, mb: number): boolean;
-  releaseMemory(mb: number): void;
+  /**
+   * Reserves memory for one more instance of the pool, evicting idle ones elsewhere: the MiB
+   * counted for it until it is measured (its limit, or what its version was seen to use plus
+   * the headroom), or undefined when no room can be made.
+   */
+  reserveMemory(pool: FunctionPool): number | undefined;
+  /** Gives back memory an instance of `fn` was counted at. */
+  releaseMemory(fn: string, mb: number): void;
   /**
    * Stops an instance by its driver id (the handle's). Graceful (with its handle and the
-   * memory it holds): after its pending ctx.waitUntil work, the memory released once it is
-   * gone, so a draining instance still counts against the budget.
+   * memory it is counted at): after its pending ctx.waitUntil work, the memory released once
+   * it is gone, so a draining instance still counts against the budget.
    */
-  stopInstance(driverId: string, graceful?: { handle: InstanceHandle; memoryMb: number }): void;
+  stopInstance(driverId: string, graceful?: { handle: InstanceHandle; function: string; countedMb: number }): void;
   newInstanceId(): string;
   countStart(fn: string, kind: StartKind): void;
   /** Does the instance answer its health check? (A request failing on it is not proof it is broken.) */
   checkInstance(handle: InstanceHandle): Promise<boolean>;
+  /** The function had no request in flight for `idleMs` (an idle time of the keep-alive's histogram). */
   onIdle(fn: string, idleMs: number): void;
 }
 
@@ -62,10 +69,15 @@ export class PoolInstance {
   exit: InstanceExit | undefined;
   /** Failed requests waiting to learn whether and how it ended (Lease.exited). */
   exitWaiters: ((exit: InstanceExit | undefined) => void)[] | undefined;
+  /** Resident memory last measured, MiB (undefined until its driver measured it). */
+  residentMb: number | undefined;
 
   constructor(
     readonly id: string,
+    /** Its limit (the version's memoryMb). */
     readonly memoryMb: number,
+    /** What the memory budget counts it at: its limit until measured, then resident + headroom (the manager keeps it). */
+    public countedMb: number,
     readonly createdAt: number,
   ) {
     this.lastUsed = createdAt;
@@ -94,6 +106,14 @@ export class FunctionPool {
   private draining = false;
   private drained: (() => void) | undefined;
   private lastDesired = 0;
+  /** Since when no request has been in flight (undefined while one is, and before the first). */
+  private idleSince: number | undefined;
+  /** A request came and the function has not been idle since. */
+  private busy = false;
+  /** The idle period (its idleSince) an instance was brought back for ahead of the next request. */
+  private prewarmedFor: number | undefined;
+  /** Instances brought back ahead of a request (keep-alive pre-warm). */
+  prewarms = 0;
 
   constructor(
     public spec: PoolSpec,
@@ -193,9 +213,10 @@ export class FunctionPool {
     this.lastDesired = desired;
     let live = this.liveCount;
     while (live < desired) {
-      if (!this.host.reserveMemory(this, this.spec.memoryMb)) break; // waiters wait for memory, then 503
+      const counted = this.host.reserveMemory(this);
+      if (counted === undefined) break; // waiters wait for memory, then 503
       // A failed start fails the queue (startOne) when nobody else can serve it.
-      this.startOne().catch(() => {});
+      this.startOne(counted).catch(() => {});
       live++;
     }
   }
@@ -209,8 +230,9 @@ export class FunctionPool {
     const target = Math.min(n, this.spec.maxInstances);
     const starting: Promise<void>[] = [];
     while (this.liveCount < target) {
-      if (!this.host.reserveMemory(this, this.spec.memoryMb)) break;
-      starting.push(this.startOne());
+      const counted = this.host.reserveMemory(this);
+      if (counted === undefined) break;
+      starting.push(this.startOne(counted));
     }
     const results = await Promise.allSettled(starting);
     if (target === 0 || this.readyCount > 0) return;
@@ -227,14 +249,39 @@ export class FunctionPool {
     return undefined;
   }
 
-  /** Keep-alive: stops instances idle past keepAliveMs, keeping minWarm and what demand needs. */
-  sweep(keepAliveMs: number): void {
+  /**
+   * Keep-alive, by the policy's windows: instances idle past keepAliveMs stop, keeping minWarm
+   * and what demand needs. With a pre-warm window (histogram policy), a function with nothing
+   * in flight is unloaded at once and one instance is brought back (from a stem cell) once it
+   * has been idle for prewarmMs, kept until keepAliveMs.
+   */
+  sweep(windows: KeepAliveWindows): void {
+    if (this.draining) return;
     const now = this.host.clock.now();
     let live = this.liveCount;
-    const floor = Math.max(this.spec.minWarm, this.desired());
+    let floor = Math.max(this.spec.minWarm, this.desired());
+    let ttl = windows.keepAliveMs;
+    if (windows.prewarmMs > 0 && this.idleSince !== undefined) {
+      const idleFor = now - this.idleSince;
+      // Unloaded after a request; one instance is back for [prewarmMs, keepAliveMs) of the idle time.
+      ttl = 0;
+      if (idleFor >= windows.prewarmMs && idleFor < windows.keepAliveMs) {
+        floor = Math.max(floor, 1);
+        // Once per idle period: one evicted meanwhile for memory is not brought back again.
+        if (live === 0 && this.prewarmedFor !== this.idleSince) {
+          this.prewarmedFor = this.idleSince;
+          const counted = this.host.reserveMemory(this);
+          if (counted !== undefined) {
+            this.prewarms++;
+            this.startOne(counted).catch(() => {});
+            live++;
+          }
+        }
+      }
+    }
     // Oldest idle first, so the most recently used instances (warmest caches) stay.
     const idle = [...this.instances.values()]
-      .filter((i) => i.state === "ready" && i.inFlight === 0 && i.websockets === 0 && now - i.lastUsed >= keepAliveMs)
+      .filter((i) => i.state === "ready" && i.inFlight === 0 && i.websockets === 0 && now - i.lastUsed >= ttl)
       .sort((a, b) => a.lastUsed - b.lastUsed);
     for (const inst of idle) {
       if (live <= floor) break;
@@ -253,11 +300,12 @@ export class FunctionPool {
     if (exit) inst.exit = { reason: exit.reason, code: exit.code, memoryMb: inst.memoryMb };
     inst.settleExit();
     this.instances.delete(id);
-    if (inst.state !== "stopping") this.host.releaseMemory(inst.memoryMb);
+    if (inst.state !== "stopping") this.host.releaseMemory(this.function, inst.countedMb);
     inst.state = "stopping";
     this.inFlightTotal -= inst.inFlight;
     inst.inFlight = 0;
     inst.websockets = 0;
+    this.markIdle();
     this.checkDrained();
     this.scale();
     return true;
@@ -318,6 +366,8 @@ export class FunctionPool {
         idleMs: i.inFlight > 0 || i.websockets > 0 ? 0 : now - i.lastUsed,
         served: i.served,
         memoryMb: i.memoryMb,
+        countedMb: i.countedMb,
+        ...(i.residentMb !== undefined ? { residentMb: Math.round(i.residentMb * 10) / 10 } : {}),
         ...(i.handle ? { socketPath: i.handle.endpoint.socketPath } : {}),
       })),
     };
@@ -343,7 +393,12 @@ export class FunctionPool {
     inst.served++;
     this.inFlightTotal++;
     const now = this.host.clock.now();
-    if (inst.inFlight === 1 && inst.served > 1) this.host.onIdle(this.function, now - inst.lastUsed);
+    // The function's idle time ends (one per quiet period of the function, whichever instance serves).
+    if (!this.busy) {
+      if (this.idleSince !== undefined) this.host.onIdle(this.function, now - this.idleSince);
+      this.idleSince = undefined;
+      this.busy = true;
+    }
     inst.lastUsed = now;
     this.host.countStart(this.function, start);
     return new PoolLease(this, inst, handle, start, queueWaitMs);
@@ -360,6 +415,7 @@ export class FunctionPool {
     inst.inFlight--;
     this.inFlightTotal--;
     this.dispatch(inst, "warm");
+    this.markIdle();
     this.checkDrained();
   }
 
@@ -374,6 +430,7 @@ export class FunctionPool {
     inst.inFlight--;
     this.inFlightTotal--;
     this.dispatch(inst, "warm");
+    this.markIdle();
     this.checkDrained();
   }
 
@@ -423,9 +480,14 @@ export class FunctionPool {
     }
   }
 
-  private startOne(): Promise<void> {
+  /** The instance the pool knows by `id` (its key), if it still does. */
+  instance(id: string): PoolInstance | undefined {
+    return this.instances.get(id);
+  }
+
+  private startOne(countedMb: number): Promise<void> {
     const id = this.host.newInstanceId();
-    const inst = new PoolInstance(id, this.spec.memoryMb, this.host.clock.now());
+    const inst = new PoolInstance(id, this.spec.memoryMb, countedMb, this.host.clock.now());
     this.instances.set(id, inst);
     return this.host.startInstance(this, id).then(
       ({ handle, origin }) => {
@@ -443,7 +505,7 @@ export class FunctionPool {
       (err: unknown) => {
         if (this.instances.get(id) === inst) {
           this.instances.delete(id);
-          this.host.releaseMemory(inst.memoryMb);
+          this.host.releaseMemory(this.function, inst.countedMb);
         }
         // Nobody else can serve the queue: fail it now rather than after the queue timeout.
         if (this.liveCount === 0) {
@@ -458,6 +520,14 @@ export class FunctionPool {
     );
   }
 
+  /** Nothing in flight or waiting any more: the function's idle time starts. */
+  private markIdle(): void {
+    if (this.busy && this.inFlightTotal === 0 && this.waiters.size === 0) {
+      this.busy = false;
+      this.idleSince = this.host.clock.now();
+    }
+  }
+
   private retire(inst: PoolInstance, graceful = true): void {
     if (inst.state === "stopping") return;
     const wasStarting = inst.state === "starting";
@@ -467,12 +537,13 @@ export class FunctionPool {
     this.inFlightTotal -= inst.inFlight;
     inst.inFlight = 0;
     inst.websockets = 0;
+    this.markIdle();
     const handle = inst.handle;
     if (!wasStarting && graceful && handle) {
-      this.host.stopInstance(handle.id, { handle, memoryMb: inst.memoryMb });
+      this.host.stopInstance(handle.id, { handle, function: this.function, countedMb: inst.countedMb });
       return;
     }
-    this.host.releaseMemory(inst.memoryMb);
+    this.host.releaseMemory(this.function, inst.countedMb);
     // A starting instance is stopped when its start resolves (see startOne).
     if (!wasStarting) this.host.stopInstance(handle?.id ?? inst.id);
   }

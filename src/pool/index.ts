@@ -3,7 +3,8 @@ export type { Driver, Endpoint, ExitInfo, InstanceHandle, InstanceRole, Instance
 export { BUNDLE_FILE, CONTROL_DRAIN, CONTROL_HEADER, CONTROL_HEALTH, CONTROL_INVOKE, CONTROL_SCHEDULED, CONTROL_SPECIALIZE } from "./driver.ts";
 export type { InstanceExit, InstanceSnapshot, Lease, PoolSnapshot, PoolSpec, StartCounts, StartKind } from "./types.ts";
 export { FakeClock, realClock, type Clock, type TimerHandle } from "./clock.ts";
-export { fixedKeepAlive, type KeepAlivePolicy } from "./keep-alive.ts";
+export { fixedKeepAlive, histogramKeepAlive, type KeepAliveInfo, type KeepAlivePolicy, type KeepAliveWindows } from "./keep-alive.ts";
+export { CELLS, MemoryLedger } from "./memory-ledger.ts";
 export { FunctionPool } from "./function-pool.ts";
 export { PoolManager, type Activation, type PoolManagerOptions } from "./pool-manager.ts";
 export { drain, forward, health, specialize, waitReady } from "./instance-client.ts";

@@ -20,7 +20,8 @@ import { isShimRuntime, type Driver, type ExitInfo, type InstanceHandle, type Sh
 import { realClock, type Clock } from "./clock.ts";
 import { EXIT_NOTICE_MS, FunctionPool, type PoolHost, type PoolInstance } from "./function-pool.ts";
 import { drain, health, specialize } from "./instance-client.ts";
-import { fixedKeepAlive, type KeepAlivePolicy } from "./keep-alive.ts";
+import { fixedKeepAlive, type KeepAliveInfo, type KeepAlivePolicy, type KeepAliveWindows } from "./keep-alive.ts";
+import { CELLS, MemoryLedger } from "./memory-ledger.ts";
 import { UpstreamPool } from "./upstream.ts";
 import type { Lease, PoolSnapshot, PoolSpec, StartCounts, StartKind } from "./types.ts";
 
@@ -29,8 +30,11 @@ export interface PoolManagerOptions {
   logger: ConsolaInstance;
   /** Time source; a FakeClock in decision tests. Default the real clock. */
   clock?: Clock;
-  /** Generic instances kept ready per runtime (a number: bun's). Default { bun: 2 }. */
-  stemCells?: number | Partial<Record<ShimRuntime, number>>;
+  /**
+   * Generic instances kept ready per runtime (a number: bun's). A range grows with the rate
+   * at which cells are taken and shrinks back when it falls. Default { bun: 2 }.
+   */
+  stemCells?: number | Partial<Record<ShimRuntime, number | CellRange>>;
   /** Networks default cells sit on (docker: forge's egress network). Default none. */
   cellNetworks?: readonly string[];
   /** Image bun cells run (docker driver). */
@@ -41,6 +45,18 @@ export interface PoolManagerOptions {
   cellMemoryMb?: number;
   /** Cap on the sum of instance memory, cells included, MiB. Default 4096. */
   memoryBudgetMb?: number;
+  /**
+   * What the budget counts: "measured" (default): an instance's resident memory plus
+   * `memoryHeadroomMb`, at most its limit (its limit until first measured; needs a driver that
+   * measures); "declared": its limit (memoryMb).
+   */
+  memoryAccounting?: "measured" | "declared";
+  /** Added to an instance's measured resident memory, MiB. Default 16. */
+  memoryHeadroomMb?: number;
+  /** How often instances' memory is measured, ms. Default 500. */
+  memorySampleMs?: number;
+  /** Cells taken within this window make the cell count grow (a range in stemCells), ms. Default 10000. */
+  cellWindowMs?: number;
   /** Default: fixed TTL of 10 minutes. */
   keepAlive?: KeepAlivePolicy;
   /** How often idle instances are looked for, ms. Default 1000. */
@@ -65,6 +81,11 @@ export interface PoolManagerOptions {
  * (measured on docker: p50 of a cell start 8-14 ms with the refill at once, ~4 ms after).
  */
 const CELL_REFILL_DELAY_MS = 25;
+
+const MIB = 1024 * 1024;
+
+/** A sweep that stops every idle instance above minWarm now. */
+const RETIRE_NOW: KeepAliveWindows = { prewarmMs: 0, keepAliveMs: 0, source: "fixed" };
 
 /** How long a suspect instance has to answer its health check (a busy one answers in ms). */
 const HEALTH_CHECK_MS = 5_000;
@@ -91,6 +112,30 @@ function loadFailed(spec: PoolSpec, err: unknown): ForgeError {
 interface Cell {
   handle: InstanceHandle;
   createdAt: number;
+  /** What the budget counts it at, MiB (the cell limit until measured). */
+  countedMb: number;
+}
+
+/** How many cells of a runtime to keep: at least min, up to max as cells are taken. */
+export interface CellRange {
+  min: number;
+  max: number;
+}
+
+/** What the pool's memory looks like (forge info, metrics). */
+export interface MemoryStats {
+  /** The cap, MiB. */
+  budgetMb: number;
+  /** What the budget counts now, MiB (measured + headroom, or declared). */
+  countedMb: number;
+  /** Sum of the limits (memoryMb) of live instances and cells, MiB. */
+  declaredMb: number;
+  /** Resident memory last measured, instances and cells, MiB (undefined: the driver does not measure). */
+  residentMb: number | undefined;
+  /** The highest countedMb so far. */
+  peakMb: number;
+  accounting: "measured" | "declared";
+  headroomMb: number;
 }
 
 /** What a cell is ready for: its runtime and the networks it sits on (sorted). */
@@ -104,7 +149,12 @@ interface Shelf {
   kind: CellKind;
   ready: Cell[];
   starting: number;
+  /** How many to keep now: min plus the cells taken within the window, at most max. */
   target: number;
+  min: number;
+  max: number;
+  /** When cells were taken, oldest first (within cellWindowMs). */
+  takes: number[];
 }
 
 function cellKey(runtime: ShimRuntime, networks: readonly string[] = []): string {
@@ -119,11 +169,24 @@ export class PoolManager implements PoolHost, AsyncDisposable {
   private readonly driver: Driver;
   private readonly logger: ConsolaInstance;
   private readonly keepAlive: KeepAlivePolicy;
-  private readonly stemCellTargets: Partial<Record<ShimRuntime, number>>;
+  private readonly stemCellTargets: Partial<Record<ShimRuntime, CellRange>>;
   private readonly cellNetworks: readonly string[];
   private readonly nodeImage: string | undefined;
   private readonly cellMemoryMb: number;
   private readonly budgetMb: number;
+  private readonly accounting: "measured" | "declared";
+  private readonly headroomMb: number;
+  private readonly memorySampleMs: number;
+  private readonly cellWindowMs: number;
+  /** What the budget counts, by function (and the cells), and its integral over time. */
+  private readonly ledger: MemoryLedger;
+  /** Resident memory at the last measure, MiB (instances and cells). */
+  private residentMb: number | undefined;
+  /** The most a function's version was measured at, MiB: what its next instance is counted at until measured. */
+  private readonly learnedMb = new Map<string, { version: number; mb: number }>();
+  private cellLearnedMb: number | undefined;
+  private sampleTimer: { cancel(): void } | undefined;
+  private sampleFailed = false;
   private readonly runtimeImage: string | undefined;
   private readonly readBundle: (path: string) => Promise<string>;
   private readonly region: string;
@@ -142,7 +205,6 @@ export class PoolManager implements PoolHost, AsyncDisposable {
   private readonly recentExits = new Map<string, ExitInfo>();
   /** Stem cells by kind (cellKey). */
   private readonly shelves = new Map<string, Shelf>();
-  private usedMb = 0;
   private readonly starts = new Map<string, StartCounts>();
   private readonly bundles = new Map<string, Promise<string>>();
   private sweepTimer: { cancel(): void } | undefined;
@@ -157,13 +219,20 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     this.logger = options.logger;
     this.clock = options.clock ?? realClock;
     const cells = options.stemCells ?? 2;
-    this.stemCellTargets = typeof cells === "number" ? { bun: cells } : cells;
+    const asRange = (c: number | CellRange): CellRange => (typeof c === "number" ? { min: c, max: c } : { min: c.min, max: Math.max(c.min, c.max) });
+    this.stemCellTargets =
+      typeof cells === "number" ? { bun: asRange(cells) } : Object.fromEntries(Object.entries(cells).map(([runtime, c]) => [runtime, asRange(c as number | CellRange)]));
     this.cellNetworks = [...(options.cellNetworks ?? [])].sort();
     this.runtimeImage = options.runtimeImage;
     this.nodeImage = options.nodeImage;
-    this.retarget();
     this.cellMemoryMb = options.cellMemoryMb ?? 128;
     this.budgetMb = options.memoryBudgetMb ?? 4096;
+    this.accounting = options.memoryAccounting ?? "measured";
+    this.headroomMb = options.memoryHeadroomMb ?? 16;
+    this.memorySampleMs = options.memorySampleMs ?? 500;
+    this.cellWindowMs = options.cellWindowMs ?? 10_000;
+    this.ledger = new MemoryLedger(this.clock);
+    this.retarget();
     this.keepAlive = options.keepAlive ?? fixedKeepAlive(10 * 60_000);
     this.sweepEveryMs = options.sweepEveryMs ?? 1000;
     this.queueTimeoutMs = options.queueTimeoutMs ?? 30_000;
@@ -179,6 +248,7 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     this.unsubscribeExit = this.driver.onExit((info) => this.onExit(info));
     this.refillCells();
     this.scheduleSweep();
+    this.scheduleSample();
   }
 
   /**
@@ -239,6 +309,7 @@ export class PoolManager implements PoolHost, AsyncDisposable {
       this.assertLive();
     }
     this.active.set(spec.function, next);
+    this.ledger.keep(spec.function);
     this.retarget();
     this.refillCells();
     if (old) {
@@ -261,6 +332,9 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     const pool = this.active.get(fn);
     this.active.delete(fn);
     this.starts.delete(fn);
+    this.ledger.forget(fn);
+    this.keepAlive.forget(fn);
+    this.learnedMb.delete(fn);
     this.retarget();
     pool?.close(new ForgeError(ErrorCode.FunctionNotFound, 404, `function ${fn} was deleted`, { hint: "deploy it again" }));
     for (const p of this.draining) if (p.function === fn) p.close(new ForgeError(ErrorCode.FunctionNotFound, 404, `function ${fn} was deleted`));
@@ -272,16 +346,54 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     return { ...pool.snapshot(), starts: { ...(this.starts.get(fn) ?? { warm: 0, cell: 0, cold: 0 }) } };
   }
 
-  stats(): { cells: number; cellsStarting: number; stopping: number; usedMb: number; budgetMb: number; pools: number; cellsByRuntime: Partial<Record<ShimRuntime, number>> } {
+  stats(): {
+    cells: number;
+    cellsStarting: number;
+    /** Cells kept now (adaptive: grows with the rate cells are taken). */
+    cellsTarget: number;
+    stopping: number;
+    usedMb: number;
+    budgetMb: number;
+    pools: number;
+    cellsByRuntime: Partial<Record<ShimRuntime, number>>;
+  } {
     let cells = 0;
     let cellsStarting = 0;
+    let cellsTarget = 0;
     const cellsByRuntime: Partial<Record<ShimRuntime, number>> = {};
     for (const shelf of this.shelves.values()) {
       cells += shelf.ready.length;
       cellsStarting += shelf.starting;
+      cellsTarget += shelf.target;
       cellsByRuntime[shelf.kind.runtime] = (cellsByRuntime[shelf.kind.runtime] ?? 0) + shelf.ready.length;
     }
-    return { cells, cellsStarting, stopping: this.stopping.size, usedMb: this.usedMb, budgetMb: this.budgetMb, pools: this.active.size, cellsByRuntime };
+    return { cells, cellsStarting, cellsTarget, stopping: this.stopping.size, usedMb: this.ledger.used, budgetMb: this.budgetMb, pools: this.active.size, cellsByRuntime };
+  }
+
+  /** The memory budget and what fills it: counted, declared, measured. */
+  memory(): MemoryStats {
+    let declaredMb = 0;
+    for (const pool of [...this.active.values(), ...this.draining]) for (const i of pool.snapshot().instances) declaredMb += i.memoryMb;
+    for (const shelf of this.shelves.values()) declaredMb += (shelf.ready.length + shelf.starting) * this.cellMemoryMb;
+    return {
+      budgetMb: this.budgetMb,
+      countedMb: this.ledger.used,
+      declaredMb,
+      residentMb: this.residentMb === undefined ? undefined : Math.round(this.residentMb),
+      peakMb: this.ledger.peak,
+      accounting: this.accounting,
+      headroomMb: this.headroomMb,
+    };
+  }
+
+  /** Memory-time counted so far, MiB-seconds, by function; the stem cells' under CELLS (""). */
+  memorySeconds(): Map<string, number> {
+    return this.ledger.mbSeconds();
+  }
+
+  /** A function's keep-alive as its policy sees it now (forge info). */
+  keepAliveOf(fn: string): KeepAliveInfo & { prewarms: number } {
+    return { ...this.keepAlive.describe(fn), prewarms: this.active.get(fn)?.prewarms ?? 0 };
   }
 
   /** The function and version an instance serves (by driver id); undefined for cells and unknown ids. */
@@ -305,12 +417,13 @@ export class PoolManager implements PoolHost, AsyncDisposable {
    * deploy leaves the instance it verified the version with).
    */
   retireIdle(fn: string): void {
-    this.active.get(fn)?.sweep(0);
+    this.active.get(fn)?.sweep(RETIRE_NOW);
   }
 
-  /** Runs the keep-alive sweep now (the timer calls this; tests may too). */
+  /** Runs the keep-alive sweep now (the timer calls this; tests may too); adaptive cells shrink back. */
   sweep(): void {
-    for (const pool of this.active.values()) pool.sweep(this.keepAlive.keepAliveMs(pool.function));
+    for (const pool of this.active.values()) pool.sweep(this.keepAlive.windows(pool.function));
+    this.shrinkCells();
   }
 
   async dispose(): Promise<void> {
@@ -318,6 +431,7 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     this.disposed = true;
     this.control.dispose();
     this.sweepTimer?.cancel();
+    this.sampleTimer?.cancel();
     this.unsubscribeExit?.();
     const closing = new ForgeError(ErrorCode.Disposed, 503, "forge is shutting down", { hint: "retry against another node or after restart" });
     for (const pool of this.active.values()) pool.close(closing);
@@ -354,7 +468,8 @@ export class PoolManager implements PoolHost, AsyncDisposable {
         // The cell's memory is now the function's instance memory (reserved by the pool).
         // The refill waits until the cell answered: starting a container beside it takes
         // the CPU (dockerd, runc) that the specialization and first response need.
-        this.usedMb = Math.max(0, this.usedMb - this.cellMemoryMb);
+        this.ledger.add(CELLS, -cell.countedMb);
+        this.tookCell(this.shelves.get(cellKey(spec.runtime, spec.networks)));
         this.owner.set(cell.handle.id, { pool, poolId: id });
         // A function that may use more than a cell loads its module under its own limit: raised
         // first (~11 ms on docker, paid only by functions above the cell's memory); a lower
@@ -442,16 +557,21 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     }
   }
 
-  reserveMemory(pool: FunctionPool, mb: number): boolean {
-    while (this.usedMb + mb > this.budgetMb) {
-      if (!this.evictOne(pool)) return false;
+  reserveMemory(pool: FunctionPool): number | undefined {
+    const spec = pool.spec;
+    const mb = this.estimateMb(spec);
+    for (;;) {
+      // The instance will take a ready cell (startInstance, right after): the cell's memory becomes its.
+      const cell = isShimRuntime(spec.runtime) && spec.bundlePath ? this.shelves.get(cellKey(spec.runtime, spec.networks))?.ready[0] : undefined;
+      if (this.ledger.used + mb - (cell?.countedMb ?? 0) <= this.budgetMb) break;
+      if (!this.evictOne(pool)) return undefined;
     }
-    this.usedMb += mb;
-    return true;
+    this.ledger.add(pool.function, mb);
+    return mb;
   }
 
-  releaseMemory(mb: number): void {
-    this.usedMb = Math.max(0, this.usedMb - mb);
+  releaseMemory(fn: string, mb: number): void {
+    this.ledger.add(fn, -mb);
     // Memory came free: pools waiting for it may start now.
     queueMicrotask(() => {
       for (const p of this.active.values()) if (p.queued > 0) p.scale();
@@ -463,7 +583,7 @@ export class PoolManager implements PoolHost, AsyncDisposable {
   /** Drains of retired instances under way; a shutdown cuts them short. */
   private readonly drains = new Set<AbortController>();
 
-  stopInstance(id: string, graceful?: { handle: InstanceHandle; memoryMb: number }): void {
+  stopInstance(id: string, graceful?: { handle: InstanceHandle; function: string; countedMb: number }): void {
     // A retired instance first finishes its ctx.waitUntil work (bounded), as Workers does;
     // a failed one, or one of a forge shutting down, is stopped at once. Its owner is kept
     // until then, so what it logs meanwhile is still its function's, and its memory stays
@@ -484,7 +604,7 @@ export class PoolManager implements PoolHost, AsyncDisposable {
         this.stopping.delete(p);
         if (abort) this.drains.delete(abort);
         if (drainFirst) this.owner.delete(id);
-        if (graceful) this.releaseMemory(graceful.memoryMb);
+        if (graceful) this.releaseMemory(graceful.function, graceful.countedMb);
       });
     this.stopping.add(p);
   }
@@ -556,8 +676,8 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     for (const shelf of this.shelves.values()) {
       const cellIndex = shelf.ready.findIndex((c) => c.handle.id === info.id);
       if (cellIndex < 0) continue;
-      shelf.ready.splice(cellIndex, 1);
-      this.releaseMemory(this.cellMemoryMb);
+      const [cell] = shelf.ready.splice(cellIndex, 1);
+      this.releaseMemory(CELLS, cell?.countedMb ?? 0);
       this.logger.warn(`stem cell ${info.id} exited (${info.reason}); refilling`);
       // What it leaves (an exited container, a folder) goes; its memory was released above.
       this.stopInstance(info.id);
@@ -583,46 +703,156 @@ export class PoolManager implements PoolHost, AsyncDisposable {
    * cells it has (they serve the next deploy, or go to the memory budget's eviction).
    */
   private retarget(): void {
-    const targets = new Map<string, { kind: CellKind; target: number }>();
-    for (const [runtime, count] of Object.entries(this.stemCellTargets) as [ShimRuntime, number][]) {
-      if (count > 0) targets.set(cellKey(runtime, this.cellNetworks), { kind: { runtime, networks: this.cellNetworks }, target: count });
+    const targets = new Map<string, { kind: CellKind; range: CellRange }>();
+    for (const [runtime, range] of Object.entries(this.stemCellTargets) as [ShimRuntime, CellRange][]) {
+      if (range.max > 0) targets.set(cellKey(runtime, this.cellNetworks), { kind: { runtime, networks: this.cellNetworks }, range });
     }
     for (const pool of this.active.values()) {
       const { runtime, networks = [] } = pool.spec;
       if (!isShimRuntime(runtime)) continue;
       const key = cellKey(runtime, networks);
       // A runtime configured with no cells gets none for its special kinds either.
-      if (!targets.has(key) && (this.stemCellTargets[runtime] ?? 0) > 0) targets.set(key, { kind: { runtime, networks: [...networks].sort() }, target: 1 });
+      if (!targets.has(key) && (this.stemCellTargets[runtime]?.max ?? 0) > 0) targets.set(key, { kind: { runtime, networks: [...networks].sort() }, range: { min: 1, max: 1 } });
     }
     for (const [key, shelf] of this.shelves) {
       if (targets.has(key)) continue;
       // A kind nothing needs any more (its functions deleted or redeployed elsewhere): its
       // cells go, since they hold memory and, on docker, a database's network.
-      shelf.target = 0;
+      shelf.target = shelf.min = shelf.max = 0;
       for (const cell of shelf.ready.splice(0)) {
         this.stopInstance(cell.handle.id);
-        this.usedMb = Math.max(0, this.usedMb - this.cellMemoryMb);
+        this.ledger.add(CELLS, -cell.countedMb);
       }
       if (shelf.starting === 0) this.shelves.delete(key);
     }
-    for (const [key, { kind, target }] of targets) {
-      const shelf = this.shelves.get(key);
-      if (shelf) shelf.target = target;
-      else this.shelves.set(key, { kind, ready: [], starting: 0, target });
+    for (const [key, { kind, range }] of targets) {
+      let shelf = this.shelves.get(key);
+      if (!shelf) this.shelves.set(key, (shelf = { kind, ready: [], starting: 0, target: range.min, min: range.min, max: range.max, takes: [] }));
+      shelf.min = range.min;
+      shelf.max = range.max;
+      this.adaptTarget(shelf);
     }
+  }
+
+  /** A cell of the shelf was taken: the shelf keeps more while cells go fast. */
+  private tookCell(shelf: Shelf | undefined): void {
+    if (!shelf) return;
+    shelf.takes.push(this.clock.now());
+    if (shelf.takes.length > shelf.max) shelf.takes.splice(0, shelf.takes.length - shelf.max);
+    this.adaptTarget(shelf);
+  }
+
+  /** target = min + cells taken within the window, at most max. */
+  private adaptTarget(shelf: Shelf): void {
+    const since = this.clock.now() - this.cellWindowMs;
+    let old = 0;
+    while (old < shelf.takes.length && (shelf.takes[old] ?? 0) <= since) old++;
+    if (old > 0) shelf.takes.splice(0, old);
+    shelf.target = Math.min(shelf.max, shelf.min + shelf.takes.length);
+  }
+
+  /** Cells above their shelf's target (the wave of takes passed) go, oldest first. */
+  private shrinkCells(): void {
+    for (const shelf of this.shelves.values()) {
+      if (shelf.max <= shelf.min) continue;
+      this.adaptTarget(shelf);
+      while (shelf.ready.length > shelf.target) {
+        const cell = shelf.ready.shift();
+        if (!cell) break;
+        this.stopInstance(cell.handle.id);
+        this.releaseMemory(CELLS, cell.countedMb);
+      }
+    }
+  }
+
+  /**
+   * What a new instance of the version is counted at until measured: its limit, or (measured
+   * accounting) the most an instance of the version was seen to use plus the headroom.
+   */
+  private estimateMb(spec: PoolSpec): number {
+    if (this.accounting === "declared" || !this.driver.memoryUsage) return spec.memoryMb;
+    const learned = this.learnedMb.get(spec.function);
+    if (!learned || learned.version !== spec.version) return spec.memoryMb;
+    return Math.min(spec.memoryMb, Math.ceil(learned.mb + this.headroomMb));
+  }
+
+  /**
+   * Measures every instance and cell (the driver's memoryUsage) and, with measured accounting,
+   * counts each at its resident memory plus the headroom, at most its limit: an instance
+   * growing towards its limit is counted at its real size, and idle ones are evicted (least
+   * recently used first) when the sum passes the budget.
+   */
+  async sampleMemory(): Promise<void> {
+    if (!this.driver.memoryUsage || this.disposed) return;
+    let usage: Map<string, number>;
+    try {
+      usage = await this.driver.memoryUsage();
+      this.sampleFailed = false;
+    } catch (err) {
+      if (!this.sampleFailed) this.logger.warn("could not measure instances' memory (the budget counts what it last knew):", err);
+      this.sampleFailed = true;
+      return;
+    }
+    if (this.disposed) return;
+    const measured = this.accounting === "measured";
+    let resident = 0;
+    for (const [id, { pool, poolId }] of this.owner) {
+      const inst = pool.instance(poolId);
+      const bytes = usage.get(id);
+      if (!inst || inst.state !== "ready" || bytes === undefined) continue;
+      const mb = bytes / MIB;
+      inst.residentMb = mb;
+      resident += mb;
+      const learned = this.learnedMb.get(pool.function);
+      if (!learned || learned.version !== pool.version) this.learnedMb.set(pool.function, { version: pool.version, mb });
+      else if (mb > learned.mb) learned.mb = mb;
+      if (!measured) continue;
+      const counted = Math.min(inst.memoryMb, Math.ceil(mb + this.headroomMb));
+      if (counted !== inst.countedMb) {
+        this.ledger.add(pool.function, counted - inst.countedMb);
+        inst.countedMb = counted;
+      }
+    }
+    for (const shelf of this.shelves.values()) {
+      for (const cell of shelf.ready) {
+        const bytes = usage.get(cell.handle.id);
+        if (bytes === undefined) continue;
+        const mb = bytes / MIB;
+        resident += mb;
+        this.cellLearnedMb = Math.max(this.cellLearnedMb ?? 0, mb);
+        if (!measured) continue;
+        const counted = Math.min(this.cellMemoryMb, Math.ceil(mb + this.headroomMb));
+        this.ledger.add(CELLS, counted - cell.countedMb);
+        cell.countedMb = counted;
+      }
+    }
+    this.residentMb = resident;
+    // Grown past the budget (an instance allocating towards its limit): idle ones make room now.
+    while (this.ledger.used > this.budgetMb && this.evictOne()) {}
+    // Room came free (instances measured smaller than counted): waiting pools and cells may start.
+    for (const p of this.active.values()) if (p.queued > 0) p.scale();
+    this.refillCells();
+  }
+
+  private scheduleSample(): void {
+    if (this.disposed || !this.driver.memoryUsage) return;
+    this.sampleTimer = this.clock.setTimeout(() => {
+      void this.sampleMemory().finally(() => this.scheduleSample());
+    }, this.memorySampleMs);
   }
 
   private refillCells(): void {
     if (this.disposed) return;
     for (const shelf of this.shelves.values()) {
       while (shelf.ready.length + shelf.starting < shelf.target) {
-        if (!this.reserveMemoryForCell()) return;
-        this.startCell(shelf);
+        const counted = this.reserveMemoryForCell();
+        if (counted === undefined) return;
+        this.startCell(shelf, counted);
       }
     }
   }
 
-  private startCell(shelf: Shelf): void {
+  private startCell(shelf: Shelf, countedMb: number): void {
     shelf.starting++;
     const id = this.newInstanceId();
     const { runtime, networks } = shelf.kind;
@@ -643,12 +873,12 @@ export class PoolManager implements PoolHost, AsyncDisposable {
           shelf.starting--;
           if (this.disposed) return void this.driver.stop(handle.id).catch(() => {});
           if (shelf.ready.length >= shelf.target) {
-            // Its kind was dropped while it started.
+            // Its kind was dropped (or the wave passed) while it started.
             this.stopInstance(handle.id);
-            this.releaseMemory(this.cellMemoryMb);
+            this.releaseMemory(CELLS, countedMb);
             return;
           }
-          shelf.ready.push({ handle, createdAt: this.clock.now() });
+          shelf.ready.push({ handle, createdAt: this.clock.now(), countedMb });
           // Connections opened now, off any request's path: a new one costs a fresh process most.
           this.control.prime(handle.endpoint.socketPath);
           for (const listener of this.cellReadyListeners) {
@@ -661,22 +891,30 @@ export class PoolManager implements PoolHost, AsyncDisposable {
         },
         (err: unknown) => {
           shelf.starting--;
-          this.usedMb = Math.max(0, this.usedMb - this.cellMemoryMb);
+          this.ledger.add(CELLS, -countedMb);
           // No retry loop: the next take or memory release refills again.
           this.logger.error(`could not start a ${runtime} stem cell:`, err);
         },
       );
   }
 
-  private reserveMemoryForCell(): boolean {
+  /** The MiB a new cell is counted at, or undefined when the budget has no room for it. */
+  private reserveMemoryForCell(): number | undefined {
+    const mb =
+      this.accounting === "measured" && this.cellLearnedMb !== undefined ? Math.min(this.cellMemoryMb, Math.ceil(this.cellLearnedMb + this.headroomMb)) : this.cellMemoryMb;
     // Cells never evict a function's instance: they are a bet on future demand.
-    if (this.usedMb + this.cellMemoryMb > this.budgetMb) return false;
-    this.usedMb += this.cellMemoryMb;
-    return true;
+    if (this.ledger.used + mb > this.budgetMb) return undefined;
+    this.ledger.add(CELLS, mb);
+    return mb;
   }
 
-  /** Evicts the least recently used idle instance (or a cell) outside `requester`'s pool. */
-  private evictOne(requester: FunctionPool): boolean {
+  /**
+   * Makes room for `requester` (or, without one, brings the count back within the budget):
+   * first a cell above its shelf's minimum (one grown for a wave), then the least recently
+   * used idle instance outside the requester's pool, then any cell.
+   */
+  private evictOne(requester?: FunctionPool): boolean {
+    if (this.evictCell(true)) return true;
     let best: { pool: FunctionPool; inst: PoolInstance } | undefined;
     for (const pool of [...this.active.values(), ...this.draining]) {
       if (pool === requester) continue;
@@ -688,20 +926,22 @@ export class PoolManager implements PoolHost, AsyncDisposable {
       best.pool.evict(best.inst);
       return true;
     }
-    // A cell of a kind no longer kept goes first, then one of the fullest shelf.
+    return this.evictCell(false);
+  }
+
+  /** Stops a cell: of a kind no longer kept first, then of the fullest shelf; `surplusOnly`: only one above its shelf's minimum. */
+  private evictCell(surplusOnly: boolean): boolean {
     let from: Shelf | undefined;
     for (const shelf of this.shelves.values()) {
-      if (shelf.ready.length === 0) continue;
-      const surplus = shelf.ready.length - shelf.target;
-      if (!from || surplus > from.ready.length - from.target) from = shelf;
+      if (shelf.ready.length === 0 || (surplusOnly && shelf.ready.length <= shelf.min)) continue;
+      const surplus = shelf.ready.length - shelf.min;
+      if (!from || surplus > from.ready.length - from.min) from = shelf;
     }
     const cell = from?.ready.pop();
-    if (cell) {
-      this.stopInstance(cell.handle.id);
-      this.usedMb = Math.max(0, this.usedMb - this.cellMemoryMb);
-      return true;
-    }
-    return false;
+    if (!cell) return false;
+    this.stopInstance(cell.handle.id);
+    this.ledger.add(CELLS, -cell.countedMb);
+    return true;
   }
 
   private scheduleSweep(): void {

@@ -74,7 +74,12 @@ export interface InstanceSnapshot {
   ageMs: number;
   idleMs: number;
   served: number;
+  /** Its limit, MiB. */
   memoryMb: number;
+  /** What the memory budget counts it at, MiB: resident + headroom once measured (at most its limit). */
+  countedMb: number;
+  /** Resident memory last measured, MiB. */
+  residentMb?: number;
   /** Unix socket of the instance (local drivers), for tools that reach it directly (bench). */
   socketPath?: string;
 }

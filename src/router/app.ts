@@ -163,6 +163,9 @@ export function createRouter(o: RouterOptions): ForgeApp {
       createdAt: f.createdAt,
       updatedAt: f.updatedAt,
       pool: cluster ? mergePools(f.activeVersion, [{ node: o.nodes?.self ?? "", value: { pool: here } }, ...cluster]) : here,
+      // This node's: the keep-alive windows the policy gives the function now, and the memory budget.
+      keepAlive: o.pool.keepAliveOf(f.name),
+      memory: o.pool.memory(),
       ...(cluster ? { nodes: [{ node: o.nodes?.self, pool: here }, ...cluster.map((a) => ({ node: a.node, ...(a.value ? { pool: a.value.pool } : { error: a.error }) }))].sort((x, y) => String(x.node).localeCompare(String(y.node))) } : {}),
     });
   });
