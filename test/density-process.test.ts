@@ -1,0 +1,3 @@
+import { densityContract } from "./_density.case.ts";
+
+densityContract({ driver: "process" });
