@@ -19,12 +19,15 @@ export interface ForgeChild {
  * Starts `forge up --port 0` of the checkout at `root` (default this one) with `env`; resolves
  * once it printed its URL and key. forge up saves them in the CLI's config: XDG_CONFIG_HOME is
  * `<FORGE_DATA_DIR>/xdg` (else a temp folder) unless `env` gives one, never the user's.
+ * FORGE_STEM_CELLS is "0" unless `env` sets it; a variable set to undefined is left unset
+ * (FORGE_STEM_CELLS: undefined gives forge's own default).
  */
-export async function startForgeChild(env: Record<string, string>, root = ROOT): Promise<Omit<ForgeChild, "host">> {
+export async function startForgeChild(env: Record<string, string | undefined>, root = ROOT): Promise<Omit<ForgeChild, "host">> {
   const xdg = env.FORGE_DATA_DIR ? join(env.FORGE_DATA_DIR, "xdg") : join(tmpdir(), `forge-bench-xdg-${process.pid}`);
+  const merged: Record<string, string | undefined> = { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", XDG_CONFIG_HOME: xdg, NO_COLOR: "1", FORGE_STEM_CELLS: "0", ...env };
   const proc = Bun.spawn([process.execPath, join(root, "src/cli/main.ts"), "up", "--port", "0"], {
     cwd: root,
-    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", XDG_CONFIG_HOME: xdg, NO_COLOR: "1", FORGE_STEM_CELLS: "0", ...env },
+    env: Object.fromEntries(Object.entries(merged).filter((e): e is [string, string] => e[1] !== undefined)),
     stdout: "pipe",
     stderr: "ignore",
   });

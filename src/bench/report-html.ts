@@ -39,7 +39,7 @@ ${body}
 
 // --- internal ---
 
-const CSS = `
+export const CSS = `
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1100px;padding:0 1rem;color:#1d2330}
 h1{margin-bottom:.2rem}h2{margin-top:2rem;border-bottom:1px solid #dde;padding-bottom:.2rem}
 .meta{color:#667}
@@ -52,7 +52,7 @@ svg text{font:11px system-ui,sans-serif;fill:#556}
 .ratios li{margin:.2rem 0}
 `;
 
-const COLORS = ["#2f6fde", "#e0702b", "#2aa876", "#c33d6b", "#7c5cd6", "#b8942a", "#3aa6c4", "#6b7280"];
+export const COLORS = ["#2f6fde", "#e0702b", "#2aa876", "#c33d6b", "#7c5cd6", "#b8942a", "#3aa6c4", "#6b7280"];
 
 function summaryTable(scenarios: ScenarioResult[]): string {
   const head = `<tr><th>scenario</th><th>samples</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th><th>req/s</th><th>errors</th><th>what</th></tr>`;
@@ -141,7 +141,7 @@ function cdfFigure(s: ScenarioResult): string {
   return `<figure data-scenario="${esc(s.name)}"><figcaption>${esc(caption)}</figcaption>${svg}</figure>`;
 }
 
-function fmtMs(v: number | undefined): string {
+export function fmtMs(v: number | undefined): string {
   if (v === undefined) return "–";
   if (v < 1) return `${Math.round(v * 1000)} µs`;
   if (v < 100) return `${Number(v.toFixed(2))} ms`;
@@ -149,6 +149,6 @@ function fmtMs(v: number | undefined): string {
   return `${Number((v / 1000).toFixed(1))} s`;
 }
 
-function esc(text: string): string {
+export function esc(text: string): string {
   return text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;").replace(/'/g, "&#39;");
 }

@@ -1,10 +1,14 @@
 /**
- * `forge bench <name>`: a closed-loop load at one function through its subdomain, and
- * `forge bench suite`: cold vs warm vs baselines in one run, with JSON and HTML reports.
+ * `forge bench <name>`: a closed-loop load at one function through its subdomain,
+ * `forge bench suite`: cold vs warm vs baselines in one run, with JSON and HTML reports, and
+ * `forge bench trace <dir>` / `forge bench trace-gen <dir>`: replay (or write) an Azure
+ * Functions 2019 trace, once per keep-alive policy.
  */
 import { defineCommand, runCommand } from "citty";
+import { mkdir, stat } from "node:fs/promises";
 import { resolve } from "node:path";
 import { compareReports, formatReport, formatUs, parseReport, renderHtml, runLoad, runSuite, SCENARIOS, type BenchReport, type LoadResult } from "../bench/index.ts";
+import { comparisonRows, generateTrace, readTrace, renderTraceHtml, replayTrace, TraceFormatError, writeTrace, type Trace } from "../bench/trace/index.ts";
 import { loadConfig, parseDuration } from "../config.ts";
 import { ErrorCode, ForgeError } from "../errors.ts";
 import { checkUrl } from "./_connection.ts";
@@ -98,6 +102,97 @@ const suite = defineCommand({
   },
 });
 
+
+const trace = defineCommand({
+  meta: { name: "trace", description: "replay an Azure Functions 2019 trace against a fresh forge per keep-alive policy" },
+  args: {
+    dir: { type: "positional", required: true, description: "folder of the trace's CSV files (the lowest dNN day is read)" },
+    minute: { type: "string", description: "real time of one trace minute, e.g. 1s (default 1m)" },
+    functions: { type: "string", description: "replay the first N functions (default all)" },
+    minutes: { type: "string", description: "replay the first M minutes (default all)" },
+    policies: { type: "string", description: "comma-separated keep-alive policies, one forge each (default fixed)" },
+    driver: { type: "string", description: "driver of the forges: process | docker (default process)" },
+    budget: { type: "string", description: "memory budget of the forges, MB (FORGE_MEMORY_BUDGET_MB; default forge's)" },
+    "keep-alive": { type: "string", description: "fixed keep-alive in trace time (default 10m)" },
+    "stem-cells": { type: "string", description: "FORGE_STEM_CELLS of the forges, e.g. bun=2 (default forge's)" },
+    "memory-scale": { type: "string", description: "multiplies each function's drawn memory (default 1)" },
+    seed: { type: "string", description: "seed of the schedule and memory draws (default 1)" },
+    json: { type: "string", description: "write the JSON report to this file (- for stdout)" },
+    report: { type: "string", description: "write a self-contained HTML report to this file" },
+  },
+  async run({ args }) {
+    const jsonTo = args.json === undefined ? undefined : String(args.json);
+    if (jsonTo?.startsWith("-") && jsonTo !== "-") {
+      throw new ForgeError(ErrorCode.BadRequest, 400, `--json takes a file name, got ${JSON.stringify(jsonTo)}`, { hint: "e.g. --json trace.json, or --json - for stdout" });
+    }
+    const toStdout = jsonTo === "" || jsonTo === "-";
+    const dir = resolve(String(args.dir));
+    const driver = String(args.driver ?? "process");
+    if (driver !== "process" && driver !== "docker") throw new ForgeError(ErrorCode.BadRequest, 400, `--driver must be process or docker, got ${JSON.stringify(driver)}`, { hint: "e.g. --driver process" });
+    const policies = String(args.policies ?? "fixed").split(",").map((p) => p.trim()).filter(Boolean);
+    for (const p of policies) {
+      if (!/^[a-z][a-z0-9-]*$/.test(p)) throw new ForgeError(ErrorCode.BadRequest, 400, `--policies: ${JSON.stringify(p)} is not a policy name`, { hint: "e.g. --policies fixed,histogram" });
+    }
+    const keepAliveMs = args["keep-alive"] === undefined ? 10 * 60_000 : duration(String(args["keep-alive"]), "keep-alive");
+    const memoryScale = args["memory-scale"] === undefined ? 1 : Number(args["memory-scale"]);
+    if (!(memoryScale > 0 && memoryScale <= 100)) throw new ForgeError(ErrorCode.BadRequest, 400, `--memory-scale must be a number above 0 (at most 100), got ${JSON.stringify(String(args["memory-scale"]))}`, { hint: "e.g. --memory-scale 0.5" });
+    const stemCells = args["stem-cells"] === undefined ? undefined : String(args["stem-cells"]);
+    const tr = await loadTrace(dir);
+    const report = await replayTrace({
+      trace: tr,
+      source: dir,
+      minuteMs: args.minute === undefined ? 60_000 : duration(String(args.minute), "minute"),
+      ...optionalInt(args.functions, "functions", 1, 1_000_000),
+      ...optionalInt(args.minutes, "minutes", 1, 1440),
+      policies,
+      driver,
+      ...(args.budget === undefined ? {} : { budgetMb: intIn(args.budget, "budget", 64, 1 << 24, "--budget 4096") }),
+      keepAliveMinutes: keepAliveMs / 60_000,
+      ...(stemCells !== undefined ? { stemCells } : {}),
+      memoryScale,
+      ...(args.seed === undefined ? {} : { seed: intIn(args.seed, "seed", 0, 2 ** 32 - 1, "--seed 1") }),
+      logger: ui.create({ stdout: process.stderr }),
+    });
+    if (toStdout) process.stdout.write(JSON.stringify(report, null, 2) + "\n");
+    else ui.log(table(comparisonRows(report)));
+    if (jsonTo && !toStdout) {
+      await Bun.write(resolve(jsonTo), JSON.stringify(report, null, 2) + "\n");
+      ui.success(`JSON report: ${resolve(jsonTo)}`);
+    }
+    if (args.report) {
+      await Bun.write(resolve(String(args.report)), renderTraceHtml(report));
+      if (!toStdout) ui.success(`HTML report: ${resolve(String(args.report))}`);
+    }
+    const failed = report.policies.filter((p) => p.error);
+    if (failed.length) {
+      throw new ForgeError(ErrorCode.Internal, 500, `${failed.length} policy run(s) failed: ${failed.map((p) => `${p.policy} (${p.error})`).join("; ")}`, { hint: "the report holds what was measured before each failure" });
+    }
+  },
+});
+
+const traceGen = defineCommand({
+  meta: { name: "trace-gen", description: "write a synthetic trace in the Azure Functions 2019 format (deterministic by seed)" },
+  args: {
+    dir: { type: "positional", required: true, description: "folder to write the three CSV files into (created if missing)" },
+    functions: { type: "string", description: "functions (default 200)" },
+    minutes: { type: "string", description: "minutes (default 60; the dataset has 1440)" },
+    seed: { type: "string", description: "PRNG seed (default 1)" },
+  },
+  async run({ args }) {
+    const dir = resolve(String(args.dir));
+    const t = generateTrace({
+      ...optionalInt(args.functions, "functions", 1, 1_000_000),
+      ...optionalInt(args.minutes, "minutes", 1, 1440),
+      ...(args.seed === undefined ? {} : { seed: intIn(args.seed, "seed", 0, 2 ** 32 - 1, "--seed 1") }),
+    });
+    await mkdir(dir, { recursive: true });
+    await writeTrace(dir, t);
+    const total = t.functions.reduce((a, f) => a + f.perMinute.reduce((x, y) => x + y, 0), 0);
+    const minutes = t.functions[0]?.perMinute.length ?? 0;
+    ui.success(`wrote ${t.functions.length} functions × ${minutes} minutes (${total} invocations, ${(total / Math.max(1, minutes)).toFixed(1)} a minute) to ${dir}`);
+  },
+});
+
 export default defineCommand({
   meta: {
     name: "bench",
@@ -105,10 +200,14 @@ export default defineCommand({
       "load a function through its subdomain, or run the suite of cold vs warm vs baselines:\n" +
       "  forge bench suite [--driver process|docker] [--url URL] [--report out.html] [--json out.json|-]\n" +
       "                    [--compare old.json] [--input run.json] [--requests N] [--concurrency N] [--warmup 2s]\n" +
-      `                    [--samples N] [--burst N] [--only ${SCENARIOS.slice(0, 2).join(",")},...]`,
+      `                    [--samples N] [--burst N] [--only ${SCENARIOS.slice(0, 2).join(",")},...]\n` +
+      "  forge bench trace <dir> [--minute 1s] [--functions N] [--minutes M] [--policies fixed,histogram]\n" +
+      "                    [--driver process|docker] [--budget MB] [--keep-alive 10m] [--stem-cells SPEC]\n" +
+      "                    [--memory-scale F] [--seed S] [--json out.json|-] [--report out.html]\n" +
+      "  forge bench trace-gen <dir> [--functions N] [--minutes M] [--seed S]",
   },
   args: {
-    name: { type: "positional", required: true, description: "function name, or `suite`" },
+    name: { type: "positional", required: true, description: "function name, or `suite`, `trace`, `trace-gen`" },
     concurrency: { type: "string", alias: ["c"], description: "workers, one kept-alive connection each (default 64)" },
     duration: { type: "string", alias: ["d"], description: "how long, e.g. 10s, 500ms, 2m (default 10s)" },
     requests: { type: "string", alias: ["n"], description: "how many requests in all (instead of -d)" },
@@ -122,6 +221,12 @@ export default defineCommand({
   async run({ args, rawArgs }) {
     if (args.name === "suite") {
       await runCommand(suite, { rawArgs: rawArgs.slice(rawArgs.indexOf("suite") + 1) });
+      return;
+    }
+    if (args.name === "trace" || args.name === "trace-gen") {
+      const rest = rawArgs.slice(rawArgs.indexOf(args.name) + 1);
+      if (args.name === "trace") await runCommand(trace, { rawArgs: rest });
+      else await runCommand(traceGen, { rawArgs: rest });
       return;
     }
     const name = String(args.name);
@@ -243,6 +348,20 @@ function isJson(text: string): boolean {
     return true;
   } catch {
     return false;
+  }
+}
+
+/** The trace of `dir`; a missing folder or a bad file is a user error naming it. */
+async function loadTrace(dir: string): Promise<Trace> {
+  const st = await stat(dir).catch(() => undefined);
+  if (!st?.isDirectory()) throw new ForgeError(ErrorCode.BadRequest, 400, `${dir} is not a folder`, { hint: "pass the folder of the trace's CSV files, or write one with `forge bench trace-gen DIR`" });
+  try {
+    return await readTrace(dir);
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    throw new ForgeError(ErrorCode.BadRequest, 400, err instanceof TraceFormatError ? `bad trace file: ${message}` : message, {
+      hint: "the Azure Functions 2019 files (invocations_per_function_md.anon.d01.csv and the rest), or `forge bench trace-gen DIR`",
+    });
   }
 }
 
