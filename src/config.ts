@@ -289,6 +289,10 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     maxBodyBytes: r.int("FORGE_MAX_BODY_MB", 6, 1, 1024) * 1024 * 1024,
     logRetentionBytes: r.int("FORGE_LOG_RETENTION_MB", 10, 1, 10_000) * 1024 * 1024,
   };
+  // 0 would make the histogram's bins 0 ms wide (every idle time NaN) and the sweep run every 10 ms.
+  if (config.policyMinuteMs < 1) r.problem(`FORGE_POLICY_MINUTE=${JSON.stringify(env.FORGE_POLICY_MINUTE)}: expected a duration of at least 1ms`);
+  // 0 would measure every instance in a loop with no pause.
+  if (config.memorySampleMs < 10) r.problem(`FORGE_MEMORY_SAMPLE=${JSON.stringify(env.FORGE_MEMORY_SAMPLE)}: expected a duration of at least 10ms`);
   if (isPostgresUrl(config.db) && !config.redisUrl) {
     r.problem(`FORGE_DB is a postgres:// URL (several nodes), and FORGE_REDIS_URL is unset: nodes share their async queue, cron leases and change notifications through Redis; set FORGE_REDIS_URL=redis://host:6379`);
   }

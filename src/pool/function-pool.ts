@@ -35,9 +35,10 @@ export interface PoolHost {
   /**
    * Reserves memory for one more instance of the pool, evicting idle ones elsewhere: the MiB
    * counted for it until it is measured (its limit, or what its version was seen to use plus
-   * the headroom), or undefined when no room can be made.
+   * the headroom), or undefined when no room can be made. `speculative` (a pre-warm): room is
+   * made only from surplus stem cells, never by evicting another function's instance.
    */
-  reserveMemory(pool: FunctionPool): number | undefined;
+  reserveMemory(pool: FunctionPool, speculative?: boolean): number | undefined;
   /** Gives back memory an instance of `fn` was counted at. */
   releaseMemory(fn: string, mb: number): void;
   /**
@@ -173,6 +174,7 @@ export class FunctionPool {
         enqueuedAt: this.host.clock.now(),
         timer: this.host.clock.setTimeout(() => {
           if (waiter.node && this.waiters.remove(waiter.node)) {
+            this.markIdle();
             reject(
               new ForgeError(ErrorCode.QueueTimeout, 503, `${this.function}: no instance was free within ${this.host.queueTimeoutMs} ms`, {
                 hint: "the function is at capacity: raise maxInstances or concurrency, or the memory budget (FORGE_MEMORY_BUDGET_MB)",
@@ -188,6 +190,7 @@ export class FunctionPool {
           () => {
             if (waiter.node && this.waiters.remove(waiter.node)) {
               waiter.timer.cancel();
+              this.markIdle();
               reject(signal.reason);
             }
           },
@@ -270,7 +273,7 @@ export class FunctionPool {
         // Once per idle period: one evicted meanwhile for memory is not brought back again.
         if (live === 0 && this.prewarmedFor !== this.idleSince) {
           this.prewarmedFor = this.idleSince;
-          const counted = this.host.reserveMemory(this);
+          const counted = this.host.reserveMemory(this, true);
           if (counted !== undefined) {
             this.prewarms++;
             this.startOne(counted).catch(() => {});
@@ -513,6 +516,8 @@ export class FunctionPool {
             w.timer.cancel();
             w.reject(err);
           }
+          // Nothing waits any more: the function's idle time starts (the keep-alive's histogram).
+          this.markIdle();
         }
         this.checkDrained();
         throw err;

@@ -35,8 +35,12 @@ export class MemoryLedger {
     return this.peakMb;
   }
 
-  /** Changes an owner's figure by `deltaMb` (negative: memory given back). */
-  add(owner: string, deltaMb: number): void {
+  /**
+   * Changes an owner's figure by `deltaMb` (negative: memory given back). `transientMb`: how much
+   * of the new total is about to go at once (a cell the reserved instance takes right after),
+   * left out of the peak.
+   */
+  add(owner: string, deltaMb: number, transientMb = 0): void {
     if (deltaMb === 0) return;
     const now = this.clock.now();
     let a = this.accounts.get(owner);
@@ -47,7 +51,7 @@ export class MemoryLedger {
     const applied = Math.max(-a.mb, deltaMb);
     a.mb += applied;
     this.totalMb += applied;
-    if (this.totalMb > this.peakMb) this.peakMb = this.totalMb;
+    if (this.totalMb - transientMb > this.peakMb) this.peakMb = this.totalMb - transientMb;
     if (a.mb === 0 && this.closing.has(owner)) {
       this.accounts.delete(owner);
       this.closing.delete(owner);

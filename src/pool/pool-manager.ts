@@ -296,6 +296,8 @@ export class PoolManager implements PoolHost, AsyncDisposable {
       await next.warm(warmCount);
     } catch (err) {
       next.close(new ForgeError(ErrorCode.LoadFailed, 400, `${spec.function} v${spec.version} did not load`));
+      // A function that never went live keeps no account (nor a memory-time series) once it gave its memory back.
+      if (!this.active.has(spec.function)) this.ledger.forget(spec.function);
       // No room to try it (the memory budget is full) or forge is stopping: not the version's fault.
       // Nor is a runtime this forge cannot run (no node binary, no image for it).
       if (err instanceof ForgeError && (err.code === ErrorCode.ServiceUnavailable || err.code === ErrorCode.Disposed || err.code === ErrorCode.DriverUnavailable)) throw err;
@@ -557,16 +559,21 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     }
   }
 
-  reserveMemory(pool: FunctionPool): number | undefined {
+  reserveMemory(pool: FunctionPool, speculative = false): number | undefined {
     const spec = pool.spec;
     const mb = this.estimateMb(spec);
+    let credit = 0;
     for (;;) {
       // The instance will take a ready cell (startInstance, right after): the cell's memory becomes its.
       const cell = isShimRuntime(spec.runtime) && spec.bundlePath ? this.shelves.get(cellKey(spec.runtime, spec.networks))?.ready[0] : undefined;
-      if (this.ledger.used + mb - (cell?.countedMb ?? 0) <= this.budgetMb) break;
-      if (!this.evictOne(pool)) return undefined;
+      credit = cell?.countedMb ?? 0;
+      if (this.ledger.used + mb - credit <= this.budgetMb) break;
+      // A pre-warm is a bet on the next request, as a cell is: it makes room only from cells
+      // grown for a wave, never from another function's warm instance.
+      if (speculative ? !this.evictCell(true) : !this.evictOne(pool)) return undefined;
     }
-    this.ledger.add(pool.function, mb);
+    // The cell's memory leaves the count when it is taken, right after: not a peak.
+    this.ledger.add(pool.function, mb, credit);
     return mb;
   }
 
@@ -799,7 +806,8 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     for (const [id, { pool, poolId }] of this.owner) {
       const inst = pool.instance(poolId);
       const bytes = usage.get(id);
-      if (!inst || inst.state !== "ready" || bytes === undefined) continue;
+      // A figure that is not a size (NaN, negative: a driver's bug) would poison the budget: ignored.
+      if (!inst || inst.state !== "ready" || bytes === undefined || !(bytes >= 0) || !Number.isFinite(bytes)) continue;
       const mb = bytes / MIB;
       inst.residentMb = mb;
       resident += mb;
@@ -816,7 +824,7 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     for (const shelf of this.shelves.values()) {
       for (const cell of shelf.ready) {
         const bytes = usage.get(cell.handle.id);
-        if (bytes === undefined) continue;
+        if (bytes === undefined || !(bytes >= 0) || !Number.isFinite(bytes)) continue;
         const mb = bytes / MIB;
         resident += mb;
         this.cellLearnedMb = Math.max(this.cellLearnedMb ?? 0, mb);
