@@ -107,6 +107,26 @@ describe("histogram keep-alive in the pool", () => {
     expect(r.pool.keepAliveOf("timer").prewarms).toBe(before + 2);
   });
 
+  test("with the budget full, a pre-warm takes the memory of an instance idle for the cell window", async () => {
+    await using r = rig({ memoryBudgetMb: 128, memoryAccounting: "declared", keepAlive: histogramKeepAlive({ fallbackMs: 10 * MIN, binMs: MIN }) });
+    await r.pool.activate(spec("timer"), { verify: false });
+    for (let i = 0; i < 11; i++) {
+      await request(r.pool, "timer");
+      r.clock.advance(5 * MIN);
+    }
+    r.clock.advance(30 * MIN);
+    await request(r.pool, "timer");
+    r.clock.advance(1000);
+    await until(() => live(r.pool, "timer") === 0 && r.pool.stats().usedMb === 0);
+    // Another function (fixed TTL) takes the whole budget, then idles 4 min.
+    await r.pool.activate(spec("other"));
+    r.clock.advance(269_000);
+    await until(() => ready(r.pool, "timer") === 1);
+    expect(live(r.pool, "other")).toBe(0);
+    r.clock.advance(30_000);
+    expect(await request(r.pool, "timer")).toBe("warm");
+  });
+
   test("minWarm wins over the histogram: its instances stay through every window", async () => {
     await using r = rig({ keepAlive: histogramKeepAlive({ fallbackMs: 10 * MIN, binMs: MIN }) });
     await r.pool.activate(spec("kept", { minWarm: 1 }));
@@ -160,6 +180,25 @@ describe("adaptive stem cells", () => {
     r.clock.advance(11_000);
     expect(r.pool.stats().cellsTarget).toBe(1);
     await until(() => r.pool.stats().cells === 1);
+  });
+
+  test("with the budget full, a cell below its minimum replaces an instance idle for the cell window, not a fresh one", async () => {
+    await using r = rig({ stemCells: 1, memoryBudgetMb: 256, memoryAccounting: "declared", cellWindowMs: 10_000 });
+    await until(() => r.pool.stats().cells === 1);
+    await r.pool.activate(spec("a"));
+    await until(() => r.pool.stats().cells === 1);
+    // b takes the cell; no room for another: a (idle a moment) is kept.
+    await r.pool.activate(spec("b"));
+    expect(r.pool.snapshot("b")?.instances[0]?.origin).toBe("cell");
+    r.clock.advance(5_000);
+    expect(r.pool.stats().cells + r.pool.stats().cellsStarting).toBe(0);
+    expect(live(r.pool, "a")).toBe(1);
+    // a has been idle 10 s: the next sweep gives its memory to a cell (the next first request's).
+    r.clock.advance(6_000);
+    await until(() => r.pool.stats().cells === 1);
+    expect(live(r.pool, "a")).toBe(0);
+    expect(live(r.pool, "b")).toBe(1);
+    expect(r.pool.stats().usedMb).toBe(256);
   });
 
   test("a fixed count stays fixed whatever the takes", async () => {

@@ -426,6 +426,8 @@ export class PoolManager implements PoolHost, AsyncDisposable {
   sweep(): void {
     for (const pool of this.active.values()) pool.sweep(this.keepAlive.windows(pool.function));
     this.shrinkCells();
+    // A cell below its minimum for want of memory may now evict an instance idle long enough.
+    this.refillCells();
   }
 
   async dispose(): Promise<void> {
@@ -568,9 +570,10 @@ export class PoolManager implements PoolHost, AsyncDisposable {
       const cell = isShimRuntime(spec.runtime) && spec.bundlePath ? this.shelves.get(cellKey(spec.runtime, spec.networks))?.ready[0] : undefined;
       credit = cell?.countedMb ?? 0;
       if (this.ledger.used + mb - credit <= this.budgetMb) break;
-      // A pre-warm is a bet on the next request, as a cell is: it makes room only from cells
-      // grown for a wave, never from another function's warm instance.
-      if (speculative ? !this.evictCell(true) : !this.evictOne(pool)) return undefined;
+      // A pre-warm is a bet on the next request, as a cell is: it makes room from cells grown
+      // for a wave, or from an instance idle for the cell window (10 s) at least, never from
+      // one used more recently.
+      if (speculative ? !this.evictCell(true) && !this.evictIdleInstance(pool, this.cellWindowMs) : !this.evictOne(pool)) return undefined;
     }
     // The cell's memory leaves the count when it is taken, right after: not a peak.
     this.ledger.add(pool.function, mb, credit);
@@ -853,8 +856,8 @@ export class PoolManager implements PoolHost, AsyncDisposable {
     if (this.disposed) return;
     for (const shelf of this.shelves.values()) {
       while (shelf.ready.length + shelf.starting < shelf.target) {
-        const counted = this.reserveMemoryForCell();
-        if (counted === undefined) return;
+        const counted = this.reserveMemoryForCell(shelf.ready.length + shelf.starting < shelf.min);
+        if (counted === undefined) break;
         this.startCell(shelf, counted);
       }
     }
@@ -907,11 +910,19 @@ export class PoolManager implements PoolHost, AsyncDisposable {
   }
 
   /** The MiB a new cell is counted at, or undefined when the budget has no room for it. */
-  private reserveMemoryForCell(): number | undefined {
+  /**
+   * The MiB a new cell is counted at, or undefined when the budget has no room for it. Up to
+   * its shelf's minimum (`toMin`) a cell may evict the least recently used idle instance when
+   * that one has been idle for the cell window (10 s) at least: with the budget full, the next
+   * start would evict it anyway, and as a cell start it is paid now, off the request's path,
+   * rather than as a cold start. Cells grown for a wave never evict.
+   */
+  private reserveMemoryForCell(toMin: boolean): number | undefined {
     const mb =
       this.accounting === "measured" && this.cellLearnedMb !== undefined ? Math.min(this.cellMemoryMb, Math.ceil(this.cellLearnedMb + this.headroomMb)) : this.cellMemoryMb;
-    // Cells never evict a function's instance: they are a bet on future demand.
-    if (this.ledger.used + mb > this.budgetMb) return undefined;
+    while (this.ledger.used + mb > this.budgetMb) {
+      if (!toMin || !this.evictIdleInstance(undefined, this.cellWindowMs)) return undefined;
+    }
     this.ledger.add(CELLS, mb);
     return mb;
   }
@@ -923,18 +934,25 @@ export class PoolManager implements PoolHost, AsyncDisposable {
    */
   private evictOne(requester?: FunctionPool): boolean {
     if (this.evictCell(true)) return true;
+    if (this.evictIdleInstance(requester)) return true;
+    return this.evictCell(false);
+  }
+
+  /** Evicts the least recently used idle instance outside `requester`'s pool, idle for `minIdleMs` at least (minWarm ones are kept). */
+  private evictIdleInstance(requester?: FunctionPool, minIdleMs = 0): boolean {
     let best: { pool: FunctionPool; inst: PoolInstance } | undefined;
+    const idleSince = this.clock.now() - minIdleMs;
     for (const pool of [...this.active.values(), ...this.draining]) {
       if (pool === requester) continue;
       const inst = pool.evictionCandidate();
-      if (inst && (!best || inst.lastUsed < best.inst.lastUsed)) best = { pool, inst };
+      if (inst && inst.lastUsed <= idleSince && (!best || inst.lastUsed < best.inst.lastUsed)) best = { pool, inst };
     }
     if (best) {
       this.logger.info(`evicting idle instance ${best.inst.id} of ${best.pool.function} to stay within the memory budget`);
       best.pool.evict(best.inst);
       return true;
     }
-    return this.evictCell(false);
+    return false;
   }
 
   /** Stops a cell: of a kind no longer kept first, then of the fullest shelf; `surplusOnly`: only one above its shelf's minimum. */
