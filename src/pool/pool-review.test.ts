@@ -13,6 +13,7 @@ import { loadConfig } from "../config.ts";
 import { CELLS } from "./memory-ledger.ts";
 import { PoolManager, type PoolManagerOptions } from "./pool-manager.ts";
 import type { Lease, PoolSpec } from "./types.ts";
+import { seeded } from "../bench/trace/prng.ts";
 
 const quiet = createConsola({ level: -999 });
 const MIB = 1024 * 1024;
@@ -21,17 +22,8 @@ function spec(fn: string, over: Partial<PoolSpec> = {}): PoolSpec {
   return { function: fn, version: 1, runtime: "bun", concurrency: 2, minWarm: 0, maxInstances: 4, memoryMb: 128, timeoutMs: 30_000, env: {}, bundlePath: `/bundles/${fn}.mjs`, ...over };
 }
 
-/** A small deterministic PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A small deterministic PRNG (mulberry32, the trace generator's). */
+const rng = seeded;
 
 // The test reads the manager's private state.
 type Internals = any;
