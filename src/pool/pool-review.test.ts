@@ -50,8 +50,8 @@ async function quietPoint(pool: PoolManager): Promise<void> {
     for (const p of [...m.active.values(), ...m.draining]) for (const i of p.snapshot().instances) if (i.state === "starting") return false;
     return true;
   }, 10_000);
-  // Microtasks queued by releaseMemory (scale, refill) run, and what they start settles.
-  await Bun.sleep(5);
+  // Microtasks queued by releaseMemory (scale, refill) run (one turn of the event loop), and what they start settles.
+  await new Promise<void>((resolve) => setImmediate(resolve));
   await until(() => pool.stats().cellsStarting === 0 && pool.stats().stopping === 0, 10_000);
 }
 
@@ -131,7 +131,8 @@ describe("ledger under random operations", () => {
             await r.pool.activate(spec(fn, { version: v, memoryMb: pick([64, 128, 256]), minWarm: rand() < 0.2 ? 1 : 0, ...(rand() < 0.3 ? { networks: [pick(["db1", "db2"])] } : {}) }), { verify: rand() < 0.7 });
           } else if (op < 0.45) {
             if (!r.pool.pool(fn)) continue;
-            const lease = await Promise.race([r.pool.acquire(fn), Bun.sleep(200).then(() => undefined)]);
+            // Given up after 200 ms in the queue (the pool's own abort), as a client going away.
+            const lease = await Promise.resolve(r.pool.acquire(fn, AbortSignal.timeout(200))).catch(() => undefined);
             if (lease) {
               if (rand() < 0.2 && held.length < 6) held.push({ fn, lease });
               else lease.release();
@@ -221,7 +222,7 @@ describe("review: defects", () => {
       () => "served",
       () => "refused",
     );
-    await Bun.sleep(20);
+    await until(() => r.pool.snapshot("a")?.instances.every((i) => i.state !== "starting"));
     expect(liveOf(r.pool, "a")).toBeLessThanOrEqual(2);
     for (const l of leases) l.release();
     await third;

@@ -68,7 +68,11 @@ describe("answers merged from several nodes", () => {
   /** A node "a" whose one peer "b" answers every question with `answer`. */
   function clusterRouter(answer: unknown, lines: { ts: number; text: string }[] = []) {
     const functions = { get: async () => fn, invocations: async () => [] } as unknown as FunctionService;
-    const pool = { snapshot: () => here } as unknown as PoolManager;
+    const pool = {
+      snapshot: () => here,
+      keepAliveOf: () => ({ policy: "fixed", prewarmMs: 0, keepAliveMs: 600_000, source: "fixed", prewarms: 0 }),
+      memory: () => ({ budgetMb: 1024, countedMb: 0, declaredMb: 0, residentMb: 0, peakMb: 0, accounting: "measured", headroomMb: 16 }),
+    } as unknown as PoolManager;
     const logs = { read: async () => lines.map((l) => ({ instance: "i1", stream: "stdout", function: "greet", version: 1, ...l })), follow: () => () => {} };
     const app = createRouter({
       domain: "localhost",
