@@ -22,13 +22,18 @@ export function renderHtml(report: BenchReport): string {
     report.notes.length ? `<h2>Notes</h2><ul>${report.notes.map((n) => `<li>${esc(n)}</li>`).join("")}</ul>` : "",
     `<p class="meta">schema ${report.schema} · options ${esc(JSON.stringify(report.options))}</p>`,
   ].join("\n");
+  return htmlPage(`forge bench — ${report.driver} — ${report.createdAt}`, body);
+}
+
+/** A self-contained page: the reports' stylesheet (plus `extraCss`) and `body`; `title` is escaped here. */
+export function htmlPage(title: string, body: string, extraCss = ""): string {
   return `<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8"/>
 <meta name="viewport" content="width=device-width, initial-scale=1"/>
-<title>forge bench — ${esc(report.driver)} — ${esc(report.createdAt)}</title>
-<style>${CSS}</style>
+<title>${esc(title)}</title>
+<style>${CSS}${extraCss}</style>
 </head>
 <body>
 ${body}

@@ -3,7 +3,7 @@
  * self-contained HTML page (inline SVG, no script, no external assets) in the suite's style:
  * the CDF of added latency of every policy, and memory over time of every policy.
  */
-import { COLORS, CSS, esc, fmtMs } from "../report-html.ts";
+import { COLORS, esc, fmtMs, htmlPage } from "../report-html.ts";
 import type { PolicyResult, TraceReport } from "./replay.ts";
 
 /** Rows of the comparison: a label, then one cell per policy. */
@@ -52,19 +52,11 @@ export function renderTraceHtml(report: TraceReport): string {
     `<h2>Notes</h2><ul>${report.notes.map((n) => `<li>${esc(n)}</li>`).join("")}</ul>`,
     `<p class="meta">schema ${report.schema} · settings ${esc(JSON.stringify(s))}</p>`,
   ].join("\n");
-  return `<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8"/>
-<meta name="viewport" content="width=device-width, initial-scale=1"/>
-<title>forge bench trace — ${esc(s.driver)} — ${esc(report.createdAt)}</title>
-<style>${CSS}p.meta{overflow-wrap:anywhere}.legend span{margin-right:1rem}.legend i{display:inline-block;width:.8rem;height:.8rem;border-radius:2px;margin-right:.3rem;vertical-align:-1px}</style>
-</head>
-<body>
-${body}
-</body>
-</html>
-`;
+  return htmlPage(
+    `forge bench trace — ${s.driver} — ${report.createdAt}`,
+    body,
+    "p.meta{overflow-wrap:anywhere}.legend span{margin-right:1rem}.legend i{display:inline-block;width:.8rem;height:.8rem;border-radius:2px;margin-right:.3rem;vertical-align:-1px}",
+  );
 }
 
 // --- internal ---
